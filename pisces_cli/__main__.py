@@ -1,0 +1,3 @@
+from pisces_cli.cli.main import run
+
+run()

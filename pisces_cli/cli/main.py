@@ -1,0 +1,103 @@
+"""Entry point of the ``pisces`` command. Heavy libraries are imported inside commands only."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from pisces_cli.cli import env_command, inspect_command, recipe_commands
+
+app = typer.Typer(
+    name="pisces",
+    help=(
+        "pisces — post-train text-to-video models with optimal-transport-aligned rewards (PISCES).\n\n"
+        "Stages read a YAML recipe (--recipe NAME|PATH) plus key=value overrides and read/write "
+        "safetensors artifacts. Exit codes: 0 ok, 1 runtime failure, 2 usage/recipe error."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+app.command("ls", rich_help_panel="Recipes")(recipe_commands.ls)
+app.command("cp", rich_help_panel="Recipes")(recipe_commands.cp)
+app.command("cat", rich_help_panel="Recipes")(recipe_commands.cat)
+app.command("validate", rich_help_panel="Recipes")(recipe_commands.validate)
+app.command("inspect", rich_help_panel="Tools")(inspect_command.inspect)
+app.command("env", rich_help_panel="Tools")(env_command.env)
+
+
+def _register_stages() -> None:
+    from pisces_cli.cli import stage_commands
+
+    stage_commands.register(app)
+
+
+_register_stages()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI and map errors to exit codes (0 ok, 1 runtime failure, 2 usage/recipe error)."""
+    from pisces_cli.errors import PiscesError
+
+    exit_types, abort_types, click_error_types = _click_exception_types()
+    try:
+        result = app(args=argv, prog_name="pisces", standalone_mode=False)
+    except exit_types as exc:
+        return int(getattr(exc, "exit_code", 0) or 0)
+    except abort_types:
+        typer.echo("aborted", err=True)
+        return 130
+    except click_error_types as exc:
+        exc.show()
+        return int(exc.exit_code)
+    except PiscesError as exc:
+        from pisces_cli.cli.common import err_console
+
+        err_console.print("[bold red]error:[/] ", end="")
+        err_console.print(str(exc), highlight=False, markup=False)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        return 130
+    except Exception as exc:  # unexpected: a runtime failure
+        if os.environ.get("PISCES_DEBUG"):
+            raise
+        typer.echo(f"error: {type(exc).__name__}: {exc} (set PISCES_DEBUG=1 for the traceback)", err=True)
+        return 1
+    return int(result) if isinstance(result, int) else 0
+
+
+def _click_exception_types() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """Exit/Abort/ClickException classes of click and of typer's own copies (typer >= 0.20 vendors click)."""
+    import click.exceptions
+
+    exits: list[type] = [click.exceptions.Exit]
+    aborts: list[type] = [click.exceptions.Abort]
+    errors: list[type] = [click.exceptions.ClickException]
+    try:
+        import typer.exceptions as typer_exceptions
+
+        exits += [getattr(typer_exceptions, "Exit", click.exceptions.Exit)]
+        aborts += [getattr(typer_exceptions, "Abort", click.exceptions.Abort)]
+    except ImportError:
+        pass
+    try:
+        from typer._click import exceptions as vendored  # type: ignore[attr-defined]
+
+        errors.append(vendored.ClickException)
+    except ImportError:
+        pass
+    return tuple(exits), tuple(aborts), tuple(errors)
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

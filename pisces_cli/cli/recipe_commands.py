@@ -1,0 +1,66 @@
+"""``pisces ls / cp / cat / validate``: discover, copy and check recipes."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import typer
+
+from pisces_cli.cli.common import console, load, overrides_argument
+from pisces_cli.errors import UsageError
+
+
+def ls() -> None:
+    """List the bundled recipes with a one-line description."""
+    from rich.table import Table
+
+    from pisces_cli.config.recipe import list_bundled
+
+    table = Table(title="bundled recipes", show_lines=False)
+    table.add_column("recipe", style="bold cyan")
+    table.add_column("description")
+    for name, description, _path in list_bundled():
+        table.add_row(name, description)
+    console.print(table)
+    console.print("copy one to edit: [bold]pisces cp NAME DEST[/]   resolved view: [bold]pisces cat NAME[/]")
+
+
+def cp(
+    name: str = typer.Argument(..., help="Bundled recipe name."),
+    dest: Path = typer.Argument(..., help="Destination file or folder."),
+    force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing file."),
+) -> None:
+    """Copy a bundled recipe to DEST so you can edit it."""
+    from pisces_cli.config.recipe import list_bundled, resolve_recipe_path
+
+    if name not in {n for n, _, _ in list_bundled()} and name.removesuffix(".yaml") not in {
+        n for n, _, _ in list_bundled()
+    }:
+        resolve_recipe_path(name.removesuffix(".yaml"))  # raises a helpful UsageError
+    source = resolve_recipe_path(name.removesuffix(".yaml"))
+    target = dest / source.name if dest.is_dir() else dest
+    if target.exists() and not force:
+        raise UsageError(f"{target} exists; pass --force to overwrite")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+    console.print(f"copied [cyan]{source.stem}[/] to {target}")
+
+
+def cat(
+    recipe: str = typer.Argument(..., help="Bundled recipe name or YAML path."),
+    overrides: list[str] = overrides_argument(),
+) -> None:
+    """Print the fully resolved recipe (defaults filled in, overrides and ${...} applied)."""
+    resolved = load(recipe, overrides)
+    typer.echo(f"# resolved from {resolved.source} (hash {resolved.hash})")
+    typer.echo(resolved.to_yaml(), nl=False)
+
+
+def validate(
+    recipe: str = typer.Argument(..., help="Bundled recipe name or YAML path."),
+    overrides: list[str] = overrides_argument(),
+) -> None:
+    """Check a recipe against the schema without running anything (exit 2 on errors)."""
+    resolved = load(recipe, overrides)
+    console.print(f"[green]ok[/]: {resolved.source} is valid (hash {resolved.hash})")

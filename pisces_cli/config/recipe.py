@@ -1,0 +1,259 @@
+"""Recipes: load a bundled or local YAML recipe, apply ``key=value`` overrides, validate it.
+
+Resolution order for ``--recipe X``: an existing file path, else a bundled recipe named ``X`` or
+``X.yaml`` in ``recipes/``. Overrides are ``a.b.c=value`` (value parsed as YAML, then typed by the
+schema; lists as ``[1, 2]``) and ``~a.b`` (remove the key so its default applies). After
+overrides, string values may refer to other keys as ``${a.b}`` (e.g. ``${output_dir}/ot``).
+Nothing here imports torch: a recipe is fully validated before any heavy import or GPU work.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pisces_cli.config import schema
+from pisces_cli.config.sections.common import DataSection, ModelsSection, RuntimeSection
+from pisces_cli.config.sections.embed import EmbedSection
+from pisces_cli.config.sections.fit_ot import FitOTSection
+from pisces_cli.config.sections.reward import RewardSection
+from pisces_cli.config.sections.score import ScoreSection
+from pisces_cli.errors import UsageError
+
+
+@dataclass
+class Recipe:
+    """The root of every recipe: shared sections plus one section per stage."""
+
+    name: str = ""
+    description: str = ""
+    output_dir: str = "outputs"
+    seed: int = 0
+    runtime: RuntimeSection = field(default_factory=RuntimeSection)
+    models: ModelsSection = field(default_factory=ModelsSection)
+    data: DataSection = field(default_factory=DataSection)
+    reward: RewardSection = field(default_factory=RewardSection)
+    embed: EmbedSection = field(default_factory=EmbedSection)
+    fit_ot: FitOTSection = field(default_factory=FitOTSection)
+    score: ScoreSection = field(default_factory=ScoreSection)
+
+
+@dataclass
+class ResolvedRecipe:
+    """A validated recipe: the typed object, its plain data (defaults filled in) and provenance."""
+
+    recipe: Recipe
+    data: dict[str, Any]
+    source: str
+    overrides: list[str]
+
+    @property
+    def hash(self) -> str:
+        """sha256 (first 16 hex digits) of the canonical JSON of the resolved recipe."""
+        return recipe_hash(self.data)
+
+    def to_yaml(self) -> str:
+        return dump_yaml(self.data)
+
+
+def recipe_hash(data: dict[str, Any]) -> str:
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def dump_yaml(data: dict[str, Any]) -> str:
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)
+
+
+def bundled_recipes_dir() -> Path:
+    """The folder holding the bundled recipes (``recipes/`` of the source tree or the installed copy)."""
+    here = Path(__file__).resolve()
+    for candidate in (here.parents[2] / "recipes", here.parents[1] / "recipes"):
+        if candidate.is_dir():
+            return candidate
+    raise UsageError("bundled recipes folder not found (expected recipes/ next to pisces_cli/)")
+
+
+def list_bundled() -> list[tuple[str, str, Path]]:
+    """(name, one-line description, path) of every bundled recipe, sorted by name."""
+    out = []
+    for path in sorted(bundled_recipes_dir().glob("*.yaml")):
+        out.append((path.stem, describe(path), path))
+    return out
+
+
+def describe(path: Path) -> str:
+    """A recipe's one-line description: its ``description`` key, else its first comment line."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+        if isinstance(data, dict) and isinstance(data.get("description"), str):
+            return data["description"].strip().splitlines()[0]
+    except yaml.YAMLError:
+        pass
+    for line in text.splitlines():
+        if line.startswith("#") and line.strip("# ").strip():
+            return line.strip("# ").strip()
+    return ""
+
+
+def resolve_recipe_path(spec: str) -> Path:
+    """Turn ``--recipe`` into a file: a local path, or a bundled name (``hunyuan`` / ``hunyuan.yaml``)."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    if path.exists():
+        raise UsageError(f"recipe {spec!r} is not a file")
+    names = {name: p for name, _, p in list_bundled()}
+    stem = spec[:-5] if spec.endswith(".yaml") else spec[:-4] if spec.endswith(".yml") else spec
+    if "/" not in spec and stem in names:
+        return names[stem]
+    hint = schema.suggest(stem, names)
+    raise UsageError(
+        f"recipe {spec!r} not found: no such file and no bundled recipe of that name{hint}. "
+        f"Bundled: {', '.join(sorted(names)) or 'none'} (see `pisces ls`)."
+    )
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{path}: not valid YAML: {exc}") from exc
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read: {exc.strerror}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: a recipe must be a YAML mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], source: str = "overrides") -> dict[str, Any]:
+    """Apply ``a.b=value`` / ``~a.b`` overrides to a copy of ``data``; keys are checked against the schema."""
+    out = copy.deepcopy(data)
+    problems: list[tuple[str, str]] = []
+    for item in overrides:
+        if item.startswith("-"):
+            raise UsageError(
+                f"unexpected option {item!r}: recipe overrides look like key.path=value or ~key.path"
+            )
+        if item.startswith("~"):
+            key = item[1:]
+            _tp, err = schema.schema_for_path(Recipe, key)
+            if err:
+                problems.append((key, err))
+                continue
+            _remove(out, key.split("."))
+            continue
+        if "=" not in item:
+            raise UsageError(f"bad override {item!r}: expected key.path=value or ~key.path")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        _tp, err = schema.schema_for_path(Recipe, key)
+        if err:
+            problems.append((key, err))
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        _assign(out, key.split("."), value, problems, key)
+    if problems:
+        raise schema.RecipeError(problems, source)
+    return out
+
+
+def _assign(data: dict[str, Any], parts: list[str], value: Any, problems: list, key: str) -> None:
+    node = data
+    for part in parts[:-1]:
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = node[part] = {}
+        if not isinstance(nxt, dict):
+            problems.append((key, f"'{part}' holds a value, not a section"))
+            return
+        node = nxt
+    node[parts[-1]] = value
+
+
+def _remove(data: dict[str, Any], parts: list[str]) -> None:
+    node = data
+    for part in parts[:-1]:
+        node = node.get(part)
+        if not isinstance(node, dict):
+            return
+    node.pop(parts[-1], None)
+
+
+_REF = re.compile(r"\$\{([A-Za-z0-9_.]+)\}")
+
+
+def interpolate(data: dict[str, Any]) -> dict[str, Any]:
+    """Replace ``${a.b}`` references in string values by the referenced (resolved) values."""
+    problems: list[tuple[str, str]] = []
+
+    def lookup(key: str, stack: tuple[str, ...]) -> Any:
+        if key in stack:
+            problems.append((stack[-1], f"reference cycle: {' -> '.join(stack + (key,))}"))
+            return ""
+        node: Any = data
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                problems.append((stack[-1] if stack else key, f"${{{key}}} refers to an unknown key"))
+                return ""
+            node = node[part]
+        return resolve(node, stack + (key,))
+
+    def resolve(value: Any, stack: tuple[str, ...]) -> Any:
+        if isinstance(value, str):
+            whole = _REF.fullmatch(value)
+            if whole:
+                return lookup(whole.group(1), stack)
+            return _REF.sub(lambda m: str(lookup(m.group(1), stack)), value)
+        if isinstance(value, dict):
+            return {k: resolve(v, stack) for k, v in value.items()}
+        if isinstance(value, list):
+            return [resolve(v, stack) for v in value]
+        return value
+
+    def walk(node: Any, path: str) -> Any:
+        if isinstance(node, dict):
+            return {k: walk(v, f"{path}.{k}" if path else k) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v, path) for v in node]
+        return resolve(node, (path,))
+
+    out = walk(data, "")
+    if problems:
+        raise schema.RecipeError(problems, "interpolation")
+    return out
+
+
+def resolve_data(data: dict[str, Any], overrides: list[str], source: str) -> ResolvedRecipe:
+    """Validate raw recipe data (+ overrides), fill defaults, interpolate, validate again."""
+    raw = apply_overrides(data, overrides, source)
+    first = schema.build(Recipe, raw, source=source)
+    full = interpolate(schema.to_dict(first))
+    recipe = schema.build(Recipe, full, source=source)
+    return ResolvedRecipe(
+        recipe=recipe, data=schema.to_dict(recipe), source=source, overrides=list(overrides)
+    )
+
+
+def load_recipe(spec: str, overrides: list[str] | None = None) -> ResolvedRecipe:
+    """Resolve ``--recipe`` (bundled name or path), apply overrides, validate. Raises UsageError (exit 2)."""
+    path = resolve_recipe_path(spec)
+    return resolve_data(read_yaml_mapping(path), list(overrides or []), str(path))
+
+
+def replace_section(recipe: Recipe, **changes: Any) -> Recipe:
+    return dataclasses.replace(recipe, **changes)

@@ -1,0 +1,1 @@
+"""Recipe section schemas, one module per stage plus the shared sections."""
