@@ -1,4 +1,8 @@
-"""Shared pytest setup: offline, CPU, deterministic."""
+"""Shared pytest setup: offline, CPU, deterministic, one torch thread.
+
+Tiny models are dominated by per-op overhead; on a 2-core machine (often shared) torch's intra-op
+thread pool makes them ~10x slower than a single thread, so tests pin one thread.
+"""
 
 from __future__ import annotations
 
@@ -7,4 +11,19 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a hard dependency
+        yield
+        return
+    torch.set_num_threads(1)
+    yield
