@@ -1,0 +1,478 @@
+"""Where videos and their prompts come from: folders, manifests, WebDataset tar shards.
+
+Every source yields :class:`VideoItem` records. A video without a usable prompt, or a
+manifest line naming a missing file, becomes an item with ``error`` set — never an
+exception — so one bad entry does not stop a run. Malformed *index* files (bad JSON,
+missing columns) raise :class:`~pisces_cli.errors.UsageError` naming the file and line.
+
+Folder prompts (:func:`collect_prompted_videos`), sources in precedence order:
+
+(a) ``mapping``: ``prompts.jsonl`` (one object per line with a file key — ``file``, ``path``
+    or ``video`` — and a prompt key — ``prompt``, ``caption`` or ``text``) or ``prompts.csv``
+    (a header row with the same column names) at the folder root. The file value is the
+    video's path relative to the folder (POSIX ``/``); a bare file name also matches a video
+    of that name in a sub-folder when exactly one video has it.
+(b) ``sidecar``: ``NAME.txt`` next to ``NAME.mp4`` (UTF-8, surrounding whitespace stripped).
+(c) ``filename``: VBench names ``{prompt}-{index}.mp4`` → the stem with a trailing
+    ``-<digits>`` removed (:func:`prompt_from_filename`).
+
+``prompt_source="auto"`` uses (a), else (b), per video; (c) is used only when neither (a)
+nor (b) gives a prompt for *any* video of the folder (a plain VBench folder). Otherwise videos
+without (a)/(b) get an error row rather than a guessed prompt. ``"mapping"``, ``"sidecar"``
+and ``"filename"`` use that source alone.
+
+WebDataset shards (:func:`read_tar_shards`): uncompressed ``.tar`` files read with the stdlib
+``tarfile``; a sample is the members sharing a key (the member path up to the first ``.`` of
+its base name): ``KEY.mp4`` (or another video extension) plus ``KEY.txt``, or ``KEY.json``
+with a ``caption``/``prompt``/``text`` field. Shard lists may use globs and brace lists
+(``data/{00000..00003}.tar``, ``{a,b}.tar``). Member bytes are read by offset
+(:func:`read_item_bytes`) and decoded from memory (decord and PyAV both accept file objects).
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+import re
+import tarfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pisces_cli.errors import PiscesRuntimeError, UsageError
+
+__all__ = [
+    "CAPTION_KEYS",
+    "FILE_KEYS",
+    "VIDEO_EXTENSIONS",
+    "TarMember",
+    "VideoItem",
+    "collect_prompted_videos",
+    "expand_shard_spec",
+    "list_videos",
+    "prompt_from_filename",
+    "read_item_bytes",
+    "read_manifest",
+    "read_prompt_mapping",
+    "read_tar_shards",
+]
+
+VIDEO_EXTENSIONS: frozenset[str] = frozenset({".mp4", ".webm", ".mov", ".mkv", ".gif"})
+FILE_KEYS: tuple[str, ...] = ("file", "path", "video")
+CAPTION_KEYS: tuple[str, ...] = ("prompt", "caption", "text")
+MAPPING_FILES: tuple[str, ...] = ("prompts.jsonl", "prompts.csv")
+
+PromptSource = Literal["auto", "mapping", "sidecar", "filename"]
+
+
+@dataclass(frozen=True)
+class TarMember:
+    """Location of a video inside an uncompressed tar shard (bytes ``[offset, offset + size)``)."""
+
+    shard: str
+    name: str
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True)
+class VideoItem:
+    """One video to process.
+
+    Attributes:
+        key: stable identifier (relative path for folders, the sample key for shards).
+        source: a file path, or ``"shard.tar:KEY"`` for a tar member.
+        prompt: the prompt/caption, or ``None`` when there is none.
+        error: why this item cannot be used (e.g. ``"no prompt for a.mp4"``), else ``None``.
+        member: where the bytes sit when the video lives in a tar shard, else ``None``.
+    """
+
+    key: str
+    source: str
+    prompt: str | None
+    error: str | None = None
+    member: TarMember | None = None
+
+
+# --------------------------------------------------------------------------------------------------
+# folders
+
+
+def list_videos(folder: str | os.PathLike, *, recursive: bool = True) -> list[Path]:
+    """Video files under ``folder`` (extensions :data:`VIDEO_EXTENSIONS`, case-insensitive).
+
+    Sorted by relative POSIX path; hidden files (a name starting with ``.``) are skipped.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise UsageError(f"video folder {root} does not exist or is not a folder")
+    candidates = root.rglob("*") if recursive else root.iterdir()
+    found = [
+        p
+        for p in candidates
+        if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS and not p.name.startswith(".")
+    ]
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+_INDEX_SUFFIX = re.compile(r"-\d+$")
+
+
+def prompt_from_filename(name: str) -> str:
+    """VBench rule: the file stem with one trailing ``-<digits>`` removed (``"a cat-3.mp4"`` → ``"a cat"``)."""
+    stem = Path(name).name
+    for ext in VIDEO_EXTENSIONS:
+        if stem.lower().endswith(ext):
+            stem = stem[: -len(ext)]
+            break
+    return _INDEX_SUFFIX.sub("", stem)
+
+
+def _pick(record: dict, keys: Sequence[str]) -> tuple[str | None, object]:
+    for key in keys:
+        if key in record:
+            return key, record[key]
+    return None, None
+
+
+def _read_jsonl_mapping(path: Path) -> dict[str, str]:
+    mapping: dict[str, str] = {}
+    with path.open(encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"{path} line {line_no}: invalid JSON ({exc.msg})") from exc
+            if not isinstance(record, dict):
+                raise UsageError(f"{path} line {line_no}: expected a JSON object")
+            file_key, file_value = _pick(record, FILE_KEYS)
+            text_key, text_value = _pick(record, CAPTION_KEYS)
+            if file_key is None or not isinstance(file_value, str) or not file_value:
+                raise UsageError(
+                    f"{path} line {line_no}: needs a file name under one of {', '.join(FILE_KEYS)}"
+                )
+            if text_key is None or not isinstance(text_value, str):
+                raise UsageError(
+                    f"{path} line {line_no}: needs a string under one of {', '.join(CAPTION_KEYS)}"
+                )
+            mapping[_normalise_rel(file_value)] = text_value
+    return mapping
+
+
+def _read_csv_mapping(path: Path) -> dict[str, str]:
+    mapping: dict[str, str] = {}
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns = reader.fieldnames or []
+        file_col = next((c for c in FILE_KEYS if c in columns), None)
+        text_col = next((c for c in CAPTION_KEYS if c in columns), None)
+        if file_col is None or text_col is None:
+            raise UsageError(
+                f"{path} line 1: header {columns} needs a file column ({', '.join(FILE_KEYS)}) "
+                f"and a prompt column ({', '.join(CAPTION_KEYS)})"
+            )
+        for row in reader:
+            file_value, text_value = row.get(file_col), row.get(text_col)
+            if not file_value or text_value is None:
+                raise UsageError(f"{path} line {reader.line_num}: empty {file_col!r} or missing {text_col!r}")
+            mapping[_normalise_rel(file_value)] = text_value
+    return mapping
+
+
+def _normalise_rel(name: str) -> str:
+    text = name.strip().replace("\\", "/")
+    while text.startswith("./"):
+        text = text[2:]
+    return text
+
+
+def read_prompt_mapping(folder: str | os.PathLike) -> dict[str, str] | None:
+    """The folder's ``prompts.jsonl`` or ``prompts.csv`` as {relative path: prompt}; ``None`` if absent.
+
+    Raises:
+        UsageError: both files exist (ambiguous), or a line is malformed (message names the line).
+    """
+    root = Path(folder)
+    present = [root / name for name in MAPPING_FILES if (root / name).is_file()]
+    if not present:
+        return None
+    if len(present) > 1:
+        raise UsageError(f"{root} holds both prompts.jsonl and prompts.csv; keep one")
+    path = present[0]
+    return _read_jsonl_mapping(path) if path.suffix == ".jsonl" else _read_csv_mapping(path)
+
+
+def _read_sidecar(video: Path) -> str | None:
+    sidecar = video.with_suffix(".txt")
+    if not sidecar.is_file():
+        return None
+    try:
+        return sidecar.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def collect_prompted_videos(
+    folder: str | os.PathLike,
+    *,
+    prompt_source: PromptSource = "auto",
+    recursive: bool = True,
+) -> list[VideoItem]:
+    """(video, prompt) items for every video under ``folder``, sorted by relative path.
+
+    See the module docstring for the sources and their precedence. Items whose prompt cannot
+    be found carry ``error="no prompt for REL (...)"``; an empty prompt text is an error too.
+
+    Raises:
+        UsageError: unknown ``prompt_source``, ``"mapping"`` without a mapping file, a malformed
+            mapping file, or a missing folder.
+    """
+    if prompt_source not in ("auto", "mapping", "sidecar", "filename"):
+        raise UsageError(
+            f"unknown prompt_source {prompt_source!r}; expected auto, mapping, sidecar or filename"
+        )
+    root = Path(folder)
+    videos = list_videos(root, recursive=recursive)
+    mapping = read_prompt_mapping(root) if prompt_source in ("auto", "mapping") else None
+    if prompt_source == "mapping" and mapping is None:
+        raise UsageError(f"prompt_source='mapping' but {root} has no prompts.jsonl or prompts.csv")
+    mapping = mapping or {}
+    names = [v.name for v in videos]
+    by_name = {n: m for n, m in mapping.items() if "/" not in n and names.count(n) == 1}
+
+    def from_mapping(rel: str, video: Path) -> str | None:
+        if rel in mapping:
+            return mapping[rel]
+        return by_name.get(video.name)
+
+    found: list[tuple[str, Path, str | None, str]] = []
+    for video in videos:
+        rel = video.relative_to(root).as_posix()
+        prompt, origin = None, ""
+        if prompt_source in ("auto", "mapping"):
+            prompt, origin = from_mapping(rel, video), "mapping"
+        if prompt is None and prompt_source in ("auto", "sidecar"):
+            prompt, origin = _read_sidecar(video), "sidecar"
+        if prompt is None and prompt_source == "filename":
+            prompt, origin = prompt_from_filename(video.name), "filename"
+        found.append((rel, video, prompt, origin))
+
+    use_filenames = prompt_source == "filename" or (
+        prompt_source == "auto" and all(prompt is None for _, _, prompt, _ in found)
+    )
+    tried = {
+        "auto": "prompts.jsonl/csv, NAME.txt" + (", file name" if use_filenames else ""),
+        "mapping": "prompts.jsonl/csv",
+        "sidecar": "NAME.txt",
+        "filename": "file name",
+    }[prompt_source]
+    items: list[VideoItem] = []
+    for rel, video, prompt, _origin in found:
+        if prompt is None and use_filenames:
+            prompt = prompt_from_filename(video.name)
+        if prompt is None:
+            items.append(VideoItem(rel, str(video), None, f"no prompt for {rel} (looked in: {tried})"))
+        elif not prompt.strip():
+            items.append(VideoItem(rel, str(video), None, f"empty prompt for {rel}"))
+        else:
+            items.append(VideoItem(rel, str(video), prompt))
+    return items
+
+
+# --------------------------------------------------------------------------------------------------
+# manifests
+
+
+def read_manifest(path: str | os.PathLike) -> list[VideoItem]:
+    """Embedding-data manifest: JSONL lines ``{"video": PATH, "caption": TEXT}``.
+
+    Relative paths are relative to the manifest's folder. Blank lines are skipped. A line
+    naming a missing file becomes an error item (``"...: file not found (manifest line N)"``).
+
+    Raises:
+        UsageError: the manifest is missing, a line is not a JSON object, or lacks a string
+            ``video``/``caption`` (message names the manifest and the line number).
+    """
+    manifest = Path(path)
+    if not manifest.is_file():
+        raise UsageError(f"manifest {manifest} does not exist")
+    base = manifest.parent
+    items: list[VideoItem] = []
+    with manifest.open(encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"{manifest} line {line_no}: invalid JSON ({exc.msg})") from exc
+            if not isinstance(record, dict):
+                raise UsageError(f"{manifest} line {line_no}: expected a JSON object")
+            video, caption = record.get("video"), record.get("caption")
+            if not isinstance(video, str) or not video:
+                raise UsageError(f"{manifest} line {line_no}: missing or non-string 'video'")
+            if not isinstance(caption, str):
+                raise UsageError(f"{manifest} line {line_no}: missing or non-string 'caption'")
+            resolved = Path(video) if Path(video).is_absolute() else base / video
+            error = None if resolved.is_file() else f"{video}: file not found (manifest line {line_no})"
+            items.append(VideoItem(video, str(resolved), caption, error))
+    return items
+
+
+# --------------------------------------------------------------------------------------------------
+# WebDataset tar shards
+
+_BRACE = re.compile(r"\{([^{}]*)\}")
+
+
+def _expand_braces(pattern: str) -> list[str]:
+    match = _BRACE.search(pattern)
+    if match is None:
+        return [pattern]
+    body = match.group(1)
+    head, tail = pattern[: match.start()], pattern[match.end() :]
+    numeric = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+    if numeric:
+        lo_text, hi_text = numeric.groups()
+        lo, hi = int(lo_text), int(hi_text)
+        if hi < lo:
+            raise UsageError(f"bad shard range {{{body}}} in {pattern!r}: end before start")
+        width = len(lo_text) if lo_text.startswith("0") or len(lo_text) == len(hi_text) else 0
+        options = [str(i).zfill(width) for i in range(lo, hi + 1)]
+    else:
+        options = body.split(",")
+    out: list[str] = []
+    for option in options:
+        out.extend(_expand_braces(head + option + tail))
+    return out
+
+
+def expand_shard_spec(spec: str | os.PathLike | Iterable[str | os.PathLike]) -> list[str]:
+    """Shard paths from a path, glob, brace pattern (``{0..3}``, ``{a,b}``) or a list of them.
+
+    Brace-expanded names that contain no glob characters must exist. Order: the order of the
+    spec, each glob's matches sorted; duplicates removed.
+
+    Raises:
+        UsageError: a pattern matches nothing.
+    """
+    patterns = [os.fspath(spec)] if isinstance(spec, (str, os.PathLike)) else [os.fspath(s) for s in spec]
+    shards: list[str] = []
+    for pattern in patterns:
+        for expanded in _expand_braces(pattern):
+            if glob.has_magic(expanded):
+                matches = sorted(glob.glob(expanded))
+                if not matches:
+                    raise UsageError(f"shard pattern {expanded!r} matches no file")
+            else:
+                if not Path(expanded).is_file():
+                    raise UsageError(f"shard {expanded} does not exist")
+                matches = [expanded]
+            shards.extend(m for m in matches if m not in shards)
+    if not shards:
+        raise UsageError(f"shard spec {spec!r} names no shard")
+    return shards
+
+
+def _split_key(member_name: str) -> tuple[str, str]:
+    """WebDataset convention: key = path up to the first '.' of the base name; the rest is the field."""
+    folder, _, base = member_name.rpartition("/")
+    stem, dot, extension = base.partition(".")
+    key = f"{folder}/{stem}" if folder else stem
+    return key, (dot + extension).lower()
+
+
+def _caption_from_json(data: bytes) -> str | None:
+    try:
+        record = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    _, value = _pick(record, CAPTION_KEYS)
+    return value if isinstance(value, str) else None
+
+
+def _read_one_shard(shard: str) -> list[VideoItem]:
+    samples: dict[str, dict[str, tarfile.TarInfo]] = {}
+    try:
+        with tarfile.open(shard, mode="r:") as archive:
+            members = [m for m in archive.getmembers() if m.isfile()]
+            for member in members:
+                key, field = _split_key(member.name)
+                samples.setdefault(key, {})[field] = member
+            captions: dict[str, str | None] = {}
+            for key, fields in samples.items():
+                caption = None
+                if ".txt" in fields:
+                    handle = archive.extractfile(fields[".txt"])
+                    raw = handle.read() if handle else b""
+                    caption = raw.decode("utf-8", errors="replace").strip()
+                elif ".json" in fields:
+                    handle = archive.extractfile(fields[".json"])
+                    caption = _caption_from_json(handle.read() if handle else b"")
+                captions[key] = caption
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise PiscesRuntimeError(f"cannot read tar shard {shard}: {exc}") from exc
+    items: list[VideoItem] = []
+    for key in sorted(samples):
+        fields = samples[key]
+        # the field's last extension decides (".mp4", also ".webm.mp4" or ".lowres.mp4")
+        video_field = next(
+            (f for f in sorted(fields) if "." + f.rsplit(".", 1)[-1] in VIDEO_EXTENSIONS), None
+        )
+        if video_field is None:
+            continue  # not a video sample (e.g. metadata only)
+        info = fields[video_field]
+        member = TarMember(shard, info.name, info.offset_data, info.size)
+        source = f"{shard}:{key}"
+        caption = captions.get(key)
+        if caption is None or not caption.strip():
+            items.append(
+                VideoItem(
+                    key, source, None, f"no prompt for {source} (needs {key}.txt or {key}.json)", member
+                )
+            )
+        else:
+            items.append(VideoItem(key, source, caption, None, member))
+    return items
+
+
+def read_tar_shards(spec: str | os.PathLike | Iterable[str | os.PathLike]) -> list[VideoItem]:
+    """Video samples of WebDataset tar shards, in shard order then sorted key order.
+
+    Raises:
+        UsageError: the spec matches no shard. PiscesRuntimeError: a shard is not a readable tar.
+    """
+    items: list[VideoItem] = []
+    for shard in expand_shard_spec(spec):
+        items.extend(_read_one_shard(shard))
+    return items
+
+
+def read_item_bytes(item: VideoItem) -> bytes:
+    """Encoded bytes of a tar-member item (read by offset, no extraction).
+
+    Raises:
+        UsageError: the item is a plain file (decode its ``source`` path instead).
+        PiscesRuntimeError: the shard cannot be read.
+    """
+    if item.member is None:
+        raise UsageError(f"{item.source} is not a tar member; decode the file path directly")
+    member = item.member
+    try:
+        with open(member.shard, "rb") as handle:
+            handle.seek(member.offset)
+            data = handle.read(member.size)
+    except OSError as exc:
+        raise PiscesRuntimeError(f"cannot read {member.name} from {member.shard}: {exc}") from exc
+    if len(data) != member.size:
+        raise PiscesRuntimeError(
+            f"{member.shard} is truncated: {member.name} needs {member.size} bytes, got {len(data)}"
+        )
+    return data

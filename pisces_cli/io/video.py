@@ -1,0 +1,501 @@
+"""Video decoding (decord first, PyAV fallback) and frame-index sampling rules.
+
+Decoding
+--------
+:func:`probe` and :func:`read_frames` accept a path or the raw bytes of a video
+(e.g. a WebDataset tar member). With ``decoder="auto"`` they try decord and fall
+back to PyAV when decord is not importable *or* fails on the given input. Both
+decoders detect the container by content (FFmpeg probing), so the file extension
+does not matter: an mp4 named ``.mov`` decodes, a text file named ``.mp4`` does not.
+
+decord 0.6.0 mis-reshapes frames whose RGB row length is not aligned (e.g. widths
+16, 48, 72 px: it returns 4 or 6 "channels" or raises a size check); its output is
+therefore validated against ``[H, W, 3]`` and a mismatch counts as a decord failure.
+decord cannot read GIFs; those always go through PyAV.
+
+Every failure (missing, zero-byte, corrupt, truncated, zero-frame, unreadable
+input, index out of range) raises :class:`VideoDecodeError`, whose message names the
+file, the reason and every decoder tried. No decoder error escapes as another type.
+A truncated file fails as soon as its index is lost (an mp4 cut before its trailing
+``moov`` atom) or a requested frame lies in the missing part; decoding stops after the
+last requested frame, so damage beyond it is not noticed.
+
+Frame sampling
+--------------
+:func:`uniform_indices`, :func:`fps_indices` and :func:`vbench_middle_indices`
+return plain ``list[int]`` indices into ``[0, num_frames)``; their docstrings give
+the exact rule.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Union
+
+import numpy as np
+
+from pisces_cli.errors import PiscesRuntimeError, UsageError
+
+__all__ = [
+    "DECODERS",
+    "VideoDecodeError",
+    "VideoInfo",
+    "VideoSource",
+    "available_decoders",
+    "fps_indices",
+    "probe",
+    "read_clip",
+    "read_frames",
+    "uniform_indices",
+    "vbench_middle_indices",
+]
+
+VideoSource = Union[str, os.PathLike, bytes]
+"""A path to a video file, or the encoded bytes of one."""
+
+DecoderName = Literal["auto", "decord", "pyav"]
+DECODERS: tuple[str, ...] = ("decord", "pyav")
+
+IndexSelector = Callable[[int, float], Sequence[int]]
+"""``select(num_frames, fps) -> indices``: chooses frames once the length is known."""
+
+
+class VideoDecodeError(PiscesRuntimeError):
+    """A video could not be decoded: the message names the file, the reason and the decoders tried."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """Stream facts of a decodable video.
+
+    Attributes:
+        num_frames: number of decodable frames.
+        fps: average frame rate in frames per second (> 0).
+        width: frame width in pixels.
+        height: frame height in pixels.
+        duration_s: ``num_frames / fps`` in seconds.
+        decoder: the decoder that produced these facts (``"decord"`` or ``"pyav"``).
+    """
+
+    num_frames: int
+    fps: float
+    width: int
+    height: int
+    duration_s: float
+    decoder: str
+
+
+# --------------------------------------------------------------------------------------------------
+# decoder availability
+
+
+def _decord_module():
+    try:
+        import decord
+    except Exception:  # ImportError, or a broken native library
+        return None
+    return decord
+
+
+def available_decoders() -> list[str]:
+    """Decoders importable in this environment, in the order ``decoder="auto"`` tries them."""
+    names = []
+    if _decord_module() is not None:
+        names.append("decord")
+    try:
+        import av  # noqa: F401
+
+        names.append("pyav")
+    except Exception:
+        pass
+    return names
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _describe(source: VideoSource, name: str | None) -> str:
+    if name is not None:
+        return name
+    if isinstance(source, bytes):
+        return f"<{len(source)} bytes in memory>"
+    return os.fspath(source)
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if len(text) > 200:
+        text = text[:200] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class _DecoderFailure(Exception):
+    """Internal: one decoder failed for a known reason (message is the reason)."""
+
+
+def _check_source(source: VideoSource, label: str) -> None:
+    """Reject missing and empty inputs before any decoder runs."""
+    if isinstance(source, bytes):
+        if len(source) == 0:
+            raise VideoDecodeError(f"cannot decode video {label}: empty input (0 bytes)")
+        return
+    path = Path(source)
+    if not path.exists():
+        raise VideoDecodeError(f"cannot decode video {label}: file not found")
+    if not path.is_file():
+        raise VideoDecodeError(f"cannot decode video {label}: not a regular file")
+    if path.stat().st_size == 0:
+        raise VideoDecodeError(f"cannot decode video {label}: empty file (0 bytes)")
+
+
+def _validate_indices(indices: Sequence[int], num_frames: int) -> list[int]:
+    out = [int(i) for i in indices]
+    bad = [i for i in out if i < 0 or i >= num_frames]
+    if bad:
+        raise _DecoderFailure(f"frame index {bad[0]} out of range for a video of {num_frames} frames")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# decord backend
+
+
+def _decord_open(source: VideoSource):
+    decord = _decord_module()
+    if decord is None:
+        raise _DecoderFailure("decord is not importable")
+    target = io.BytesIO(source) if isinstance(source, bytes) else os.fspath(source)
+    try:
+        reader = decord.VideoReader(target, ctx=decord.cpu(0))
+    except Exception as exc:
+        raise _DecoderFailure(_short(exc)) from exc
+    return reader
+
+
+def _decord_counts(reader) -> tuple[int, float]:
+    num_frames = len(reader)
+    if num_frames <= 0:
+        raise _DecoderFailure("no video frames")
+    fps = float(reader.get_avg_fps())
+    if not math.isfinite(fps) or fps <= 0:
+        raise _DecoderFailure(f"invalid frame rate {fps}")
+    return num_frames, fps
+
+
+def _check_decord_frames(array: np.ndarray, leading: tuple[int, ...]) -> None:
+    """decord 0.6 returns 4 or 6 "channels" for some widths: accept only uint8 [..., H, W, 3]."""
+    if (
+        array.dtype != np.uint8
+        or array.ndim != len(leading) + 3
+        or array.shape[: len(leading)] != leading
+        or array.shape[-1] != 3
+    ):
+        raise _DecoderFailure(
+            f"decord returned {array.dtype} {tuple(array.shape)}, expected uint8 [H, W, 3] frames"
+        )
+
+
+def _decord_info(reader) -> VideoInfo:
+    num_frames, fps = _decord_counts(reader)
+    first = reader[0].asnumpy()
+    _check_decord_frames(first, ())
+    height, width = int(first.shape[0]), int(first.shape[1])
+    return VideoInfo(num_frames, fps, width, height, num_frames / fps, "decord")
+
+
+def _decord_read(
+    source: VideoSource, select: IndexSelector | None
+) -> tuple[np.ndarray, VideoInfo, list[int]]:
+    reader = _decord_open(source)
+    try:
+        num_frames, fps = _decord_counts(reader)
+        wanted = list(range(num_frames)) if select is None else select(num_frames, fps)
+        wanted = _validate_indices(wanted, num_frames)
+        if not wanted:
+            info = _decord_info(reader)
+            return np.zeros((0, info.height, info.width, 3), np.uint8), info, wanted
+        # Fetch each distinct frame once (decord seeks per index), then gather with repeats.
+        unique = sorted(set(wanted))
+        batch = reader.get_batch(unique).asnumpy()
+    except (_DecoderFailure, UsageError):
+        raise
+    except Exception as exc:
+        raise _DecoderFailure(_short(exc)) from exc
+    _check_decord_frames(batch, (len(unique),))
+    height, width = int(batch.shape[1]), int(batch.shape[2])
+    info = VideoInfo(num_frames, fps, width, height, num_frames / fps, "decord")
+    position = {index: row for row, index in enumerate(unique)}
+    frames = batch[[position[i] for i in wanted]]
+    return np.ascontiguousarray(frames), info, wanted
+
+
+# --------------------------------------------------------------------------------------------------
+# PyAV backend
+
+
+def _pyav_module():
+    try:
+        import av
+    except Exception as exc:
+        raise _DecoderFailure("PyAV is not importable") from exc
+    return av
+
+
+def _pyav_target(source: VideoSource):
+    return io.BytesIO(source) if isinstance(source, bytes) else os.fspath(source)
+
+
+def _rgb_converter(av) -> Callable[[object], np.ndarray]:
+    """frame -> uint8 [H, W, 3] RGB, reusing one swscale context (about 3x faster than
+    ``frame.to_ndarray(format="rgb24")``, which builds a new one per frame; same pixels)."""
+    try:
+        from av.video.reformatter import VideoReformatter
+    except Exception:
+        return lambda frame: frame.to_ndarray(format="rgb24")
+    reformatter = VideoReformatter()
+    return lambda frame: reformatter.reformat(frame, format="rgb24").to_ndarray()
+
+
+def _pyav_length(source: VideoSource) -> tuple[int, float, str]:
+    """(frame count, fps, where the count came from) without decoding.
+
+    The count is the header's (mp4/mov/gif) or, when the container has none (webm/mkv), the
+    number of non-empty video packets found by demuxing.
+    """
+    av = _pyav_module()
+    with av.open(_pyav_target(source), mode="r") as container:
+        if not container.streams.video:
+            raise _DecoderFailure("no video stream")
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        fps = float(rate) if rate else 0.0
+        declared = int(stream.frames or 0)
+        if declared > 0:
+            return declared, fps, "the header declares"
+        counted = sum(1 for packet in container.demux(stream) if packet.size > 0)
+        return counted, fps, "the container holds"
+
+
+def _pyav_read(source: VideoSource, select: IndexSelector | None) -> tuple[np.ndarray, VideoInfo, list[int]]:
+    """Count frames, choose indices, then decode once, converting only the chosen frames to RGB.
+
+    Decoding stops after the last chosen frame, so a damaged tail beyond it goes unnoticed
+    (as with decord); a chosen frame that cannot be decoded is a failure.
+    """
+    av = _pyav_module()
+    decoded = 0
+    try:
+        num_frames, fps, origin = _pyav_length(source)
+        if num_frames <= 0:
+            raise _DecoderFailure("no video frames")
+        if not math.isfinite(fps) or fps <= 0:
+            raise _DecoderFailure("unknown frame rate")
+        wanted = list(range(num_frames)) if select is None else select(num_frames, fps)
+        wanted = _validate_indices(wanted, num_frames)
+        needed = set(wanted) or {0}  # decode frame 0 anyway: proves decodability, gives the size
+        last_needed = max(needed)
+        kept: dict[int, np.ndarray] = {}
+        to_rgb = _rgb_converter(av)
+        with av.open(_pyav_target(source), mode="r") as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for frame in container.decode(stream):
+                if decoded in needed:
+                    kept[decoded] = to_rgb(frame)
+                decoded += 1
+                if decoded > last_needed:
+                    break
+    except (_DecoderFailure, UsageError):
+        raise
+    except Exception as exc:
+        # Damage after some good frames (a truncated or corrupt tail) is still a failure.
+        where = f" after {decoded} frames" if decoded else ""
+        raise _DecoderFailure(f"decoding failed{where}: {_short(exc)}") from exc
+    if decoded == 0:
+        raise _DecoderFailure("no video frames could be decoded")
+    if decoded <= last_needed:
+        raise _DecoderFailure(f"truncated: {origin} {num_frames} frames, only {decoded} decoded")
+    height, width = (int(v) for v in next(iter(kept.values())).shape[:2])
+    info = VideoInfo(num_frames, fps, width, height, num_frames / fps, "pyav")
+    if not wanted:
+        return np.zeros((0, height, width, 3), np.uint8), info, wanted
+    return np.stack([kept[i] for i in wanted]), info, wanted
+
+
+def _pyav_probe(source: VideoSource) -> VideoInfo:
+    _frames, info, _ = _pyav_read(source, lambda n, f: [])
+    return info
+
+
+# --------------------------------------------------------------------------------------------------
+# public API
+
+
+def _run_decoders(source: VideoSource, decoder: str, name: str | None, action: Callable[[str], object]):
+    label = _describe(source, name)
+    if decoder not in ("auto", *DECODERS):
+        raise UsageError(f"unknown video decoder {decoder!r}; expected one of auto, decord, pyav")
+    _check_source(source, label)
+    order = list(DECODERS) if decoder == "auto" else [decoder]
+    reasons: list[str] = []
+    for backend in order:
+        try:
+            return action(backend)
+        except _DecoderFailure as exc:
+            reasons.append(f"{backend}: {exc}")
+    raise VideoDecodeError(
+        f"cannot decode video {label}: " + "; ".join(reasons) + f" (tried {', '.join(order)})"
+    )
+
+
+def probe(source: VideoSource, *, decoder: DecoderName = "auto", name: str | None = None) -> VideoInfo:
+    """Frame count, frame rate and size of a video.
+
+    Args:
+        source: path or encoded bytes.
+        decoder: ``"auto"`` (decord, then PyAV), ``"decord"`` or ``"pyav"``.
+        name: label used in error messages (defaults to the path).
+
+    Raises:
+        VideoDecodeError: the video cannot be decoded (message names file, reason, decoders tried).
+
+    Both decoders take the frame count from the container (PyAV counts packets when the
+    header has no count, as in webm/mkv) and decode only the first frame, so a damaged
+    tail is found by :func:`read_frames`, not here.
+    """
+
+    def action(backend: str) -> VideoInfo:
+        if backend == "decord":
+            reader = _decord_open(source)
+            try:
+                return _decord_info(reader)
+            except _DecoderFailure:
+                raise
+            except Exception as exc:
+                raise _DecoderFailure(_short(exc)) from exc
+        return _pyav_probe(source)
+
+    return _run_decoders(source, decoder, name, action)
+
+
+def read_clip(
+    source: VideoSource,
+    select: IndexSelector | None = None,
+    *,
+    decoder: DecoderName = "auto",
+    name: str | None = None,
+) -> tuple[np.ndarray, VideoInfo, list[int]]:
+    """Open a video once, choose frames from its length and rate, and decode them.
+
+    Args:
+        source: path or encoded bytes.
+        select: ``select(num_frames, fps) -> indices``; ``None`` reads every frame.
+        decoder: ``"auto"``, ``"decord"`` or ``"pyav"``.
+        name: label used in error messages.
+
+    Returns:
+        ``(frames, info, indices)`` with frames uint8 ``[T, H, W, 3]`` RGB, T = len(indices).
+
+    Raises:
+        VideoDecodeError: undecodable input or an index outside ``[0, num_frames)``.
+    """
+
+    def action(backend: str):
+        return _decord_read(source, select) if backend == "decord" else _pyav_read(source, select)
+
+    return _run_decoders(source, decoder, name, action)
+
+
+def read_frames(
+    source: VideoSource,
+    indices: Sequence[int] | None = None,
+    *,
+    decoder: DecoderName = "auto",
+    name: str | None = None,
+) -> np.ndarray:
+    """Decode frames of a video as uint8 RGB ``[T, H, W, 3]``.
+
+    Args:
+        source: path or encoded bytes.
+        indices: frame indices to return, in the given order (repeats allowed); ``None`` = all frames.
+        decoder: ``"auto"`` (decord, PyAV fallback), ``"decord"`` or ``"pyav"``.
+        name: label used in error messages.
+
+    Raises:
+        VideoDecodeError: undecodable input or an index outside ``[0, num_frames)``.
+    """
+    chosen = None if indices is None else [int(i) for i in indices]
+    frames, _info, _ = read_clip(
+        source, None if chosen is None else (lambda n, f: chosen), decoder=decoder, name=name
+    )
+    return frames
+
+
+# --------------------------------------------------------------------------------------------------
+# frame sampling rules
+
+
+def _check_counts(num_frames_total: int, k: int) -> None:
+    if num_frames_total <= 0:
+        raise UsageError(f"cannot sample from a video of {num_frames_total} frames")
+    if k <= 0:
+        raise UsageError(f"number of frames to sample must be positive, got {k}")
+
+
+def uniform_indices(num_frames_total: int, k: int) -> list[int]:
+    """``k`` evenly spaced frames including the first and the last.
+
+    Rule: index_i = floor(i·(N−1)/(k−1) + 1/2) for i = 0..k−1 (``np.linspace(0, N−1, k)``
+    rounded half up); k = 1 gives ``[0]``. When k > N, frames repeat (non-decreasing).
+    """
+    _check_counts(num_frames_total, k)
+    if k == 1:
+        return [0]
+    last = num_frames_total - 1
+    # Integer arithmetic: floor((2·i·last + (k−1)) / (2·(k−1))) avoids float rounding at .5.
+    return [(2 * i * last + (k - 1)) // (2 * (k - 1)) for i in range(k)]
+
+
+def fps_indices(total: int, src_fps: float, target_fps: float, max_frames: int | None = None) -> list[int]:
+    """Frames that resample a ``src_fps`` video to ``target_fps``, starting at frame 0.
+
+    Rule: output frame j shows time t_j = j/target_fps; it takes source frame
+    floor(t_j·src_fps) (i.e. the frame on screen at t_j) for every t_j < total/src_fps.
+    With target_fps > src_fps source frames repeat. ``max_frames`` keeps only the first ones.
+    """
+    if total <= 0:
+        raise UsageError(f"cannot sample from a video of {total} frames")
+    if not (src_fps > 0 and target_fps > 0):
+        raise UsageError(f"frame rates must be positive, got src_fps={src_fps}, target_fps={target_fps}")
+    if max_frames is not None and max_frames <= 0:
+        raise UsageError(f"max_frames must be positive, got {max_frames}")
+    step = src_fps / target_fps
+    indices: list[int] = []
+    j = 0
+    while True:
+        # The small epsilon keeps exact ratios (e.g. 30→10 fps: 3.0·j) from flooring down a frame.
+        index = int(math.floor(j * step + 1e-9))
+        if index >= total or (max_frames is not None and len(indices) >= max_frames):
+            break
+        indices.append(index)
+        j += 1
+    return indices
+
+
+def vbench_middle_indices(n: int, k: int) -> list[int]:
+    """VBench's "middle" sampling of ``k`` frames from ``n`` (``get_frame_indices``).
+
+    Rule: a_i = int(i·n/k) for i = 0..k (``np.linspace(0, n, k+1).astype(int)``); frame
+    i = floor((a_i + a_{i+1} − 1)/2). If n < k: all n frames, padded with the last index to k.
+    """
+    _check_counts(n, k)
+    if n < k:
+        return list(range(n)) + [n - 1] * (k - n)
+    bounds = np.linspace(0, n, k + 1).astype(int)
+    return [int((int(bounds[i]) + int(bounds[i + 1]) - 1) // 2) for i in range(k)]
