@@ -1,0 +1,275 @@
+"""InternVideo2-Stage2 as a reward-encoder backend (:class:`~pisces_cli.encoders.base.EncoderBackend`).
+
+* Global features: ``vision_proj(pooled)`` and ``text_proj(text [CLS])``, not normalised (the OT map's input space).
+* Token features: video tokens ``x_vis [B, 1 + T·g², C]`` (CLS first, frame-major); text tokens are the
+  text-mode output ``[B, L, hidden]`` (also in ``extra["text_embeds"]``, the fusion input).
+* Semantic reward: the VTM probability ``softmax(itm_head(fused [CLS]))[:, 1]`` of the fusion layers run on the
+  text-mode states with cross-attention to ``x_vis`` (method.md §4.7). With token OT, every selected fusion
+  layer's cross-attention probabilities are fused with the token-OT prior (``pisces_cli.ot.token_ot_prior`` →
+  ``fuse_attention``) on lexical rows; one batched solve per layer for all videos × heads. Default layers: all
+  fusion layers but the last, whose prior cannot reach the [CLS] output (method.md §9.5).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pisces_cli.encoders.base import (
+    EncoderBackend,
+    SemanticResult,
+    TextFeatures,
+    TokenGeometry,
+    VideoFeatures,
+    VideoPreprocessing,
+)
+from pisces_cli.encoders.fingerprint import hash_directory, hash_weight_files
+from pisces_cli.encoders.internvideo2.checkpoint import load_internvideo2
+from pisces_cli.encoders.internvideo2.model import CONFIG_FILE, InternVideo2Stage2
+from pisces_cli.encoders.internvideo2.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+from pisces_cli.encoders.internvideo2.tokenizer import (
+    DEFAULT_MAX_LENGTH,
+    load_bert_tokenizer,
+    tokenize_captions,
+)
+from pisces_cli.errors import UsageError
+from pisces_cli.ot import TokenOTSettings, fuse_attention, token_ot_prior, video_token_geometry
+
+KNOWN_OPTIONS = ("tokenizer_dir", "num_frames", "max_text_length", "use_checkpoint")
+
+
+def _find_tokenizer_dir(model_path: Path, tokenizer_dir: str | Path | None) -> Path:
+    if tokenizer_dir is not None:
+        return Path(tokenizer_dir)
+    base = model_path if model_path.is_dir() else model_path.parent
+    for candidate in (base, base / "tokenizer", base / "bert-large-uncased"):
+        if (candidate / "vocab.txt").is_file() or (candidate / "tokenizer.json").is_file():
+            return candidate
+    raise UsageError(
+        f"internvideo2 backend: no BERT tokenizer found next to {model_path} (looked for vocab.txt in "
+        f"{base}, {base / 'tokenizer'}, {base / 'bert-large-uncased'}); pass tokenizer_dir=<local bert-large-uncased>"
+    )
+
+
+def load_backend(
+    path_or_id: str | Path,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+    tokenizer_dir: str | Path | None = None,
+    num_frames: int | None = None,
+    max_text_length: int = DEFAULT_MAX_LENGTH,
+    use_checkpoint: bool = False,
+    **options: Any,
+) -> InternVideo2Backend:
+    """Load InternVideo2-Stage2 as a frozen reward encoder.
+
+    Args:
+        path_or_id: our export directory (``config.json`` + ``model.safetensors``), or the released ``.pt``
+            file (1B config; an explicit weights-only torch import).
+        device: where the model runs.
+        dtype: parameter dtype (``None`` keeps the stored dtype; the released ``.pt`` then loads as float32).
+        tokenizer_dir: local ``bert-large-uncased`` directory (default: the model directory itself, or its
+            ``tokenizer/`` or ``bert-large-uncased/`` sub-directory).
+        num_frames: frames per clip (``pos_embed`` interpolated from the stored count; default: stored count).
+        max_text_length: caption token budget (300 as in PISCES with token OT).
+        use_checkpoint: activation checkpointing of the vision blocks (less memory on the backprop path).
+
+    Raises:
+        UsageError: unknown option, missing files, or a checkpoint that does not load strictly.
+    """
+    if options:
+        raise UsageError(
+            f"internvideo2 backend: unknown option(s) {', '.join(sorted(options))}; known: {', '.join(KNOWN_OPTIONS)}"
+        )
+    path = Path(path_or_id)
+    if path.is_dir():
+        if not (path / CONFIG_FILE).is_file():
+            raise UsageError(
+                f"internvideo2 backend: {path}: no {CONFIG_FILE} (expected a pisces InternVideo2 export)"
+            )
+        model = InternVideo2Stage2.from_pretrained(path, num_frames, dtype, device, use_checkpoint)
+        weights_sha256 = hash_directory(path)
+    elif path.is_file():
+        model = load_internvideo2(
+            path,
+            num_frames=num_frames,
+            dtype=dtype or torch.float32,
+            device=device,
+            use_checkpoint=use_checkpoint,
+        )
+        weights_sha256 = hash_weight_files([path])
+    else:
+        raise UsageError(
+            f"internvideo2 backend: {path_or_id}: not found (expected an export directory or the released .pt)"
+        )
+    tokenizer = load_bert_tokenizer(_find_tokenizer_dir(path, tokenizer_dir))
+    return InternVideo2Backend(model, tokenizer, path.name, weights_sha256, max_text_length)
+
+
+class InternVideo2Backend(EncoderBackend):
+    """Frozen InternVideo2-Stage2 reward encoder (see the module docstring for the features it returns)."""
+
+    name = "internvideo2"
+
+    def __init__(
+        self,
+        model: InternVideo2Stage2,
+        tokenizer: Any,
+        model_name: str,
+        weights_sha256: str,
+        max_text_length: int = DEFAULT_MAX_LENGTH,
+    ) -> None:
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.max_text_length = max_text_length
+        self._model_name = model_name
+        self._weights_sha256 = weights_sha256
+        vision = model.config.vision
+        self.preprocessing = VideoPreprocessing(
+            num_frames=vision.num_frames,
+            size=vision.img_size,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            interpolation="bicubic",
+        )
+        self.embed_dim = model.config.embed_dim
+
+    def fingerprint(self) -> dict[str, str]:
+        """``{"backend": "internvideo2", "model": <export dir or .pt name>, "weights_sha256": <weight files hash>}``."""
+        return {"backend": self.name, "model": self._model_name, "weights_sha256": self._weights_sha256}
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> InternVideo2Backend:
+        self.model.to(device=device, dtype=dtype)
+        return self
+
+    # ------------------------------------------------------------------ text
+    def encode_text(self, captions: list[str]) -> TextFeatures:
+        """Encode ``B`` captions under ``no_grad`` at their real length (padded to the longest, ≤ max_text_length).
+
+        Returns ``global_embedding [B, D]`` (``text_proj`` of [CLS]), ``tokens [B, L, hidden]`` (text-mode states,
+        also ``extra["text_embeds"]``), bool ``attention_mask`` / ``lexical_mask [B, L]``, ``token_strings``,
+        ``extra["input_ids"]``.
+        """
+        if isinstance(captions, str) or not captions:
+            raise UsageError("internvideo2 backend: encode_text expects a non-empty list of caption strings")
+        tokens = tokenize_captions(self.tokenizer, list(captions), self.max_text_length)
+        device = self.device
+        input_ids = tokens.input_ids.to(device)
+        attention_mask = tokens.attention_mask.to(device)
+        with torch.no_grad():
+            text_embeds = self.model.encode_text(input_ids, attention_mask)
+            global_embedding = self.model.text_embedding(text_embeds)
+        return TextFeatures(
+            global_embedding=global_embedding,
+            tokens=text_embeds,
+            attention_mask=attention_mask.bool(),
+            lexical_mask=tokens.lexical_mask.to(device),
+            token_strings=tokens.token_strings,
+            extra={"text_embeds": text_embeds, "input_ids": input_ids},
+        )
+
+    # ------------------------------------------------------------------ video
+    def encode_video(self, pixels: Tensor) -> VideoFeatures:
+        """Encode preprocessed clips ``[B, T, 3, S, S]``; differentiable w.r.t. ``pixels``.
+
+        Returns ``global_embedding [B, D]`` (``vision_proj(pooled)``), ``tokens = x_vis [B, 1 + T·g², C]``,
+        the geometry ``(T, g, g, has_cls=True)``, no frame embeddings, ``extra["pooled"] [B, clip_embed_dim]``.
+        """
+        if pixels.ndim != 5:
+            raise UsageError(
+                f"internvideo2 backend: expected pixels [B, T, 3, S, S], got {tuple(pixels.shape)}"
+            )
+        x_vis, pooled = self.model.encode_vision(pixels.to(self.device))
+        grid = self.model.config.vision.grid_size
+        return VideoFeatures(
+            global_embedding=self.model.video_embedding(pooled),
+            tokens=x_vis,
+            geometry=TokenGeometry(num_frames=pixels.shape[1], grid_h=grid, grid_w=grid, has_cls=True),
+            frame_embeddings=None,
+            extra={"pooled": pooled},
+        )
+
+    # ------------------------------------------------------------------ semantic reward
+    def ot_layers(self, token_ot: TokenOTSettings) -> tuple[int, ...]:
+        """Absolute BERT layer indices that get the OT prior (default: fusion layers but the last)."""
+        text = self.model.config.text
+        fusion = tuple(range(text.fusion_layer, text.num_layers))
+        if token_ot.layers is None:
+            return fusion[:-1]
+        unknown = sorted(set(token_ot.layers) - set(fusion))
+        if unknown:
+            raise UsageError(
+                f"internvideo2 backend: token OT layers {unknown} are not fusion layers; expected a subset of {list(fusion)}"
+            )
+        return tuple(sorted(set(token_ot.layers)))
+
+    def semantic_reward(
+        self,
+        text: TextFeatures,
+        video: VideoFeatures,
+        token_ot: TokenOTSettings | None,
+    ) -> SemanticResult:
+        """VTM probability of each (caption, clip) pair, with the token-OT prior fused into the cross-attention.
+
+        Returns ``reward [B]`` (fp32, differentiable through the video tokens), the detached ``plan [B, L, M]``
+        (the OT prior averaged over heads and OT layers; zero rows off the lexical tokens; ``None`` without OT
+        or with no OT layer) and, with OT, diagnostics ``ot_iterations`` (mean), ``ot_mass`` (mean),
+        ``ot_marginal_error`` (max), ``ot_converged`` (all) over heads and layers, ``[B]`` each.
+        """
+        batch = video.tokens.shape[0]
+        if text.tokens.shape[0] != batch:
+            raise UsageError(
+                f"internvideo2 backend: semantic_reward got {text.tokens.shape[0]} captions for {batch} videos"
+            )
+        if "text_embeds" not in text.extra:
+            raise UsageError(
+                "internvideo2 backend: text features lack extra['text_embeds'] (use this backend's encode_text)"
+            )
+        x_vis = video.tokens
+        text_embeds = text.extra["text_embeds"].to(device=x_vis.device, dtype=x_vis.dtype)
+        attention_mask = text.attention_mask.to(x_vis.device).long()
+        if token_ot is None:
+            fused = self.model.fusion(text_embeds, attention_mask, x_vis)
+            return SemanticResult(reward=self.model.vtm_probability(fused[:, 0]), plan=None, diagnostics={})
+        token_ot.validate()
+        layers = set(self.ot_layers(token_ot))
+        lexical = text.lexical_mask.to(x_vis.device).bool()
+        geo = video.geometry
+        geometry = video_token_geometry(
+            geo.num_frames, geo.grid_h, geo.grid_w, geo.has_cls, device=x_vis.device
+        )
+        priors: list[Tensor] = []
+        infos: list[Any] = []
+
+        def hook(layer: int, probs: Tensor, query_full: Tensor, key_full: Tensor) -> Tensor:
+            if layer not in layers:
+                return probs
+            prior, info = token_ot_prior(query_full, key_full, probs, lexical, geometry, token_ot)
+            priors.append(prior.mean(dim=1))
+            infos.append(info)
+            return fuse_attention(probs, prior, lexical)
+
+        fused = self.model.fusion(text_embeds, attention_mask, x_vis, cross_attn_hook=hook)
+        reward = self.model.vtm_probability(fused[:, 0])
+        if not priors:
+            return SemanticResult(reward=reward, plan=None, diagnostics={})
+        plan = torch.stack(priors).mean(dim=0).detach()
+        diagnostics = {
+            "ot_iterations": torch.stack([i.iterations.float().mean(-1) for i in infos]).mean(0),
+            "ot_mass": torch.stack([i.mass.float().mean(-1) for i in infos]).mean(0),
+            "ot_marginal_error": torch.stack([i.marginal_error.float().amax(-1) for i in infos]).amax(0),
+            "ot_converged": torch.stack([i.converged.bool().all(-1) for i in infos]).all(0),
+        }
+        return SemanticResult(reward=reward, plan=plan, diagnostics=diagnostics)
