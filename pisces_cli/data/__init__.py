@@ -1,0 +1,1 @@
+"""Data files shipped with pisces (prompt suites under :mod:`pisces_cli.data.prompts`)."""
