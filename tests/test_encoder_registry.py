@@ -19,8 +19,8 @@ def test_encoder_unknown_backend_lists_known() -> None:
         load_encoder("blip", "/nowhere")
 
 
-def test_encoder_reserved_backend() -> None:
-    with pytest.raises(UsageError, match="'world' is reserved"):
+def test_encoder_world_backend_needs_a_checkpoint_dir() -> None:
+    with pytest.raises(UsageError, match="world"):
         load_encoder("world", "/nowhere")
 
 

@@ -13,7 +13,7 @@ err_console = Console(stderr=True)
 
 RECIPE_OPTION_HELP = "Bundled recipe name (see `pisces ls`) or path to a YAML recipe."
 OVERRIDES_HELP = (
-    "Recipe overrides: key.path=value (typed by the schema; lists as [a,b]) or ~key.path to remove."
+    "Recipe overrides: key.path=value (typed by the schema; lists as \\[a,b]) or ~key.path to remove."
 )
 
 

@@ -23,7 +23,10 @@ import yaml
 from pisces_cli.config import schema
 from pisces_cli.config.sections.common import DataSection, ModelsSection, RuntimeSection
 from pisces_cli.config.sections.embed import EmbedSection
+from pisces_cli.config.sections.eval import EvalSection
+from pisces_cli.config.sections.finetune import FinetuneSection
 from pisces_cli.config.sections.fit_ot import FitOTSection
+from pisces_cli.config.sections.generate import GenerateSection
 from pisces_cli.config.sections.reward import RewardSection
 from pisces_cli.config.sections.score import ScoreSection
 from pisces_cli.errors import UsageError
@@ -44,6 +47,9 @@ class Recipe:
     embed: EmbedSection = field(default_factory=EmbedSection)
     fit_ot: FitOTSection = field(default_factory=FitOTSection)
     score: ScoreSection = field(default_factory=ScoreSection)
+    finetune: FinetuneSection = field(default_factory=FinetuneSection)
+    generate: GenerateSection = field(default_factory=GenerateSection)
+    eval: EvalSection = field(default_factory=EvalSection)
 
 
 @dataclass

@@ -91,7 +91,13 @@ def _coerce(value: Any, tp: Any, path: str, problems: list[tuple[str, str]]) -> 
         return None
     if origin is Literal:
         allowed = get_args(tp)
-        if value in allowed:
+        if isinstance(value, bool):
+            # YAML 1.1 reads bare no/off/yes/on as booleans; map them back onto a string choice.
+            spellings = ("no", "off", "false", "none") if value is False else ("yes", "on", "true")
+            for word in spellings:
+                if word in allowed:
+                    return word
+        if value in allowed and not isinstance(value, bool):
             return value
         hint = suggest(str(value), [str(a) for a in allowed])
         problems.append(

@@ -10,6 +10,7 @@ numbers with the right shapes and gradients.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -40,8 +41,8 @@ _OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def _clip_tokenizer() -> PreTrainedTokenizerBase:
-    """A byte-pair CLIPTokenizer whose merges rebuild every word of :data:`TINY_WORDS`."""
+def _clip_tokenizer(words: tuple[str, ...] = TINY_WORDS) -> PreTrainedTokenizerBase:
+    """A byte-pair CLIPTokenizer whose merges rebuild every word of ``words`` (default :data:`TINY_WORDS`)."""
     from transformers import CLIPTokenizer
 
     vocab: dict[str, int] = {"<|startoftext|>": 0, "<|endoftext|>": 1}
@@ -49,14 +50,20 @@ def _clip_tokenizer() -> PreTrainedTokenizerBase:
         vocab.setdefault(letter, len(vocab))
         vocab.setdefault(letter + "</w>", len(vocab))
     merges: list[tuple[str, str]] = []
-    for word in TINY_WORDS:
+    rank: dict[tuple[str, str], int] = {}
+    for word in words:
+        # Replay BPE on the word with the merges so far; where none applies, append the first pair.
+        # A new merge ranks after every existing one, so it never changes how earlier words split.
         symbols = list(word[:-1]) + [word[-1] + "</w>"]
         while len(symbols) > 1:
-            pair = (symbols[0], symbols[1])
-            if pair not in merges:
+            pairs = [(rank.get(pair, len(merges)), i) for i, pair in enumerate(zip(symbols, symbols[1:]))]
+            best, index = min(pairs)
+            pair = (symbols[index], symbols[index + 1])
+            if best == len(merges):
+                rank[pair] = len(merges)
                 merges.append(pair)
-            symbols = [symbols[0] + symbols[1], *symbols[2:]]
-            vocab.setdefault(symbols[0], len(vocab))
+            symbols = [*symbols[:index], pair[0] + pair[1], *symbols[index + 2 :]]
+            vocab.setdefault(pair[0] + pair[1], len(vocab))
     return CLIPTokenizer(
         vocab=vocab,
         merges=merges,
@@ -68,7 +75,7 @@ def _clip_tokenizer() -> PreTrainedTokenizerBase:
     )
 
 
-def _siglip_tokenizer() -> PreTrainedTokenizerBase:
+def _siglip_tokenizer(words: tuple[str, ...] = TINY_WORDS) -> PreTrainedTokenizerBase:
     """A word-level fast tokenizer shaped like SigLIP's: lower-cased words, then ``</s>``, pad ``</s>``.
 
     SigLIP's own tokenizer needs a sentencepiece model file, which cannot be built offline.
@@ -78,7 +85,7 @@ def _siglip_tokenizer() -> PreTrainedTokenizerBase:
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
-    for word in TINY_WORDS:
+    for word in words:
         vocab.setdefault(word, len(vocab))
     backend = Tokenizer(WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.normalizer = normalizers.Lowercase()
@@ -131,21 +138,23 @@ def _preprocessor_config(kind: TinyKind) -> dict[str, object]:
 
 
 def build_tiny_clip(
-    kind: TinyKind = "clip", seed: int = 0
+    kind: TinyKind = "clip", seed: int = 0, words: Sequence[str] = ()
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, object]]:
     """Build a tiny random-weight dual encoder of family ``kind``.
 
     Args:
         kind: ``"clip"`` (CLIPModel), ``"siglip"`` (SiglipModel) or ``"siglip2"`` (Siglip2Model).
         seed: torch seed for the random weights (same seed, same weights).
+        words: extra whole-word tokens besides :data:`TINY_WORDS` (e.g. the synthetic world's vocabulary).
 
     Returns:
         ``(model, tokenizer, preprocessor_config)``; the model is in eval mode, fp32.
     """
+    vocabulary = tuple(dict.fromkeys([*TINY_WORDS, *(w.lower() for w in words if w.isalpha())]))
     if kind == "clip":
         from transformers import CLIPConfig, CLIPModel
 
-        tokenizer = _clip_tokenizer()
+        tokenizer = _clip_tokenizer(vocabulary)
         text = {
             "vocab_size": len(tokenizer.get_vocab()),
             "hidden_size": _HIDDEN,
@@ -169,7 +178,7 @@ def build_tiny_clip(
         torch.manual_seed(seed)
         model: PreTrainedModel = CLIPModel(config)
     elif kind in ("siglip", "siglip2"):
-        tokenizer = _siglip_tokenizer()
+        tokenizer = _siglip_tokenizer(vocabulary)
         text = {
             "vocab_size": len(tokenizer.get_vocab()),
             "hidden_size": _HIDDEN,
@@ -205,7 +214,9 @@ def build_tiny_clip(
     return model, tokenizer, _preprocessor_config(kind)
 
 
-def save_tiny_clip(directory: str | Path, kind: TinyKind = "clip", seed: int = 0) -> Path:
+def save_tiny_clip(
+    directory: str | Path, kind: TinyKind = "clip", seed: int = 0, words: Sequence[str] = ()
+) -> Path:
     """Write a tiny checkpoint of family ``kind`` to ``directory`` (created if missing).
 
     The directory holds ``config.json``, ``model.safetensors``, the tokenizer files and a
@@ -214,9 +225,12 @@ def save_tiny_clip(directory: str | Path, kind: TinyKind = "clip", seed: int = 0
     Returns:
         The directory path.
     """
+    from pisces_cli.runtime import quiet_model_loading
+
+    quiet_model_loading()
     target = Path(directory)
     target.mkdir(parents=True, exist_ok=True)
-    model, tokenizer, preprocessor = build_tiny_clip(kind, seed=seed)
+    model, tokenizer, preprocessor = build_tiny_clip(kind, seed=seed, words=words)
     model.save_pretrained(target, safe_serialization=True)
     tokenizer.save_pretrained(target)
     (target / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")

@@ -41,7 +41,11 @@ class GaussianOTSection:
 
 @dataclass
 class FitOTSection:
-    """Fit, judge and ship an OT map from the embeddings written by ``embed``."""
+    """Fit, judge and ship an OT map from the embeddings written by ``embed``.
+
+    ``select`` picks which neural checkpoint ships as ``ot_map.safetensors``: the best held-out mutual
+    kNN (default), the best distance Spearman, or the last step; all three are written.
+    """
 
     method: Literal["neural", "gaussian", "identity"] = "neural"
     normalize: Literal["l2", "none"] = "l2"
@@ -49,6 +53,7 @@ class FitOTSection:
     output: str = "${output_dir}/ot"
     val_fraction: float = 0.1
     val_max: int = 1024
+    select: Literal["mknn_after", "spearman", "last"] = "mknn_after"
     neural: NeuralOTSection = field(default_factory=NeuralOTSection)
     gaussian: GaussianOTSection = field(default_factory=GaussianOTSection)
 

@@ -23,7 +23,7 @@ class TokenOTSection:
     mode: Literal["unbalanced", "partial", "balanced"] = "unbalanced"
     max_iter: int = 200
     tol: float = 1e-3
-    check_every: int = 10
+    check_every: int = 4
     exclude_cls: bool = False
     layers: list[int] | None = None
 

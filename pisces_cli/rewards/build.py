@@ -1,0 +1,106 @@
+"""Build the encoder and the reward module from a resolved recipe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pisces_cli.errors import UsageError
+from pisces_cli.runtime import quiet_model_loading
+
+__all__ = [
+    "build_reward",
+    "encoder_num_frames",
+    "encoder_options",
+    "load_encoder_from_recipe",
+    "quiet_model_loading",
+]
+
+if TYPE_CHECKING:
+    import torch
+
+    from pisces_cli.config import Recipe
+    from pisces_cli.encoders.base import EncoderBackend
+    from pisces_cli.rewards.module import PiscesReward
+
+
+def encoder_options(recipe: Recipe) -> dict[str, Any]:
+    """Backend-specific loader options from ``models.encoder`` (``tokenizer``/``num_frames`` for internvideo2)."""
+    section = recipe.models.encoder
+    options = dict(section.options)
+    if section.backend == "internvideo2":
+        if section.tokenizer:
+            options.setdefault("tokenizer_dir", section.tokenizer)
+        if section.num_frames:
+            options.setdefault("num_frames", section.num_frames)
+    elif section.tokenizer:
+        raise UsageError(
+            f"models.encoder.tokenizer is only used by the internvideo2 backend, not {section.backend!r}"
+        )
+    return options
+
+
+def load_encoder_from_recipe(recipe: Recipe, device: torch.device) -> EncoderBackend:
+    """Load ``models.encoder`` (UsageError with the key path when it is not set or not found)."""
+    from pisces_cli.encoders.registry import load_encoder
+    from pisces_cli.runtime import resolve_dtype
+
+    quiet_model_loading()
+    section = recipe.models.encoder
+    if not section.path:
+        raise UsageError("models.encoder.path is not set: give a local checkpoint (directory or file)")
+    return load_encoder(
+        section.backend,
+        section.path,
+        device=device,
+        dtype=resolve_dtype(section.dtype),
+        **encoder_options(recipe),
+    )
+
+
+def encoder_num_frames(recipe: Recipe, encoder: EncoderBackend) -> int:
+    """Frames per clip: ``data.num_frames``, else ``models.encoder.num_frames``, else the encoder's, else 8."""
+    return recipe.data.num_frames or recipe.models.encoder.num_frames or encoder.preprocessing.num_frames or 8
+
+
+def build_reward(
+    recipe: Recipe,
+    encoder: EncoderBackend,
+    *,
+    ot_map_path: str | None = None,
+    use_ot_map: bool = True,
+    with_no_ot_semantic: bool = False,
+) -> tuple[PiscesReward, dict[str, Any]]:
+    """The reward module of ``recipe`` on ``encoder``; returns it with a description of its OT map.
+
+    ``ot_map_path`` overrides ``reward.ot_map``. A map fit on another encoder, or of another
+    dimension, is refused (UsageError, exit 2).
+    """
+    from pisces_cli.rewards.module import PiscesReward, token_ot_settings_from_recipe
+    from pisces_cli.rewards.ot_map_artifact import load_ot_map_artifact
+
+    path = ot_map_path if ot_map_path is not None else recipe.reward.ot_map
+    ot_map = None
+    info: dict[str, Any] = {"ot_map": None}
+    if use_ot_map and path:
+        if not Path(path).is_file():
+            raise UsageError(
+                f"reward.ot_map: {path} does not exist (run `pisces fit-ot` or set reward.ot_map=null)"
+            )
+        ot_map, header = load_ot_map_artifact(
+            path, encoder_fingerprint=encoder.fingerprint(), dim=encoder.embed_dim
+        )
+        info = {
+            "ot_map": str(path),
+            "method": header.extra.get("map", {}).get("method"),
+            "metrics": header.metrics,
+        }
+    reward = PiscesReward(
+        encoder,
+        ot_map=ot_map,
+        weights={"quality": recipe.reward.weights.quality, "semantic": recipe.reward.weights.semantic},
+        token_ot=token_ot_settings_from_recipe(recipe.reward.token_ot),
+        crop=recipe.reward.crop,
+        with_no_ot_semantic=with_no_ot_semantic,
+    )
+    return reward, info

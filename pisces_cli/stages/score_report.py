@@ -1,0 +1,364 @@
+"""``report.html`` of ``pisces score --report``: one self-contained page (images inline as PNG data URIs).
+
+Sections: the run's settings and a summary table (mean and 95 % bootstrap CI per score column, with
+quality − quality_no_ot, what the OT map changed); histograms of the score columns; then for each
+video (up to ``max_videos``) a strip of its sampled frames and, for the caption words that the
+token-level partial-OT plan moves the most mass from, the plan rows drawn as heatmaps over each frame's
+patches ("which word went where"); then a table of every video's scores and a table of failures.
+
+Sub-word tokens are merged back into words before ranking (CLIP BPE ``</w>`` ends a word, WordPiece
+``##`` continues one, SentencePiece ``▁`` / GPT-2 ``Ġ`` start one); a word's heatmap is the sum of its
+tokens' plan rows. The page links to nothing outside itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pisces_cli.atomic import atomic_write_text
+
+SCORE_COLUMNS = ("quality", "semantic", "quality_no_ot", "semantic_no_ot", "total")
+COLUMN_NOTES = {
+    "quality": "cos(video, T(text)): video embedding vs the OT-mapped caption embedding",
+    "semantic": "token-level partial-OT alignment of caption words and video patches",
+    "quality_no_ot": "plain cos(video, text), no OT map",
+    "semantic_no_ot": "semantic reward with a uniform plan (no token OT)",
+    "total": "w_q · quality + w_s · semantic",
+}
+MAX_TABLE_ROWS = 1000
+
+_CSS = """
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px auto;max-width:1180px;color:#1d2330;
+line-height:1.4;padding:0 16px}
+h1{margin-bottom:4px}h2{margin-top:32px;border-bottom:2px solid #e3e7ee;padding-bottom:4px}
+.muted{color:#667085}.err{color:#b42318}
+table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #d0d5dd;padding:4px 10px;font-size:13px}
+th{background:#f2f4f7;text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.settings td:first-child{font-weight:600;background:#f9fafb}
+.video{margin:22px 0;padding:12px 14px;border:1px solid #e3e7ee;border-radius:8px;background:#fcfcfd}
+.video .title{font-weight:600;font-size:15px}.video .prompt{font-style:italic}
+.chips span{display:inline-block;margin:6px 6px 4px 0;padding:2px 8px;border-radius:10px;background:#eef4ff;
+font-size:12px;font-variant-numeric:tabular-nums}
+img{max-width:100%;display:block;margin-top:6px}
+.scroll{max-height:520px;overflow:auto;border:1px solid #e3e7ee}
+"""
+
+
+@dataclass
+class WordMap:
+    """One caption word's transport: ``heatmaps [T, gh, gw]`` (plan mass per patch) and its mass share."""
+
+    word: str
+    heatmaps: np.ndarray
+    mass_share: float
+
+
+def _png(fig: Any, dpi: int = 90) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _frames_for(path: Path, num_frames: int) -> tuple[np.ndarray | None, list[int]]:
+    """Uniformly sampled frames ``[T, H, W, 3]`` uint8 of ``path`` and their indices (None, [] if unreadable)."""
+    from pisces_cli.io.video import read_clip, uniform_indices
+
+    try:
+        frames, _info, indices = read_clip(
+            path, lambda total, fps: uniform_indices(total, min(num_frames, total))
+        )
+    except Exception:
+        return None, []
+    return frames, list(indices)
+
+
+def token_heatmaps(plan: np.ndarray, geometry: Any, rows: list[int]) -> np.ndarray:
+    """Plan rows ``[len(rows), M]`` → per-frame patch heatmaps ``[len(rows), T, gh, gw]`` (CLS dropped)."""
+    start = 1 if geometry.has_cls else 0
+    patches = plan[rows, start:]
+    return patches.reshape(len(rows), geometry.num_frames, geometry.grid_h, geometry.grid_w)
+
+
+def _clean(token: str) -> str:
+    for marker in ("</w>", "Ġ", "▁", "##"):
+        token = token.replace(marker, "")
+    return token
+
+
+def word_groups(tokens: list[str], rows: list[int]) -> list[tuple[str, list[int]]]:
+    """Merge the sub-word tokens at positions ``rows`` (ascending) into ``(word, positions)``.
+
+    Conventions, detected from the tokens: CLIP BPE (``</w>`` ends a word), SentencePiece / GPT-2
+    (``▁`` / ``Ġ`` starts a word), WordPiece (``##`` continues a word); otherwise one token = one word.
+    Non-consecutive positions never merge.
+    """
+    chosen = [tokens[i] if i < len(tokens) else str(i) for i in rows]
+    ends_mark = any(t.endswith("</w>") for t in chosen)
+    starts_mark = any(t.startswith(("▁", "Ġ")) for t in chosen)
+    groups: list[tuple[str, list[int]]] = []
+    open_word = False
+    previous = None
+    for position, token in zip(rows, chosen):
+        contiguous = previous is not None and position == previous + 1
+        if ends_mark:
+            joins = open_word and contiguous
+            open_word = not token.endswith("</w>")
+        elif starts_mark:
+            joins = contiguous and not token.startswith(("▁", "Ġ"))
+        else:
+            joins = contiguous and token.startswith("##")
+        if joins and groups:
+            word, members = groups[-1]
+            groups[-1] = (word + _clean(token), [*members, position])
+        else:
+            groups.append((_clean(token), [position]))
+        previous = position
+    return [(word or "?", members) for word, members in groups]
+
+
+def top_words(entry: dict[str, Any], top_k: int) -> list[WordMap]:
+    """The ``top_k`` caption words by plan mass, with their heatmaps (empty without a plan/geometry)."""
+    if entry.get("geometry") is None or entry.get("plan") is None:
+        return []
+    plan = np.asarray(entry["plan"], dtype=np.float64)
+    lexical = (
+        np.asarray(entry["lexical"], dtype=bool) if entry.get("lexical") is not None else plan.sum(1) > 0
+    )
+    rows = [int(i) for i in np.flatnonzero(lexical[: plan.shape[0]])]
+    total = float(plan.sum())
+    if not rows or total <= 0:
+        return []
+    tokens = list(entry.get("tokens") or [])
+    maps = token_heatmaps(plan, entry["geometry"], rows)
+    by_row = {row: maps[j] for j, row in enumerate(rows)}
+    words = []
+    for word, members in word_groups(tokens, rows):
+        heat = sum(by_row[m] for m in members)
+        words.append(WordMap(word, heat, float(heat.sum()) / total))
+    words.sort(key=lambda w: -w.mass_share)
+    return [w for w in words[:top_k] if w.mass_share > 0]
+
+
+def _video_figure(frames: np.ndarray | None, indices: list[int], words: list[WordMap]) -> str:
+    """Frame strip (row 0) and one heatmap row per word; row labels on the left."""
+    plt = _pyplot()
+    n_frames = frames.shape[0] if frames is not None else (words[0].heatmaps.shape[0] if words else 1)
+    n_rows = (1 if frames is not None else 0) + len(words)
+    if n_rows == 0:
+        return ""
+    fig, axes = plt.subplots(n_rows, n_frames, figsize=(1.15 * n_frames + 1.4, 1.2 * n_rows), squeeze=False)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    row = 0
+    if frames is not None:
+        for col in range(n_frames):
+            axes[0][col].imshow(frames[col])
+            axes[0][col].set_title(f"frame {indices[col]}" if col < len(indices) else "", fontsize=8)
+        axes[0][0].set_ylabel("frames", rotation=0, ha="right", va="center", fontsize=10)
+        row = 1
+    for word in words:
+        maps = word.heatmaps
+        vmax = float(maps.max()) or 1.0
+        for col in range(n_frames):
+            ax = axes[row][col]
+            t = min(col * maps.shape[0] // max(n_frames, 1), maps.shape[0] - 1)
+            if frames is not None:
+                height, width = frames.shape[1:3]
+                ax.imshow(frames[col], alpha=0.45)
+                ax.imshow(maps[t], cmap="magma", alpha=0.7, vmin=0, vmax=vmax, extent=(0, width, height, 0))
+            else:
+                ax.imshow(maps[t], cmap="magma", vmin=0, vmax=vmax)
+        label = f"“{word.word}”\n{100 * word.mass_share:.0f}% of mass"
+        axes[row][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=10)
+        row += 1
+    fig.subplots_adjust(wspace=0.04, hspace=0.12)
+    return _png(fig)
+
+
+def _histograms(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(columns), figsize=(3.3 * len(columns), 2.7), squeeze=False)
+    for ax, column in zip(axes[0], columns):
+        values = np.array([r[column] for r in rows if isinstance(r.get(column), (int, float))], dtype=float)
+        if values.size:
+            ax.hist(values, bins=min(30, max(5, values.size // 2)), color="#3b6ea8", edgecolor="white")
+            ax.axvline(values.mean(), color="#d9480f", linewidth=1.5)
+        mean = f", mean {values.mean():.3f}" if values.size else ""
+        ax.set_title(f"{column} (n={values.size}{mean})", fontsize=10)
+        ax.tick_params(labelsize=8)
+        ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else "—"
+
+
+def _settings_table(summary: dict[str, Any] | None) -> str:
+    if not summary:
+        return ""
+    encoder = summary.get("encoder") or {}
+    ot_map = summary.get("ot_map") or {}
+    weights = summary.get("weights") or {}
+    map_text = "none (quality = quality_no_ot)"
+    if ot_map.get("ot_map"):
+        map_text = f"{ot_map['ot_map']} ({ot_map.get('method') or '?'})"
+    items = [
+        ("encoder", f"{encoder.get('backend', '?')} · {encoder.get('model', '?')} · "
+                    f"sha256 {str(encoder.get('weights_sha256', ''))[:12]}"),
+        ("OT map", map_text),
+        ("weights", ", ".join(f"{k} {v:g}" for k, v in weights.items() if isinstance(v, (int, float)))),
+        ("frames per video", f"{summary.get('num_frames', '?')} (crop: {summary.get('crop', '?')})"),
+    ]  # fmt: skip
+    cells = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in items)
+    return f"<table class='settings'>{cells}</table>"
+
+
+def _summary_table(stats: dict[str, dict[str, float]], rows: list[dict[str, Any]]) -> str:
+    parts = ["<table><tr><th>column</th><th>mean</th><th>95% CI</th><th>n</th><th>meaning</th></tr>"]
+    for column in [c for c in SCORE_COLUMNS if c in stats] + [c for c in stats if c not in SCORE_COLUMNS]:
+        stat = stats[column]
+        parts.append(
+            f"<tr><td>{html.escape(column)}</td><td class='num'>{stat['mean']:.4f}</td>"
+            f"<td class='num'>[{stat['ci_low']:.4f}, {stat['ci_high']:.4f}]</td><td class='num'>{stat['n']}</td>"
+            f"<td class='muted'>{html.escape(COLUMN_NOTES.get(column, ''))}</td></tr>"
+        )
+    deltas = [r["quality"] - r["quality_no_ot"] for r in rows
+              if isinstance(r.get("quality"), (int, float)) and isinstance(r.get("quality_no_ot"), (int, float))]  # fmt: skip
+    if deltas:
+        parts.append(
+            f"<tr><td>quality − quality_no_ot</td><td class='num'>{float(np.mean(deltas)):+.4f}</td><td></td>"
+            f"<td class='num'>{len(deltas)}</td><td class='muted'>what the OT map changed (mean)</td></tr>"
+        )
+    parts.append("</table>")
+    return "".join(parts)
+
+
+def _scores_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    good = [r for r in rows if r.get("error") is None][:MAX_TABLE_ROWS]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = []
+    for r in good:
+        cells = "".join(f"<td class='num'>{_fmt(r.get(c))}</td>" for c in columns)
+        body.append(
+            f"<tr><td>{html.escape(r['video'])}</td><td>{html.escape(str(r.get('prompt') or ''))}</td>{cells}</tr>"
+        )
+    more = (
+        f"<p class='muted'>First {MAX_TABLE_ROWS} shown; see scores.csv.</p>"
+        if len(good) == MAX_TABLE_ROWS
+        else ""
+    )
+    return f"<div class='scroll'><table><tr><th>video</th><th>prompt</th>{head}</tr>{''.join(body)}</table></div>{more}"
+
+
+def _failures_table(rows: list[dict[str, Any]]) -> str:
+    failed = [r for r in rows if r.get("error") is not None]
+    if not failed:
+        return ""
+    body = "".join(
+        f"<tr><td>{html.escape(r['video'])}</td><td class='err'>{html.escape(str(r['error']))}</td></tr>"
+        for r in failed[:MAX_TABLE_ROWS]
+    )
+    return f"<h2>Failed videos ({len(failed)})</h2><table><tr><th>video</th><th>error</th></tr>{body}</table>"
+
+
+def write_score_report(
+    path: Path,
+    videos_root: Path,
+    rows: list[dict[str, Any]],
+    plans: dict[str, dict[str, Any]],
+    stats: dict[str, dict[str, float]],
+    *,
+    num_frames: int,
+    max_videos: int = 48,
+    top_k: int = 3,
+    summary: dict[str, Any] | None = None,
+) -> Path:
+    """Write the self-contained HTML report; returns its path.
+
+    Args:
+        path: the ``report.html`` to write (atomically).
+        videos_root: folder the ``rows``' ``video`` keys are relative to (frames are re-read from there).
+        rows: score rows (``video``, ``prompt``, score columns, ``error``).
+        plans: per video key: ``plan [L, M]`` (tensor or array), ``tokens [L]``, ``lexical [L]``, ``geometry``.
+        stats: per column ``mean``, ``ci_low``, ``ci_high``, ``n``.
+        num_frames: frames to show per video (sampled uniformly).
+        max_videos: videos drawn with figures (every video is in the table).
+        top_k: words with heatmaps per video.
+        summary: the run's ``summary.json`` content; read from ``path``'s folder when None and present.
+    """
+    path = Path(path)
+    if summary is None:
+        try:
+            summary = json.loads((path.parent / "summary.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            summary = None
+    columns = [c for c in SCORE_COLUMNS if c in stats]
+    n_good = sum(r.get("error") is None for r in rows)
+    n_failed = len(rows) - n_good
+    parts = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>pisces score report</title>",
+        f"<style>{_CSS}</style></head><body>",
+        "<h1>pisces score report</h1>",
+        f"<p class='muted'>{n_good} videos scored, {n_failed} failed.</p>",
+        _settings_table(summary),
+        "<h2>Summary</h2><p class='muted'>Mean over the scored videos with a 95% percentile-bootstrap "
+        "confidence interval.</p>",
+        _summary_table(stats, rows),
+    ]
+    if columns:
+        parts.append(f"<h2>Distributions</h2><img alt='histograms of {', '.join(columns)}' "
+                     f"src='{_histograms(rows, columns)}'>")  # fmt: skip
+    parts.append(
+        "<h2>Videos</h2><p class='muted'>Top row: the sampled frames. Rows below: for the caption words whose "
+        "tokens the token-level partial-OT plan moves the most mass from, where that mass goes over each frame's "
+        "patches (brighter = more mass; each row scaled to its own maximum).</p>"
+    )
+    shown = [r for r in rows if r.get("error") is None][:max_videos]
+    for row in shown:
+        key = row["video"]
+        frames, indices = _frames_for(videos_root / key, num_frames)
+        words = top_words(plans.get(key) or {}, top_k)
+        figure = _video_figure(frames, indices, words)
+        chips = "".join(f"<span>{html.escape(c)} {_fmt(row.get(c))}</span>" for c in columns)
+        image = f"<img alt='frames and word heatmaps of {html.escape(key)}' src='{figure}'>" if figure else ""
+        note = (
+            "" if words else "<p class='muted'>No token plan for this video (scored in an earlier run).</p>"
+        )
+        parts.append(
+            f"<div class='video'><div class='title'>{html.escape(key)}</div>"
+            f"<div class='prompt'>“{html.escape(str(row.get('prompt') or ''))}”</div>"
+            f"<div class='chips'>{chips}</div>{image}{note}</div>"
+        )
+    if n_good > len(shown):
+        parts.append(f"<p class='muted'>… {n_good - len(shown)} more scored videos: see the table below.</p>")
+    parts.append(f"<h2>All scores ({n_good})</h2>")
+    parts.append(_scores_table(rows, columns))
+    parts.append(_failures_table(rows))
+    parts.append("</body></html>")
+    atomic_write_text(path, "\n".join(parts))
+    return path
