@@ -1,0 +1,199 @@
+"""``pisces finetune``: post-train the generator with the PISCES rewards (``finetune`` recipe section).
+
+Writes into ``finetune.output``: ``checkpoint-{step}/`` (a LoRA loadable by diffusers ``load_lora_weights`` and
+peft, plus ``training_state/`` to resume; see :mod:`pisces_cli.training.checkpoint`), ``logs/metrics.jsonl``
+and ``recipe.yaml`` (the resolved recipe). ``--dry-run`` prints the plan and a memory estimate and loads nothing.
+Launch with ``torchrun --nproc_per_node N -m pisces_cli finetune ...`` for several processes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pisces_cli.config import ResolvedRecipe
+    from pisces_cli.training.memory import MemoryEstimate
+    from pisces_cli.training.trainer import FinetuneSummary
+
+
+def plan_rows(resolved: ResolvedRecipe, world_size: int, max_steps: int) -> list[tuple[str, str]]:
+    """The resolved plan as (key, value) rows for ``--dry-run``."""
+    recipe = resolved.recipe
+    section = recipe.finetune
+    effective = section.batch_size * section.gradient_accumulation_steps * world_size
+    data = section.data
+    source = next(
+        (
+            f"{k}: {getattr(data, k)}"
+            for k in ("prompts", "videos", "manifest", "latents")
+            if getattr(data, k)
+        ),
+        "none",
+    )
+    trainable = (
+        "full fine-tuning"
+        if section.full_finetune
+        else f"LoRA r={section.lora.rank} alpha={section.lora.alpha} targets={section.lora.targets} "
+        f"dropout={section.lora.dropout} init={section.lora.init}"
+    )
+    return [
+        ("algorithm", section.algorithm),
+        (
+            "generator",
+            f"{recipe.models.generator.backbone} {recipe.models.generator.path} ({recipe.models.generator.dtype})",
+        ),
+        ("reward encoder", f"{recipe.models.encoder.backend} {recipe.models.encoder.path}"),
+        (
+            "reward",
+            f"weights q={recipe.reward.weights.quality} s={recipe.reward.weights.semantic}, "
+            f"ot_map={recipe.reward.ot_map}",
+        ),
+        ("trainable", trainable),
+        ("data", source),
+        (
+            "steps",
+            f"{max_steps} (checkpoint every {section.checkpointing_steps}, keep {section.checkpoints_total_limit})",
+        ),
+        (
+            "batch",
+            f"{section.batch_size} × accumulation {section.gradient_accumulation_steps} × world {world_size} "
+            f"= {effective} videos per step",
+        ),
+        (
+            "optimizer",
+            f"AdamW lr={section.learning_rate} betas={section.adam_betas} wd={section.weight_decay} "
+            f"eps={section.adam_eps}, {section.lr_scheduler} (warmup {section.lr_warmup_steps}), "
+            f"clip {section.max_grad_norm}",
+        ),
+        (
+            "precision",
+            f"{section.mixed_precision} autocast, transformer checkpointing {section.gradient_checkpointing}, "
+            f"VAE decode checkpointing {section.vae.decode_checkpointing}, tiling {section.vae.tiling}",
+        ),
+        ("geometry", f"{section.num_frames} frames × {section.height}×{section.width}"),
+        ("schedule", f"shift {section.schedule.shift}, {section.schedule.euler_steps}-point Euler grid"),
+        ("consistency", f"weight {section.consistency.weight}, pseudo-Huber c={section.consistency.huber_c}"),
+        ("output", f"{section.output} (resume: {section.resume})"),
+        ("distributed", f"{section.distributed}, world size {world_size}"),
+    ]
+
+
+def estimate(resolved: ResolvedRecipe) -> MemoryEstimate:
+    """Memory estimate without loading weights (reads only configs and safetensors headers, or pisces' table of
+    known hub ids)."""
+    from pisces_cli.runtime import dist_context
+    from pisces_cli.training.memory import estimate_step_memory
+
+    recipe = resolved.recipe
+    family = {"hunyuan": "hunyuan_video", "wan": "wan"}[recipe.models.generator.backbone]
+    pattern = None
+    if not recipe.finetune.full_finetune:
+        pattern = _lora_pattern_without_weights(family, recipe.finetune.lora.targets)
+    return estimate_step_memory(recipe, family, pattern, world_size=dist_context().world_size)
+
+
+def _lora_pattern_without_weights(family: str, targets: list[str]) -> str:
+    from pisces_cli.backbones.registry import adapter_class
+    from pisces_cli.training.trainer import lora_pattern
+
+    class _Patterns:  # only the pattern method of the adapter class is used, no instance state
+        lora_target_modules = adapter_class(family).lora_target_modules
+        _check_preset = adapter_class(family)._check_preset
+
+    return lora_pattern(_Patterns(), targets)  # type: ignore[arg-type]
+
+
+def print_plan(resolved: ResolvedRecipe, console: Any, max_steps: int) -> None:
+    from rich.table import Table
+
+    from pisces_cli.runtime import dist_context
+
+    table = Table(title="pisces finetune — plan (dry run: nothing loaded)", show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value")
+    for key, value in plan_rows(resolved, dist_context().world_size, max_steps):
+        table.add_row(key, value)
+    console.print(table)
+    memory = estimate(resolved)
+    if memory.parts:
+        mem_table = Table(title="estimated peak memory per process (GiB)")
+        mem_table.add_column("part")
+        mem_table.add_column("GiB", justify="right")
+        for name, value in memory.rows():
+            mem_table.add_row(name, f"{value:.3f}")
+        console.print(mem_table)
+    for note in memory.notes:
+        console.print(f"[dim]note: {note}[/]")
+    console.print("[dim]formulas: pisces_cli/training/memory.py (module docstring)[/]")
+
+
+def run_finetune(
+    resolved: ResolvedRecipe,
+    *,
+    console: Any = None,
+    dry_run: bool = False,
+    fresh: bool = False,
+    max_steps: int | None = None,
+) -> FinetuneSummary | None:
+    """Train per ``resolved.recipe.finetune``; ``fresh`` ignores existing checkpoints; returns the summary."""
+    return _run(resolved, console=console, dry_run=dry_run, fresh=fresh, max_steps=max_steps)
+
+
+def run_sanity(resolved: ResolvedRecipe, *, console: Any = None) -> dict[str, float]:
+    """GRPO's pre-update check: a fresh rollout re-scored by the training code path must give ratio == 1.
+
+    Builds the trainer exactly as ``finetune`` does (resuming the latest checkpoint unless there is none),
+    then runs :meth:`GRPOAlgorithm.sanity_check`. Raises PiscesRuntimeError (exit 1) when a ratio is not
+    1 within tolerance; UsageError (exit 2) for ``finetune.algorithm != grpo``.
+    """
+    from pisces_cli.errors import UsageError
+    from pisces_cli.runtime import dist_context
+    from pisces_cli.training.trainer import Trainer
+
+    if resolved.recipe.finetune.algorithm != "grpo":
+        raise UsageError("--sanity applies to finetune.algorithm=grpo (the ratio check of GRPO)")
+    is_main = dist_context().is_main
+    trainer = Trainer(
+        resolved,
+        console=console if is_main else None,
+        resume=True,
+        max_steps=resolved.recipe.finetune.max_steps,
+    )
+    trainer.check_plan()
+    try:
+        trainer.setup()
+        return trainer.algorithm.sanity_check()
+    finally:
+        trainer.cleanup()
+
+
+def _run(
+    resolved: ResolvedRecipe,
+    *,
+    console: Any,
+    dry_run: bool,
+    fresh: bool,
+    max_steps: int | None,
+) -> FinetuneSummary | None:
+    from pisces_cli.atomic import atomic_write_text
+    from pisces_cli.runtime import dist_context
+    from pisces_cli.training.trainer import Trainer
+
+    steps = max_steps if max_steps is not None else resolved.recipe.finetune.max_steps
+    if dry_run:
+        if console is not None:
+            print_plan(resolved, console, steps)
+        return None
+    is_main = dist_context().is_main
+    trainer = Trainer(resolved, console=console if is_main else None, resume=not fresh, max_steps=steps)
+    trainer.check_plan()
+    if is_main:
+        output = Path(resolved.recipe.finetune.output)
+        output.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(output / "recipe.yaml", resolved.to_yaml())
+    try:
+        trainer.setup()
+        return trainer.train()
+    finally:
+        trainer.cleanup()

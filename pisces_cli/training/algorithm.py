@@ -1,0 +1,101 @@
+"""The contract between the trainer and a training algorithm (``finetune.algorithm``).
+
+The trainer owns everything shared: the model and its adapters, the optimizer and scheduler, gradient
+clipping, NaN handling, checkpoints/resume, logging, distributed launch. An algorithm owns only the
+maths of one optimizer step: it draws what it needs, runs forward passes, computes its losses and
+calls ``backward()`` (gradient accumulation happens inside :meth:`TrainingAlgorithm.train_step`, each
+micro-loss divided by the number of micro-steps). The trainer then clips, steps and zeroes.
+
+Algorithms: ``backprop`` (direct reward backprop + consistency distillation, the paper's recipe) and
+``grpo`` (group-relative policy optimisation over SDE rollouts).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from pisces_cli.backbones.base import BackboneAdapter
+    from pisces_cli.config import Recipe
+    from pisces_cli.config.sections.finetune import FinetuneSection
+    from pisces_cli.rewards.module import PiscesReward
+
+
+@dataclass
+class PromptBatch:
+    """One micro-batch of training data.
+
+    Attributes:
+        prompts: ``B`` caption strings (the reward reads them).
+        latents: ``[B, C, F, h, w]`` clean data latents in the transformer's latent space (for
+            consistency distillation), or ``None`` for prompt-only (reward-only / GRPO) training.
+        keys: stable ids of the items (for logs / reproducibility).
+    """
+
+    prompts: list[str]
+    latents: torch.Tensor | None = None
+    keys: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainContext:
+    """Everything an algorithm may use. Built once by the trainer.
+
+    Attributes:
+        recipe / section: the resolved recipe and its ``finetune`` section.
+        adapter: the backbone (its transformer(s) carry the trainable LoRA or full weights).
+        reward: the frozen PISCES reward module (differentiable w.r.t. pixels).
+        trainable: the parameters the optimizer updates.
+        device: this rank's device; autocast_dtype: ``torch.bfloat16``/``float16`` or ``None`` (fp32).
+        rank / world_size: the distributed layout (1 process: 0 / 1).
+        encode_prompts: cached ``prompts -> PromptEmbeds`` on ``device`` (no grad).
+    """
+
+    recipe: Recipe
+    section: FinetuneSection
+    adapter: BackboneAdapter
+    reward: PiscesReward
+    trainable: list[torch.nn.Parameter]
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    rank: int = 0
+    world_size: int = 1
+    encode_prompts: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class TrainingAlgorithm(ABC):
+    """One optimisation paradigm over the shared trainer."""
+
+    name: str = ""
+
+    def __init__(self, ctx: TrainContext) -> None:
+        self.ctx = ctx
+
+    @abstractmethod
+    def train_step(
+        self, batches: list[PromptBatch], step: int, generator: torch.Generator
+    ) -> dict[str, float]:
+        """Accumulate gradients for one optimizer step over ``batches`` (the micro-batches).
+
+        Must call ``backward()`` on each micro-loss already divided by ``len(batches)``, never step the
+        optimizer. ``generator`` is seeded by the trainer from (seed, step, rank) so a resumed run
+        draws identical noise. Returns floats to log: at least ``loss``, plus per-component terms
+        (e.g. ``loss_cd``, ``reward_quality_mean``, ``reward_quality_std``, ``reward_semantic_mean``...).
+        A non-finite ``loss`` makes the trainer skip the step.
+        """
+
+    def state_dict(self) -> dict[str, Any]:
+        """Extra algorithm state to checkpoint (JSON-able), e.g. running statistics."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        del state
+
+    def before_training(self) -> dict[str, float]:
+        """Checks run once before the first update (e.g. GRPO's ratio-is-1 sanity); returns metrics."""
+        return {}

@@ -1,0 +1,219 @@
+"""Fine-tuning checkpoints: a slim inference artifact plus the resumable training state, no pickle.
+
+Layout of ``{finetune.output}/checkpoint-{step}/``::
+
+    pytorch_lora_weights.safetensors      LoRA, diffusers format (``pipeline.load_lora_weights(dir)``)
+    adapter_config.json, adapter_model.safetensors   the same LoRA in peft format
+    pisces_lora.json                      backbone, rank, alpha, targets, step
+    transformer/ (full fine-tuning only)  ``diffusers`` ``save_pretrained`` of the trained transformer
+    training_state/                       everything else needed to resume (never needed for inference)
+        trainable.safetensors             trainable parameters by name, fp32 (LoRA runs only)
+        optimizer.safetensors             optimizer tensors ``state/{param_index}/{name}`` (+ torch RNG)
+        state.json                        format_version, step, optimizer param_groups and scalar state,
+                                          lr scheduler state, Python/NumPy RNG, algorithm state, counters
+
+A checkpoint is written into a hidden temporary folder and renamed into place, so a folder named
+``checkpoint-{step}`` is always complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pisces_cli.atomic import atomic_write_json, atomic_write_with
+from pisces_cli.errors import UsageError
+
+FORMAT_VERSION = 1
+STATE_DIR = "training_state"
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+
+
+def checkpoint_dirs(output: str | Path) -> list[tuple[int, Path]]:
+    """``(step, folder)`` of every complete checkpoint under ``output``, ascending by step."""
+    root = Path(output)
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        match = CHECKPOINT_PATTERN.match(child.name)
+        if match and (child / STATE_DIR / "state.json").is_file():
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def find_resume_checkpoint(output: str | Path, resume: str | None) -> Path | None:
+    """``resume``: None/"never" → None; ``latest`` → the newest checkpoint (None if none); else a folder path."""
+    if resume in (None, "", "never", "none"):
+        return None
+    if resume == "latest":
+        found = checkpoint_dirs(output)
+        return found[-1][1] if found else None
+    path = Path(resume)
+    if not (path / STATE_DIR / "state.json").is_file():
+        raise UsageError(f"finetune.resume: {resume} is not a checkpoint folder (no {STATE_DIR}/state.json)")
+    return path
+
+
+def prune_checkpoints(output: str | Path, keep: int | None) -> list[Path]:
+    """Delete the oldest checkpoints beyond ``keep`` (None keeps all); returns the removed folders."""
+    if keep is None:
+        return []
+    found = checkpoint_dirs(output)
+    removed = []
+    for _step, folder in found[: max(0, len(found) - keep)]:
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
+# ------------------------------------------------------------------------------------------ optimizer
+def optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split ``optimizer.state_dict()`` into tensors (``state/{i}/{name}``) and JSON (groups, scalars)."""
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, entries in state["state"].items():
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state/{index}/{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_flat(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+) -> None:
+    """Inverse of :func:`optimizer_to_flat`; loads into ``optimizer`` (tensors moved by torch to the params)."""
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if not key.startswith("state/"):
+            continue
+        _, index, name = key.split("/", 2)
+        state.setdefault(int(index), {})[name] = value
+    for index, entries in meta.get("scalars", {}).items():
+        state.setdefault(int(index), {}).update(entries)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+# ------------------------------------------------------------------------------------------ RNG
+def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """torch CPU/CUDA RNG as tensors; Python and NumPy RNG as JSON."""
+    tensors = {"rng/torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for index, value in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng/torch_cuda_{index}"] = value
+    python_state = random.getstate()
+    numpy_state = np.random.get_state()
+    meta = {
+        "python": [python_state[0], list(python_state[1]), python_state[2]],
+        "numpy": [
+            numpy_state[0],
+            numpy_state[1].tolist(),
+            int(numpy_state[2]),
+            int(numpy_state[3]),
+            float(numpy_state[4]),
+        ],
+    }
+    return tensors, meta
+
+
+def restore_rng(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    if "rng/torch_cpu" in tensors:
+        torch.set_rng_state(tensors["rng/torch_cpu"].to(torch.uint8))
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            key = f"rng/torch_cuda_{index}"
+            if key in tensors:
+                torch.cuda.set_rng_state(tensors[key].to(torch.uint8), index)
+    if "python" in meta:
+        version, internal, gauss = meta["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy" in meta:
+        name, keys, pos, has_gauss, cached = meta["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+# ------------------------------------------------------------------------------------------ save / load
+def _save_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    atomic_write_with(path, lambda tmp: save_file(cpu, str(tmp), metadata={"format": "pt"}))
+
+
+def save_training_state(
+    folder: Path,
+    *,
+    step: int,
+    trainable: dict[str, torch.Tensor] | None,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    extra: dict[str, Any],
+) -> None:
+    """Write ``folder/training_state/`` (see the module docstring)."""
+    state_dir = folder / STATE_DIR
+    state_dir.mkdir(parents=True, exist_ok=True)
+    if trainable is not None:
+        _save_safetensors(state_dir / "trainable.safetensors", {k: v.float() for k, v in trainable.items()})
+    optimizer_tensors, optimizer_meta = optimizer_to_flat(optimizer)
+    rng_tensors, rng_meta = rng_state()
+    _save_safetensors(state_dir / "optimizer.safetensors", {**optimizer_tensors, **rng_tensors})
+    scheduler_state = scheduler.state_dict() if scheduler is not None else None
+    if scheduler_state is not None:
+        scheduler_state = {k: v for k, v in scheduler_state.items() if k != "lr_lambdas"}
+    atomic_write_json(
+        state_dir / "state.json",
+        {
+            "format_version": FORMAT_VERSION,
+            "step": step,
+            "optimizer": optimizer_meta,
+            "scheduler": scheduler_state,
+            "rng": rng_meta,
+            **extra,
+        },
+    )
+
+
+def load_training_state(
+    folder: Path,
+) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+    """``(state.json, optimizer+RNG tensors, trainable tensors or None)`` of a checkpoint folder."""
+    from safetensors.torch import load_file
+
+    state_dir = Path(folder) / STATE_DIR
+    meta = json.loads((state_dir / "state.json").read_text(encoding="utf-8"))
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise UsageError(
+            f"{folder}: checkpoint format {meta['format_version']} is newer than this pisces supports"
+        )
+    tensors = load_file(str(state_dir / "optimizer.safetensors"))
+    trainable_path = state_dir / "trainable.safetensors"
+    trainable = load_file(str(trainable_path)) if trainable_path.is_file() else None
+    return meta, tensors, trainable
+
+
+def staging_dir(output: Path, step: int) -> Path:
+    """A fresh hidden folder next to the final ``checkpoint-{step}`` to write into."""
+    staging = output / f".checkpoint-{step}.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def publish(staging: Path, output: Path, step: int) -> Path:
+    """Rename a finished staging folder to ``checkpoint-{step}`` (replacing an older one of that step)."""
+    final = output / f"checkpoint-{step}"
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(staging, final)
+    return final

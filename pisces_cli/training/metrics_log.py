@@ -1,0 +1,149 @@
+"""Training metrics: JSONL always, a live rich table on the console, TensorBoard / W&B when installed.
+
+``{finetune.output}/logs/metrics.jsonl`` gets one JSON object per logged step (``step``, ``time``, then every
+metric). Events (a skipped NaN step, a checkpoint, an interruption) are lines with an ``event`` key. On resume
+the file is appended to; rows with a step above the resumed step are kept (they belong to the interrupted run).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+#: columns of the console table (when present), in this order.
+CONSOLE_COLUMNS = {
+    "loss": "loss",
+    "loss_cd": "L_cd",
+    "reward_quality_mean": "r_q",
+    "reward_semantic_mean": "r_s",
+    "grad_norm": "|grad|",
+    "lr": "lr",
+    "step_time_s": "s/step",
+    "peak_memory_gb": "peak GB",
+}
+CONSOLE_ROWS = 8
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+class MetricsLogger:
+    """Fan out metrics to the enabled sinks (only on the main process; others get a no-op logger)."""
+
+    def __init__(
+        self,
+        log_dir: str | Path,
+        *,
+        report_to: list[str],
+        console: Any = None,
+        enabled: bool = True,
+        run_name: str = "pisces-finetune",
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        self.enabled = enabled
+        self.console = console if enabled else None
+        self.rows: list[tuple[int, dict[str, float]]] = []
+        self.notes: list[str] = []
+        self._live = None
+        self._tensorboard = None
+        self._wandb = None
+        self.path = Path(log_dir) / "metrics.jsonl"
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        if "tensorboard" in report_to:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tensorboard = SummaryWriter(str(Path(log_dir) / "tensorboard"))
+            except ImportError:
+                self.notes.append(
+                    "report_to has tensorboard but it is not installed (pip install tensorboard)"
+                )
+        if "wandb" in report_to:
+            try:
+                import wandb
+
+                self._wandb = wandb.init(project="pisces", name=run_name, config=config or {})
+            except ImportError:
+                self.notes.append("report_to has wandb but it is not installed (pip install wandb)")
+        if self.console is not None:
+            for note in self.notes:
+                self.console.print(f"[yellow]note:[/] {note}")
+
+    # --------------------------------------------------------------------------------------------- sinks
+    def _write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+        self._file.flush()
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        """Record the metrics of optimizer step ``step``."""
+        if not self.enabled:
+            return
+        self._write({"step": step, "time": round(time.time(), 3), **metrics})
+        if self._tensorboard is not None:
+            for name, value in metrics.items():
+                if isinstance(value, (int, float)):
+                    self._tensorboard.add_scalar(f"train/{name}", value, step)
+        if self._wandb is not None:
+            self._wandb.log({f"train/{k}": v for k, v in metrics.items()}, step=step)
+        self.rows = (self.rows + [(step, metrics)])[-CONSOLE_ROWS:]
+        self._refresh()
+
+    def event(self, step: int, name: str, **fields: Any) -> None:
+        """An event line (``{"event": name, "step": step, ...}``) plus a console message."""
+        if not self.enabled:
+            return
+        self._write({"event": name, "step": step, "time": round(time.time(), 3), **fields})
+        if self.console is not None:
+            details = " ".join(f"{k}={v}" for k, v in fields.items())
+            self.console.print(f"[cyan]{name}[/] step {step} {details}")
+
+    # ------------------------------------------------------------------------------------------ console
+    def table(self):
+        from rich.table import Table
+
+        columns = [c for c in CONSOLE_COLUMNS if any(c in row for _, row in self.rows)]
+        table = Table(title="pisces finetune", expand=False)
+        table.add_column("step", justify="right")
+        for column in columns:
+            table.add_column(CONSOLE_COLUMNS[column], justify="right")
+        for step, row in self.rows:
+            cells = []
+            for column in columns:
+                value = row.get(column)
+                cells.append("" if value is None else f"{value:.4g}")
+            table.add_row(str(step), *cells)
+        return table
+
+    def start_live(self) -> None:
+        if self.console is None or self._live is not None:
+            return
+        from rich.live import Live
+
+        self._live = Live(self.table(), console=self.console, refresh_per_second=2, transient=False)
+        self._live.start()
+
+    def _refresh(self) -> None:
+        if self._live is not None:
+            self._live.update(self.table())
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+            self.console.print()
+        self._file.close()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+        if self._wandb is not None:
+            self._wandb.finish()

@@ -1,0 +1,623 @@
+"""The fine-tuning trainer shared by every algorithm (``finetune.algorithm``): setup → train → save.
+
+It owns the model and its LoRA (or full) weights, AdamW and the lr schedule, gradient accumulation (through the
+algorithm's ``train_step``), clipping, NaN handling, checkpoints/resume, logging and the distributed layout.
+The maths of a step live in the algorithm (:mod:`pisces_cli.training.algorithm`).
+
+Distributed: launched by ``torchrun`` / ``accelerate launch`` (RANK/WORLD_SIZE set), every rank trains on its
+own micro-batches; the trainable gradients are averaged with one flat ``all_reduce`` after the accumulation (the
+result DDP with ``no_sync`` during accumulation gives, and it stays correct around the teacher pass that disables
+the adapters). ``finetune.distributed: fsdp`` (LoRA only) additionally shards the frozen base weights of every
+transformer block with FSDP2 (``fully_shard``, the LoRA parameters ignored), cutting their memory by the world
+size. Only rank 0 writes logs and checkpoints.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+import warnings
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from pisces_cli.errors import PiscesRuntimeError, UsageError
+from pisces_cli.training.algorithm import TrainContext, TrainingAlgorithm
+
+if TYPE_CHECKING:
+    from pisces_cli.backbones.base import BackboneAdapter, PromptEmbeds
+    from pisces_cli.config import ResolvedRecipe
+
+FAMILY_BY_BACKBONE = {"hunyuan": "hunyuan_video", "wan": "wan"}
+AUTOCAST = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PROMPT_CACHE_SIZE = 4096
+
+
+@dataclass
+class FinetuneSummary:
+    """What a run did: the step reached, the last checkpoint, the last logged metrics."""
+
+    output: Path
+    step: int
+    checkpoint: Path | None
+    metrics: dict[str, float] = field(default_factory=dict)
+    skipped_steps: int = 0
+    resumed_from: Path | None = None
+
+
+def lora_pattern(adapter: BackboneAdapter, targets: list[str]) -> str:
+    """One regex for peft from ``lora.targets``: presets (``attn``, ``attn_mlp``) expand to the adapter's
+    block-exact patterns; anything else is taken as a module-name regex."""
+    from pisces_cli.backbones.base import LORA_PRESETS
+
+    parts = [adapter.lora_target_modules(t) if t in LORA_PRESETS else t for t in targets]
+    return parts[0] if len(parts) == 1 else "|".join(f"(?:{p})" for p in parts)
+
+
+def concat_embeds(rows: list[PromptEmbeds]) -> PromptEmbeds:
+    """Stack single-prompt :class:`PromptEmbeds` rows into one batch."""
+    from pisces_cli.backbones.base import PromptEmbeds
+
+    first = rows[0]
+
+    def cat(name: str):
+        return None if getattr(first, name) is None else torch.cat([getattr(r, name) for r in rows])
+
+    negative = None if first.negative is None else concat_embeds([r.negative for r in rows])
+    return PromptEmbeds(embeds=cat("embeds"), mask=cat("mask"), pooled=cat("pooled"), negative=negative)
+
+
+class PromptCache:
+    """``prompts → PromptEmbeds`` on the training device, each prompt encoded once (no grad).
+
+    Rows are kept on CPU. Until :meth:`freeze` the cache is an LRU of ``size`` prompts; after
+    ``precompute(all prompts)`` + ``freeze()`` it holds every prompt and never calls the text encoders again
+    (they can then live on CPU).
+    """
+
+    def __init__(self, adapter: BackboneAdapter, size: int = PROMPT_CACHE_SIZE) -> None:
+        self.adapter = adapter
+        self.size = size
+        self.frozen = False
+        self.rows: OrderedDict[str, PromptEmbeds] = OrderedDict()
+
+    def _encode(self, prompts: list[str]) -> None:
+        if self.frozen:
+            raise PiscesRuntimeError(
+                f"prompt {prompts[0]!r} was not pre-encoded and the text encoders are offloaded"
+            )
+        encoded = self.adapter.encode_prompts(prompts).to("cpu")
+        for index, prompt in enumerate(prompts):
+            self.rows[prompt] = encoded.select([index])
+
+    def precompute(self, prompts: list[str], batch_size: int = 16) -> None:
+        """Encode every distinct prompt of ``prompts`` (in chunks of ``batch_size``) and keep them all."""
+        unique = [p for p in dict.fromkeys(prompts) if p not in self.rows]
+        self.size = max(self.size, len(self.rows) + len(unique))
+        for start in range(0, len(unique), batch_size):
+            self._encode(unique[start : start + batch_size])
+
+    def freeze(self) -> None:
+        self.frozen = True
+
+    def __call__(self, prompts: list[str]) -> PromptEmbeds:
+        missing = list(dict.fromkeys(p for p in prompts if p not in self.rows))
+        if missing:
+            self._encode(missing)
+        for prompt in prompts:
+            self.rows.move_to_end(prompt)
+        batch = concat_embeds([self.rows[p] for p in prompts]).to(self.adapter.device)
+        while len(self.rows) > self.size:
+            self.rows.popitem(last=False)
+        return batch
+
+
+BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks", "blocks")
+
+
+def shard_frozen_weights(
+    adapter: BackboneAdapter, trainable: set[torch.nn.Parameter], device: torch.device
+) -> int:
+    """FSDP2 ``fully_shard`` of every transformer block and of each transformer root over all ranks.
+
+    Only the frozen base weights are sharded (all-gathered block by block in forward); the LoRA parameters are
+    ``ignored_params``: they stay whole on every rank and their gradients are averaged by the trainer like in
+    ddp, so checkpoints and the teacher pass (adapters disabled) work unchanged. Returns the sharded modules.
+    """
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    # diffusers blocks return views; the gradients were checked equal to the unsharded model's
+    # (tests/test_finetune_ddp.py), so torch's generic warning about in-place ops on them is noise here.
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    count = 0
+    for module in adapter.transformers().values():
+        # FSDP2 all-gathers one dtype per group: parameters kept in another dtype than the bulk (e.g. Wan's
+        # fp32 norms / time embedder next to bf16 weights) stay whole, like the LoRA.
+        dtypes = Counter(p.dtype for p in module.parameters() if p not in trainable)
+        bulk = dtypes.most_common(1)[0][0] if dtypes else None
+        unsharded = trainable | {p for p in module.parameters() if p.dtype != bulk}
+        for list_name in BLOCK_LISTS:
+            for block in getattr(module, list_name, None) or []:
+                fully_shard(block, mesh=mesh, ignored_params=unsharded & set(block.parameters()))
+                count += 1
+        fully_shard(module, mesh=mesh, ignored_params=unsharded & set(module.parameters()))
+        count += 1
+    return count
+
+
+def offload_text_encoders(adapter: BackboneAdapter) -> None:
+    """Move the pipeline's text encoders to CPU (after every training prompt was encoded)."""
+    for name in ("text_encoder", "text_encoder_2"):
+        module = getattr(adapter.pipeline, name, None)
+        if module is not None:
+            module.to("cpu")
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def quiet_diffusers() -> None:
+    """Silence diffusers' per-component loading bars and info logs (pisces shows its own progress)."""
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.disable_progress_bar()
+    diffusers_logging.set_verbosity_error()
+
+
+def build_algorithm(name: str, ctx: TrainContext) -> TrainingAlgorithm:
+    if name == "backprop":
+        from pisces_cli.training.backprop import BackpropAlgorithm
+
+        return BackpropAlgorithm(ctx)
+    if name == "grpo":
+        try:
+            from pisces_cli.training.grpo import GRPOAlgorithm
+        except ImportError as error:
+            raise UsageError(f"finetune.algorithm=grpo is not available in this install ({error})") from error
+        return GRPOAlgorithm(ctx)
+    raise UsageError(f"finetune.algorithm: unknown algorithm {name!r}; expected backprop or grpo")
+
+
+class Trainer:
+    """One fine-tuning run of ``resolved`` (``setup()``, ``train()``, ``save_checkpoint()``, ``cleanup()``)."""
+
+    def __init__(
+        self,
+        resolved: ResolvedRecipe,
+        *,
+        console: Any = None,
+        resume: bool = True,
+        max_steps: int | None = None,
+    ) -> None:
+        self.resolved = resolved
+        self.recipe = resolved.recipe
+        self.section = resolved.recipe.finetune
+        self.console = console
+        self.allow_resume = resume
+        self.max_steps = int(max_steps if max_steps is not None else self.section.max_steps)
+        self.output = Path(self.section.output)
+        self.step = 0
+        self.nan_streak = 0
+        self.skipped_steps = 0
+        self.last_checkpoint: Path | None = None
+        self.resumed_from: Path | None = None
+        self.last_metrics: dict[str, float] = {}
+
+    # ------------------------------------------------------------------------------------------ setup
+    def check_plan(self) -> None:
+        """Refuse unsupported combinations before any heavy work."""
+        from pisces_cli.runtime import dist_context
+
+        if not self.recipe.models.generator.path:
+            raise UsageError("models.generator.path is not set: give a diffusers-format directory or hub id")
+        if (
+            self.section.distributed == "fsdp"
+            and dist_context().world_size > 1
+            and self.section.full_finetune
+        ):
+            raise UsageError(
+                "finetune.distributed=fsdp shards the frozen base weights of LoRA training; "
+                "full fine-tuning supports ddp only"
+            )
+        if self.max_steps < 1:
+            raise UsageError(f"max steps must be >= 1, got {self.max_steps}")
+
+    def setup(self) -> None:
+        from pisces_cli.backbones.lora import apply_lora, enable_full_finetune
+        from pisces_cli.backbones.registry import load_backbone
+        from pisces_cli.rewards.build import build_reward, load_encoder_from_recipe, quiet_model_loading
+        from pisces_cli.runtime import (
+            configure_tf32,
+            init_distributed,
+            resolve_device,
+            resolve_dtype,
+            seed_everything,
+        )
+        from pisces_cli.training.data import build_training_data
+        from pisces_cli.training.metrics_log import MetricsLogger
+
+        self.check_plan()
+        self.dist = init_distributed()
+        self.device = resolve_device(self.recipe.runtime.device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        configure_tf32(self.recipe.runtime.allow_tf32)
+        seed_everything(self.recipe.seed)  # identical LoRA initialisation on every rank
+        quiet_model_loading()
+        quiet_diffusers()
+        generator = self.recipe.models.generator
+        self.adapter = load_backbone(
+            generator.path,
+            family=FAMILY_BY_BACKBONE[generator.backbone],
+            dtype=resolve_dtype(generator.dtype),
+            device=self.device,
+        )
+        adapter = self.adapter
+        adapter.validate_geometry(self.section.num_frames, self.section.height, self.section.width)
+        extra: dict[str, Any] = {}
+        self.lora_regex = None
+        if self.section.full_finetune:
+            extra["teacher_transformers"] = {
+                name: copy.deepcopy(module).requires_grad_(False).eval()
+                for name, module in adapter.transformers().items()
+            }
+            for module in adapter.transformers().values():
+                enable_full_finetune(module)
+        else:
+            lora = self.section.lora
+            self.lora_regex = lora_pattern(adapter, lora.targets)
+            for module in adapter.transformers().values():
+                apply_lora(
+                    module,
+                    rank=lora.rank,
+                    alpha=lora.alpha,
+                    target_modules=self.lora_regex,
+                    dropout=lora.dropout,
+                    init_lora_weights=True if lora.init == "default" else lora.init,
+                )
+                if lora.dropout > 0:
+                    module.train()
+        if self.section.gradient_checkpointing:
+            adapter.enable_gradient_checkpointing()
+        self.named_trainable = {
+            f"{component}.{name}": parameter
+            for component, module in adapter.transformers().items()
+            for name, parameter in module.named_parameters()
+            if parameter.requires_grad
+        }
+        if not self.named_trainable:
+            raise PiscesRuntimeError("no trainable parameters after setting up LoRA / full fine-tuning")
+        self._broadcast_parameters()
+        if self.section.distributed == "fsdp" and self.dist.distributed:
+            shard_frozen_weights(adapter, set(self.named_trainable.values()), self.device)
+        seed_everything(self.recipe.seed + self.dist.rank)
+        trainable = list(self.named_trainable.values())
+        self.optimizer = torch.optim.AdamW(
+            trainable,
+            lr=self.section.learning_rate,
+            betas=tuple(self.section.adam_betas),
+            weight_decay=self.section.weight_decay,
+            eps=self.section.adam_eps,
+        )
+        from diffusers.optimization import get_scheduler
+
+        self.scheduler = get_scheduler(
+            self.section.lr_scheduler,
+            self.optimizer,
+            num_warmup_steps=self.section.lr_warmup_steps,
+            num_training_steps=self.max_steps,
+        )
+        encoder = load_encoder_from_recipe(self.recipe, self.device)
+        self.reward, self.reward_info = build_reward(self.recipe, encoder)
+        self.ctx = TrainContext(
+            recipe=self.recipe,
+            section=self.section,
+            adapter=adapter,
+            reward=self.reward,
+            trainable=trainable,
+            device=self.device,
+            autocast_dtype=AUTOCAST[self.section.mixed_precision],
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            encode_prompts=PromptCache(adapter),
+            extra=extra,
+        )
+        self.algorithm = build_algorithm(self.section.algorithm, self.ctx)
+        self.data = build_training_data(
+            self.resolved, adapter, rank=self.dist.rank, world_size=self.dist.world_size, console=self.console
+        )
+        if self.section.offload_text_encoders:
+            sanity = list(getattr(self.section.grpo, "sanity_prompts", None) or [])
+            self.ctx.encode_prompts.precompute(self.data.prompts + sanity)
+            self.ctx.encode_prompts.freeze()
+            offload_text_encoders(adapter)
+        self.logger = MetricsLogger(
+            self.output / "logs",
+            report_to=list(self.section.report_to),
+            console=self.console,
+            enabled=self.dist.is_main,
+            config=self.resolved.data,
+        )
+        self.maybe_resume()
+
+    # ---------------------------------------------------------------------------------------- resume
+    def maybe_resume(self) -> None:
+        from pisces_cli.training.checkpoint import find_resume_checkpoint
+
+        folder = find_resume_checkpoint(self.output, self.section.resume if self.allow_resume else None)
+        if folder is not None:
+            self.load_checkpoint(folder)
+            self.resumed_from = folder
+            self.logger.event(self.step, "resumed", checkpoint=str(folder))
+
+    def load_checkpoint(self, folder: Path) -> None:
+        from pisces_cli.training.checkpoint import load_training_state, optimizer_from_flat, restore_rng
+
+        meta, tensors, trainable = load_training_state(folder)
+        if self.section.full_finetune:
+            self._load_full_weights(folder)
+        else:
+            if trainable is None:
+                raise UsageError(
+                    f"{folder}: no training_state/trainable.safetensors (a full fine-tuning checkpoint?)"
+                )
+            missing = sorted(set(self.named_trainable) - set(trainable))
+            if missing:
+                raise UsageError(
+                    f"{folder}: checkpoint lacks {len(missing)} trainable tensors (e.g. {missing[0]}); "
+                    "was it made with other LoRA settings?"
+                )
+            with torch.no_grad():
+                for name, parameter in self.named_trainable.items():
+                    parameter.copy_(trainable[name].to(parameter.device, parameter.dtype))
+        optimizer_from_flat(self.optimizer, tensors, meta["optimizer"])
+        if meta.get("scheduler") is not None:
+            scheduler_state = dict(meta["scheduler"])
+            scheduler_state.setdefault("lr_lambdas", [None] * len(self.optimizer.param_groups))
+            self.scheduler.load_state_dict(scheduler_state)
+        restore_rng(tensors, meta.get("rng", {}))
+        self.algorithm.load_state_dict(meta.get("algorithm", {}))
+        self.step = int(meta["step"])
+        self.nan_streak = int(meta.get("nan_streak", 0))
+        self.skipped_steps = int(meta.get("skipped_steps", 0))
+        self.last_checkpoint = Path(folder)
+
+    def _load_full_weights(self, folder: Path) -> None:
+        from safetensors.torch import load_file
+
+        for component, module in self.adapter.transformers().items():
+            files = sorted((Path(folder) / component).glob("*.safetensors"))
+            if not files:
+                raise UsageError(
+                    f"{folder}/{component}: no safetensors weights to resume full fine-tuning from"
+                )
+            state: dict[str, torch.Tensor] = {}
+            for path in files:
+                state.update(load_file(str(path)))
+            module.load_state_dict(state)
+
+    # ------------------------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, step: int, *, sync: bool = True) -> Path | None:
+        """Write ``checkpoint-{step}`` (rank 0) and prune old ones; ``sync`` adds a barrier for every rank."""
+        from pisces_cli.backbones.lora import save_lora
+        from pisces_cli.runtime import barrier
+        from pisces_cli.training.checkpoint import (
+            prune_checkpoints,
+            publish,
+            save_training_state,
+            staging_dir,
+        )
+
+        final = None
+        if self.dist.is_main:
+            self.output.mkdir(parents=True, exist_ok=True)
+            staging = staging_dir(self.output, step)
+            metadata = {
+                "step": step,
+                "backbone": self.adapter.family,
+                "recipe_hash": self.resolved.hash,
+                "algorithm": self.section.algorithm,
+            }
+            if self.section.full_finetune:
+                for component, module in self.adapter.transformers().items():
+                    module.save_pretrained(staging / component, safe_serialization=True)
+                trainable = None
+            else:
+                lora = self.section.lora
+                metadata.update({"rank": lora.rank, "alpha": lora.alpha, "target_modules": self.lora_regex})
+                save_lora(
+                    staging, self.adapter.transformers(), metadata, pipeline_class=type(self.adapter.pipeline)
+                )
+                trainable = {name: p.detach() for name, p in self.named_trainable.items()}
+            save_training_state(
+                staging,
+                step=step,
+                trainable=trainable,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                extra={
+                    "algorithm": self.algorithm.state_dict(),
+                    "nan_streak": self.nan_streak,
+                    "skipped_steps": self.skipped_steps,
+                    "recipe_hash": self.resolved.hash,
+                    "world_size": self.dist.world_size,
+                    "max_steps": self.max_steps,
+                },
+            )
+            final = publish(staging, self.output, step)
+            prune_checkpoints(self.output, self.section.checkpoints_total_limit)
+            self.logger.event(step, "checkpoint", path=str(final))
+        if sync:
+            barrier()
+        self.last_checkpoint = final or self.output / f"checkpoint-{step}"
+        return final
+
+    # ------------------------------------------------------------------------------------------ steps
+    def _all_finite(self, finite: bool) -> bool:
+        if not self.dist.distributed:
+            return finite
+        import torch.distributed as dist
+
+        flag = torch.tensor([1.0 if finite else 0.0], device=self._comm_device())
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item() > 0.5)
+
+    def _comm_device(self) -> torch.device:
+        import torch.distributed as dist
+
+        return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+    def _broadcast_parameters(self) -> None:
+        """Copy rank 0's trainable parameters to every rank (the start of data-parallel training)."""
+        if not self.dist.distributed:
+            return
+        import torch.distributed as dist
+
+        with torch.no_grad():
+            for parameter in self.named_trainable.values():
+                buffer = parameter.detach().to(self._comm_device())
+                dist.broadcast(buffer, src=0)
+                parameter.copy_(buffer.to(parameter.device))
+
+    def _average_gradients(self) -> None:
+        """Average the trainable gradients over ranks with one flat all_reduce."""
+        if not self.dist.distributed:
+            return
+        import torch.distributed as dist
+
+        grads = []
+        for parameter in self.named_trainable.values():
+            if parameter.grad is None:
+                parameter.grad = torch.zeros_like(parameter)
+            grads.append(parameter.grad.reshape(-1))
+        flat = torch.cat(grads).to(self._comm_device())
+        dist.all_reduce(flat)
+        flat /= self.dist.world_size
+        offset = 0
+        for parameter in self.named_trainable.values():
+            count = parameter.grad.numel()
+            parameter.grad.copy_(
+                flat[offset : offset + count].view_as(parameter.grad).to(parameter.grad.device)
+            )
+            offset += count
+
+    def _average_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        if not self.dist.distributed:
+            return metrics
+        import torch.distributed as dist
+
+        names = sorted(metrics)
+        values = torch.tensor([metrics[n] for n in names], dtype=torch.float64, device=self._comm_device())
+        dist.all_reduce(values)
+        return {n: float(v) / self.dist.world_size for n, v in zip(names, values.tolist())}
+
+    def train_one_step(self) -> dict[str, float]:
+        """One optimizer step at ``self.step`` (or a skipped one when the loss/gradients are not finite)."""
+        from pisces_cli.training.data import derived_seed
+        from pisces_cli.training.memory import peak_memory_gb, reset_peak_memory
+
+        start = time.perf_counter()
+        reset_peak_memory(self.device)
+        step = self.step
+        batches = self.data.micro_batches(
+            step,
+            accumulation=self.section.gradient_accumulation_steps,
+            batch_size=self.section.batch_size,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+        )
+        generator = torch.Generator().manual_seed(derived_seed(self.recipe.seed, step, self.dist.rank))
+        self.optimizer.zero_grad(set_to_none=True)
+        metrics = self.algorithm.train_step(batches, step, generator)
+        finite = self._all_finite(math.isfinite(metrics.get("loss", math.nan)))
+        grad_norm = math.nan
+        if finite:
+            self._average_gradients()
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.ctx.trainable, self.section.max_grad_norm))
+            finite = self._all_finite(math.isfinite(grad_norm))
+        lr = float(self.scheduler.get_last_lr()[0])
+        if finite:
+            self.optimizer.step()
+            self.nan_streak = 0
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.nan_streak += 1
+            self.skipped_steps += 1
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step = step + 1
+        metrics = self._average_metrics(metrics)
+        metrics.update(
+            {
+                "grad_norm": grad_norm,
+                "lr": lr,
+                "skipped": 0.0 if finite else 1.0,
+                "step_time_s": time.perf_counter() - start,
+                "peak_memory_gb": peak_memory_gb(self.device),
+            }
+        )
+        if not finite:
+            self.logger.event(
+                self.step,
+                "nan_step_skipped",
+                loss=metrics.get("loss"),
+                grad_norm=grad_norm,
+                in_a_row=self.nan_streak,
+            )
+        return metrics
+
+    def train(self) -> FinetuneSummary:
+        """Run from ``self.step`` to ``max_steps``; Ctrl-C saves a checkpoint of the last finished step, then re-raises."""
+        if self.dist.is_main and self.console is not None:
+            self.console.print(
+                f"[bold]finetune[/] {self.section.algorithm} · {self.adapter.family} · "
+                f"{sum(p.numel() for p in self.ctx.trainable):,} trainable params · {len(self.data)} items · "
+                f"world {self.dist.world_size} · steps {self.step}→{self.max_steps}"
+            )
+        before = self.algorithm.before_training()
+        if before:
+            self.logger.log(self.step, before)
+        self.logger.start_live()
+        try:
+            while self.step < self.max_steps:
+                metrics = self.train_one_step()
+                self.last_metrics = metrics
+                if self.step % self.section.log_every == 0 or self.step == self.max_steps:
+                    self.logger.log(self.step, metrics)
+                if self.nan_streak >= self.section.max_nan_steps:
+                    kept = self.last_checkpoint or "none (no checkpoint was written yet)"
+                    self.logger.event(self.step, "stopped_on_nan", in_a_row=self.nan_streak)
+                    raise PiscesRuntimeError(
+                        f"{self.nan_streak} non-finite steps in a row (finetune.max_nan_steps="
+                        f"{self.section.max_nan_steps}); stopped. Last good checkpoint: {kept}"
+                    )
+                periodic = self.step % self.section.checkpointing_steps == 0 and self.nan_streak == 0
+                if periodic or self.step == self.max_steps:
+                    self.save_checkpoint(self.step)
+        except KeyboardInterrupt:
+            self.logger.event(self.step, "interrupted")
+            if self.last_checkpoint is None or not self.last_checkpoint.name.endswith(f"-{self.step}"):
+                self.save_checkpoint(self.step, sync=False)
+            raise
+        finally:
+            self.logger.close()
+        return FinetuneSummary(
+            output=self.output,
+            step=self.step,
+            checkpoint=self.last_checkpoint,
+            metrics=self.last_metrics,
+            skipped_steps=self.skipped_steps,
+            resumed_from=self.resumed_from,
+        )
+
+    def cleanup(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,350 @@
+"""The finetune trainer: resume, NaN handling, checkpoints (diffusers/peft loadable), data, dry run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from test_finetune_support import PROMPTS, model_root, resolve, trainable_snapshot
+
+from pisces_cli.errors import PiscesRuntimeError
+from pisces_cli.training.data import TrainingData
+
+
+def make_trainer(tmp_path, resume=True, extra=None, max_steps=None, **finetune):
+    from pisces_cli.training.trainer import Trainer
+
+    trainer = Trainer(resolve(tmp_path, "hunyuan", extra, **finetune), resume=resume, max_steps=max_steps)
+    trainer.setup()
+    return trainer
+
+
+def record_batches(trainer, log):
+    original = trainer.data.micro_batches
+
+    def recording(step, **kwargs):
+        batches = original(step, **kwargs)
+        log.append((step, [tuple(b.keys) for b in batches]))
+        return batches
+
+    trainer.data.micro_batches = recording
+
+
+def read_events(trainer):
+    path = trainer.output / "logs" / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# ------------------------------------------------------------------------------------------- data
+def test_batches_are_a_pure_function_of_seed_step_rank():
+    data = TrainingData(prompts=[f"p{i}" for i in range(7)], seed=3)
+    first = data.micro_batches(5, accumulation=2, batch_size=2, rank=1, world_size=2)
+    data.micro_batches(0, accumulation=2, batch_size=2)  # other calls in between change nothing
+    again = TrainingData(prompts=[f"p{i}" for i in range(7)], seed=3).micro_batches(
+        5, accumulation=2, batch_size=2, rank=1, world_size=2
+    )
+    assert [b.keys for b in first] == [b.keys for b in again]
+    # one epoch = 7 consecutive positions = a permutation of all items
+    epoch = [data.item_index(p) for p in range(7)]
+    assert sorted(epoch) == list(range(7))
+    # two ranks at step 0 (accumulation 1, batch 3) draw disjoint items from the same epoch
+    rank0 = data.micro_batches(0, accumulation=1, batch_size=3, rank=0, world_size=2)[0].keys
+    rank1 = data.micro_batches(0, accumulation=1, batch_size=3, rank=1, world_size=2)[0].keys
+    assert not set(rank0) & set(rank1)
+
+
+# ------------------------------------------------------------------------------------------- resume
+def test_resume_after_interrupt_matches_an_uninterrupted_run(tmp_path):
+    settings = {"lr_scheduler": "linear", "checkpointing_steps": 10, "gradient_accumulation_steps": 2}
+    straight = make_trainer(tmp_path / "a", max_steps=3, **settings)
+    straight_log: list = []
+    record_batches(straight, straight_log)
+    straight.train()
+    expected = trainable_snapshot(straight)
+
+    interrupted = make_trainer(tmp_path / "b", max_steps=3, **settings)
+    log: list = []
+    record_batches(interrupted, log)
+    original = interrupted.train_one_step
+
+    def stop_at_two():
+        if interrupted.step == 2:
+            raise KeyboardInterrupt
+        return original()
+
+    interrupted.train_one_step = stop_at_two
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.train()
+    assert (interrupted.output / "checkpoint-2" / "training_state" / "state.json").is_file()
+
+    resumed = make_trainer(tmp_path / "b", max_steps=3, **settings)
+    assert resumed.step == 2 and resumed.resumed_from.name == "checkpoint-2"
+    record_batches(resumed, log)
+    resumed.train()
+    assert log == straight_log
+    final = trainable_snapshot(resumed)
+    for name, value in expected.items():
+        torch.testing.assert_close(final[name], value, rtol=0, atol=1e-7)
+    assert resumed.scheduler.get_last_lr() == straight.scheduler.get_last_lr()
+    assert any(e.get("event") == "resumed" for e in read_events(resumed))
+
+
+def test_fresh_ignores_checkpoints_and_limit_prunes(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=3, checkpoints_total_limit=2)
+    trainer.train()
+    names = sorted(p.name for p in trainer.output.glob("checkpoint-*"))
+    assert names == ["checkpoint-2", "checkpoint-3"]
+    again = make_trainer(tmp_path, resume=False, max_steps=3)
+    assert again.step == 0
+
+
+# ------------------------------------------------------------------------------------------- NaN
+class PoisonedReward:
+    """Wraps the reward; while ``poison`` is set the pixels become NaN (so the loss is NaN)."""
+
+    def __init__(self, reward):
+        self.reward = reward
+        self.poison = False
+
+    def __call__(self, pixels, captions):
+        if self.poison:
+            pixels = pixels * float("nan")
+        return self.reward(pixels, captions)
+
+
+def test_a_nan_step_is_skipped(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=3)
+    poisoned = PoisonedReward(trainer.ctx.reward)
+    trainer.ctx.reward = poisoned
+    trainer.train_one_step()
+    after_first = trainable_snapshot(trainer)
+    poisoned.poison = True
+    metrics = trainer.train_one_step()
+    assert metrics["skipped"] == 1.0 and not math.isfinite(metrics["loss"])
+    for name, value in trainable_snapshot(trainer).items():
+        assert torch.equal(value, after_first[name])
+    poisoned.poison = False
+    metrics = trainer.train_one_step()
+    assert metrics["skipped"] == 0.0 and trainer.step == 3 and trainer.skipped_steps == 1
+    assert any(e.get("event") == "nan_step_skipped" for e in read_events(trainer))
+
+
+def test_max_nan_steps_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=6, max_nan_steps=2)
+    poisoned = PoisonedReward(trainer.ctx.reward)
+    trainer.ctx.reward = poisoned
+    original = trainer.train_one_step
+
+    def poison_after_first():
+        poisoned.poison = trainer.step >= 1
+        return original()
+
+    trainer.train_one_step = poison_after_first
+    with pytest.raises(PiscesRuntimeError, match="checkpoint-1"):
+        trainer.train()
+    assert sorted(p.name for p in trainer.output.glob("checkpoint-*")) == ["checkpoint-1"]
+
+
+# ------------------------------------------------------------------------------------------- export
+def test_checkpoint_loads_with_diffusers_load_lora_weights_and_peft(tmp_path):
+    from diffusers import HunyuanVideoPipeline
+    from peft import PeftConfig
+
+    trainer = make_trainer(tmp_path, max_steps=2)
+    with torch.no_grad():  # make the LoRA clearly non-zero
+        for parameter in trainer.named_trainable.values():
+            parameter.add_(0.05)
+    trainer.train()
+    checkpoint = trainer.output / "checkpoint-2"
+    pipeline = HunyuanVideoPipeline.from_pretrained(str(model_root() / "hunyuan"))
+    pipeline.load_lora_weights(str(checkpoint), adapter_name="trained")
+    latents = torch.randn(
+        1, *trainer.adapter.latent_shape(5, 16, 16), generator=torch.Generator().manual_seed(0)
+    )
+    embeds = trainer.ctx.encode_prompts(PROMPTS[:1])
+    kwargs = dict(
+        timestep=torch.tensor([500.0]),
+        encoder_hidden_states=embeds.embeds,
+        encoder_attention_mask=embeds.mask,
+        pooled_projections=embeds.pooled,
+        guidance=torch.tensor([6000.0]),
+        return_dict=False,
+    )
+    with torch.no_grad():
+        ours = trainer.adapter.transformer(hidden_states=latents, **kwargs)[0]
+        loaded = pipeline.transformer(hidden_states=latents, **kwargs)[0]
+        pipeline.transformer.disable_lora()
+        base = pipeline.transformer(hidden_states=latents, **kwargs)[0]
+    torch.testing.assert_close(loaded, ours)
+    assert not torch.allclose(base, ours)
+    config = PeftConfig.from_pretrained(str(checkpoint))
+    assert (config.r, config.lora_alpha) == (4, 4)
+    state = json.loads((checkpoint / "training_state" / "state.json").read_text())
+    assert state["step"] == 2 and state["format_version"] == 1
+
+
+def test_video_folder_is_encoded_into_a_latent_cache(tmp_path):
+    from pisces_cli.io.writer import write_mp4
+    from pisces_cli.training.data import load_latent_cache, read_training_clip
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    generator = torch.Generator().manual_seed(0)
+    lines = []
+    for index, caption in enumerate(PROMPTS[:2]):
+        write_mp4(videos / f"clip{index}.mp4", torch.rand(6, 3, 20, 24, generator=generator), 8)
+        lines.append(json.dumps({"file": f"clip{index}.mp4", "prompt": caption}))
+    (videos / "prompts.jsonl").write_text("\n".join(lines) + "\n")
+    trainer = make_trainer(
+        tmp_path, max_steps=1, extra=["finetune.data.prompts=null", f"finetune.data.videos={videos}"]
+    )
+    latents, captions, keys = load_latent_cache(trainer.output / "latents")
+    assert captions == PROMPTS[:2] and keys == ["clip0.mp4", "clip1.mp4"]
+    assert latents.shape == (2, *trainer.adapter.latent_shape(5, 16, 16))
+    pixels = read_training_clip(str(videos / "clip1.mp4"), 5, 16, 16)
+    torch.testing.assert_close(latents[1], trainer.adapter.encode_video(pixels[None])[0])
+    metrics = trainer.train_one_step()
+    assert math.isfinite(metrics["loss"])
+
+
+def test_dry_run_prints_the_plan_and_a_memory_estimate(tmp_path):
+    from rich.console import Console
+
+    from pisces_cli.stages.finetune import run_finetune
+
+    console = Console(record=True, width=160)
+    assert run_finetune(resolve(tmp_path), console=console, dry_run=True) is None
+    text = console.export_text()
+    assert "1 × accumulation 1 × world 1 = 1 videos per step" in text
+    assert "activations:vae_decoder" in text and "total" in text
+    assert not (tmp_path / "run" / "finetune").exists()
+
+
+def test_text_encoders_are_offloaded_after_pre_encoding_every_caption(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=1)
+    cache = trainer.ctx.encode_prompts
+    assert cache.frozen and set(cache.rows) == set(PROMPTS)
+    expected = trainer.adapter.encode_prompts(PROMPTS[1:3])
+    got = cache(PROMPTS[1:3])
+    assert torch.equal(got.embeds, expected.embeds) and torch.equal(got.mask, expected.mask)
+    with pytest.raises(PiscesRuntimeError, match="not pre-encoded"):
+        cache(["an unseen prompt"])
+
+
+@pytest.mark.parametrize("name", ["hunyuan", "wan"])
+def test_bundled_recipes_carry_the_papers_finetune_values(name):
+    from pisces_cli.config import load_recipe
+
+    recipe = load_recipe(name).recipe
+    section = recipe.finetune
+    assert section.algorithm == "backprop"
+    assert (section.lora.rank, section.lora.alpha) == (256, 32.0)
+    paper_targets = ["attn", r"single_transformer_blocks\.\d+\.(proj_mlp|proj_out)"]  # method.md §5.1
+    assert section.lora.targets == (paper_targets if name == "hunyuan" else ["attn_mlp"])
+    assert (section.learning_rate, section.max_steps) == (1e-6, 256)
+    assert (section.schedule.shift, section.schedule.euler_steps) == (17.0, 50)
+    assert (recipe.reward.weights.quality, recipe.reward.weights.semantic, section.consistency.weight) == (
+        1,
+        1,
+        1,
+    )
+    world = 8 if name == "hunyuan" else 1  # the GPUs each recipe is sized for (header comment)
+    assert world * section.batch_size * section.gradient_accumulation_steps == 32
+
+
+def test_full_finetune_trains_saves_diffusers_weights_and_resumes(tmp_path):
+    from pisces_cli.backbones.registry import load_backbone
+
+    settings = {"full_finetune": "true", "lora.enabled": "false", "learning_rate": 1e-4}
+    trainer = make_trainer(tmp_path, max_steps=1, **settings)
+    assert not any("lora" in name for name in trainer.named_trainable)
+    base = load_backbone(str(model_root() / "hunyuan"), family="hunyuan_video")
+    before = {n: p.detach().clone() for n, p in trainer.adapter.transformer.named_parameters()}
+    trainer.train()
+    changed = [n for n, p in trainer.adapter.transformer.named_parameters() if not torch.equal(p, before[n])]
+    assert changed
+    # the teacher is a frozen copy of the base weights
+    teacher = trainer.ctx.extra["teacher_transformers"]["transformer"]
+    for name, parameter in base.transformer.named_parameters():
+        assert torch.equal(dict(teacher.named_parameters())[name], parameter)
+    saved = trainer.output / "checkpoint-1" / "transformer"
+    assert (saved / "config.json").is_file()
+    resumed = make_trainer(tmp_path, max_steps=2, **settings)
+    assert resumed.step == 1
+    for name, parameter in resumed.adapter.transformer.named_parameters():
+        assert torch.equal(parameter, dict(trainer.adapter.transformer.named_parameters())[name])
+
+
+@pytest.mark.parametrize("backbone", ["hunyuan", "wan"])
+def test_dry_run_lora_count_matches_the_attached_lora(tmp_path, backbone):
+    from pisces_cli.stages.finetune import estimate
+    from pisces_cli.training.trainer import Trainer
+
+    resolved = resolve(tmp_path, backbone)
+    planned = estimate(resolved)
+    trainer = Trainer(resolved, resume=False)
+    trainer.setup()
+    attached = sum(p.numel() for p in trainer.named_trainable.values())
+    assert planned.parts["trainable_fp32"] == 4 * attached
+    assert planned.parts["gradients_and_adamw"] == 12 * attached
+    transformer_numel = sum(
+        p.numel() for n, p in trainer.adapter.transformer.named_parameters() if "lora_" not in n
+    )
+    assert planned.parts["weights:transformer"] == 4 * transformer_numel  # fp32 tiny model
+
+
+def test_hunyuan_recipe_targets_wrap_exactly_the_papers_layers(tmp_path):
+    from pisces_cli.config import load_recipe
+
+    targets = load_recipe("hunyuan").recipe.finetune.lora.targets
+    trainer = make_trainer(tmp_path, max_steps=1, extra=[f"finetune.lora.targets={json.dumps(targets)}"])
+    wrapped = sorted({n.rsplit(".lora_", 1)[0] for n in trainer.named_trainable})
+    dual = [
+        f"transformer.transformer_blocks.0.attn.{m}"
+        for m in ("add_k_proj", "add_q_proj", "add_v_proj", "to_add_out", "to_k", "to_out.0", "to_q", "to_v")
+    ]
+    single = [
+        f"transformer.single_transformer_blocks.0.{m}"
+        for m in ("attn.to_k", "attn.to_q", "attn.to_v", "proj_mlp", "proj_out")
+    ]
+    assert wrapped == sorted(dual + single)
+
+
+def test_wan22_two_experts_train_save_and_generate(tmp_path):
+    from pisces_cli.backbones.tiny import save_tiny_wan
+    from pisces_cli.stages.generate import run_generate
+
+    model = save_tiny_wan(tmp_path / "wan22", variant="2.2-a14b")
+    extra = [f"models.generator.path={model}"]
+    from pisces_cli.training.trainer import Trainer
+
+    trainer = Trainer(resolve(tmp_path, "wan", extra, max_steps=1), resume=False)
+    trainer.setup()
+    components = {name.split(".", 1)[0] for name in trainer.named_trainable}
+    assert components == {"transformer", "transformer_2"}
+    trainer.train()
+    checkpoint = trainer.output / "checkpoint-1"
+    assert (checkpoint / "pytorch_lora_weights_transformer_2.safetensors").is_file()
+    summary = run_generate(
+        resolve(tmp_path, "wan", extra),
+        prompts=str(tmp_path / "prompts.txt"),
+        output=str(tmp_path / "videos"),
+        adapter_dir=str(checkpoint),
+        limit=1,
+    )
+    assert summary.written == 1 and (tmp_path / "videos" / f"{PROMPTS[0]}-0.mp4").is_file()
+
+
+@pytest.mark.parametrize(("name", "billions"), [("hunyuan", 12.82), ("wan", 1.42)])
+def test_dry_run_knows_the_bundled_hub_models(name, billions):
+    from pisces_cli.config import load_recipe
+    from pisces_cli.stages.finetune import estimate
+
+    planned = estimate(load_recipe(name))
+    # parameter counts of the real configurations, measured on the meta device in docs/backbones.md §2.3/§3.2
+    assert planned.parts["weights:transformer"] / 2 / 1e9 == pytest.approx(billions, rel=0.01)
+    assert not any(part.startswith("weights:text_encoder") for part in planned.parts)
+    unchecked = estimate(load_recipe(name, ["finetune.vae.decode_checkpointing=false"]))
+    assert planned.parts["activations:vae_decoder"] < 0.5 * unchecked.parts["activations:vae_decoder"]
