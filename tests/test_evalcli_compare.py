@@ -1,0 +1,143 @@
+"""``pisces eval compare RUN_A RUN_B`` on two synthetic runs with a known difference."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pisces_cli.cli.main import main
+from pisces_cli.stages import eval_fixtures as clips
+
+PROMPTS = ["red texture", "blue texture", "green texture", "grey texture", "pink texture"]
+# B flickers on the first three prompts, A on the last two: B loses 3 prompts and wins 2
+B_FLICKERS = {0, 1, 2}
+
+
+def make_run(folder: Path, flicker_prompts: set[int]) -> Path:
+    frames = {}
+    for p, _prompt in enumerate(PROMPTS):
+        for index in range(2):  # two videos (seeds) per prompt, VBench names `{prompt}-{index}.mp4`
+            seed = 10 * p + index
+            clip = clips.flicker_clip(seed) if p in flicker_prompts else clips.static_clip(seed)
+            frames[f"{PROMPTS[p]}-{index}"] = clip
+    return clips.write_folder(folder, frames)
+
+
+def flicker_by_hand(folder: Path, prompt: str) -> float:
+    """Mean over the prompt's videos of 1 − mean_t MAE(frame_t, frame_t+1)/255 on the decoded frames."""
+    from pisces_cli.io.video import read_frames
+
+    scores = []
+    for index in range(2):
+        frames = read_frames(str(folder / f"{prompt}-{index}.mp4")).astype(np.float64)
+        scores.append(
+            1 - np.mean([np.abs(frames[t + 1] - frames[t]).mean() for t in range(len(frames) - 1)]) / 255
+        )
+    return float(np.mean(scores))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("compare")
+    recipe = root / "pixels.yaml"
+    recipe.write_text("eval: {rewards: false, consistency: false}\nruntime: {num_workers: 0}\n")
+    for name, flicker in (("A", set(range(5)) - B_FLICKERS), ("B", B_FLICKERS)):
+        make_run(root / name, flicker)
+        assert main(["eval", str(root / name), "-r", str(recipe)]) == 0
+    return root
+
+
+def test_known_difference(runs: Path):
+    out = runs / "cmp"
+    assert (
+        main(
+            [
+                "eval",
+                "compare",
+                str(runs / "A"),
+                str(runs / "B/pisces-eval"),
+                "-o",
+                str(out),
+                "--bootstrap",
+                "500",
+            ]
+        )
+        == 0
+    )
+    document = json.loads((out / "compare.json").read_text())
+    assert document["label_a"] == "A" and document["label_b"] == "B" and document["item_kind"] == "prompt"
+    metrics = {m["metric"]: m for m in document["metrics"]}
+    flicker = metrics["temporal_flickering"]
+    diffs = [flicker_by_hand(runs / "B", p) - flicker_by_hand(runs / "A", p) for p in PROMPTS]
+    assert flicker["n"] == 5
+    assert flicker["diff"] == pytest.approx(np.mean(diffs), abs=1e-6)
+    assert flicker["ci_low"] <= flicker["diff"] <= flicker["ci_high"]
+    assert flicker["win_rate"] == pytest.approx(2 / 5)  # B wins the two prompts where A flickers
+    # per-prompt pairs are the means over the prompt's two videos
+    items = document["items"]["temporal_flickering"]
+    for prompt, diff in zip(PROMPTS, diffs, strict=True):
+        a_score, b_score = items[prompt]
+        assert b_score - a_score == pytest.approx(diff, abs=1e-6)
+    # no clip moves: dynamic degree is 0 everywhere, a tie (win rate ½) with a zero-width CI
+    degree = metrics["dynamic_degree"]
+    assert degree["diff"] == 0 and degree["ci_low"] == degree["ci_high"] == 0 and degree["win_rate"] == 0.5
+    assert document["strip_metric"] == "temporal_flickering"
+    assert any("manifest" in note for note in document["notes"])
+
+
+def test_all_b_worse_ci_excludes_zero(runs: Path, tmp_path: Path):
+    recipe = runs / "pixels.yaml"
+    make_run(tmp_path / "C", set(range(5)))
+    assert main(["eval", str(tmp_path / "C"), "-r", str(recipe)]) == 0
+    make_run(tmp_path / "D", set())
+    assert main(["eval", str(tmp_path / "D"), "-r", str(recipe)]) == 0
+    assert main(["eval", "compare", str(tmp_path / "D"), str(tmp_path / "C"), "--bootstrap", "300"]) == 0
+    document = json.loads((tmp_path / "C/pisces-eval/compare/compare.json").read_text())
+    flicker = next(m for m in document["metrics"] if m["metric"] == "temporal_flickering")
+    assert flicker["win_rate"] == 0 and flicker["ci_high"] < 0
+
+
+def test_html_report(runs: Path):
+    out = runs / "cmp_html"
+    assert main(["eval", "compare", str(runs / "A"), str(runs / "B"), "-o", str(out), "--strips", "2"]) == 0
+    html = (out / "compare.html").read_text()
+    images = re.findall(r'<img alt="([^"]*)" src="data:image/png;base64,', html)
+    assert "mean differences with CIs" in images
+    assert {"temporal_flickering scatter", "dynamic_degree scatter"} <= set(images)
+    # two largest wins and two largest losses, each as an A strip and a B strip
+    strips = [alt for alt in images if alt.endswith((" A", " B"))]
+    assert len(strips) == 8
+    assert "B better" in html and "B worse" in html
+    assert "http" not in html.split("<body>", 1)[1]  # self-contained
+
+
+def test_compare_usage_errors(runs: Path, tmp_path: Path):
+    assert main(["eval", "compare", str(runs / "A"), str(tmp_path / "nothing")]) == 2
+    (tmp_path / "eval.json").write_text(json.dumps({"schema": "other"}))
+    assert main(["eval", "compare", str(runs / "A"), str(tmp_path)]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "compare",
+                str(runs / "A"),
+                str(runs / "B"),
+                "--metric",
+                "nope",
+                "-o",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
+
+
+def test_disjoint_prompts_exit_2(runs: Path, tmp_path: Path):
+    folder = tmp_path / "E"
+    clips.write_folder(folder, {"another prompt-0": clips.static_clip(3)})
+    assert main(["eval", str(folder), "-r", str(runs / "pixels.yaml")]) == 0
+    assert main(["eval", "compare", str(runs / "A"), str(folder)]) == 2
