@@ -41,6 +41,8 @@ def _rebase(data: dict[str, Any], root: Path) -> dict[str, Any]:
 
 def run_demo(root: Path, *, console: Any, train_clips: int = 48, eval_clips: int = 12) -> list[DemoStep]:
     """Build the demo's data and models under ``root`` and run every stage; returns the step log."""
+    import torch
+
     from pisces_cli.atomic import atomic_write_text
     from pisces_cli.encoders.tiny_clip import save_tiny_clip
     from pisces_cli.fixtures import write_clip_folder
@@ -48,6 +50,8 @@ def run_demo(root: Path, *, console: Any, train_clips: int = 48, eval_clips: int
     from pisces_cli.stages.fit_ot import run_fit_ot
     from pisces_cli.stages.score import run_score
 
+    # The demo's models are tiny: per-op overhead dominates and one thread is fastest on a small CPU.
+    torch.set_num_threads(1)
     steps: list[DemoStep] = []
     root.mkdir(parents=True, exist_ok=True)
     raw = _rebase(read_yaml_mapping(resolve_recipe_path("demo")), root)
@@ -124,7 +128,116 @@ def run_demo(root: Path, *, console: Any, train_clips: int = 48, eval_clips: int
     )
     console.rule("internvideo2 (tiny)")
     steps.append(_internvideo2_leg(root, raw, console))
+    steps.extend(_generator_legs(root, raw, resolved, train, held, console))
     return steps
+
+
+def _generator_legs(
+    root: Path, raw: dict[str, Any], resolved: Any, train: list, held: list, console: Any
+) -> list[DemoStep]:
+    """finetune (backprop, then GRPO) → generate (base and fine-tuned) → eval both → eval compare."""
+    from pisces_cli.atomic import atomic_write_text
+    from pisces_cli.backbones.tiny import save_tiny_hunyuan
+    from pisces_cli.cli.stage_commands import print_comparison
+    from pisces_cli.stages.eval import run_eval
+    from pisces_cli.stages.eval_compare import run_compare
+    from pisces_cli.stages.finetune import run_finetune
+    from pisces_cli.stages.generate import run_generate
+
+    steps: list[DemoStep] = []
+    recipe = resolved.recipe
+    atomic_write_text(Path(recipe.finetune.data.prompts), "\n".join(r.prompt for r in train) + "\n")
+    generation_prompts = [r.prompt for r in held[:6]]
+    atomic_write_text(Path(recipe.generate.prompts), "\n".join(generation_prompts) + "\n")
+    start = time.perf_counter()
+    save_tiny_hunyuan(recipe.models.generator.path, seed=recipe.seed)
+    steps.append(
+        DemoStep(
+            "generator",
+            time.perf_counter() - start,
+            "tiny random-weight HunyuanVideo pipeline",
+            [str(recipe.models.generator.path)],
+        )
+    )
+
+    console.rule("finetune (backprop + consistency distillation)")
+    start = time.perf_counter()
+    tuned = run_finetune(resolved, console=console)
+    assert tuned is not None
+    steps.append(
+        DemoStep(
+            "finetune",
+            time.perf_counter() - start,
+            f"backprop: {tuned.step} steps, loss {_fmt(tuned, 'loss')}",
+            [str(tuned.checkpoint)],
+        )
+    )
+    console.rule("finetune (GRPO)")
+    start = time.perf_counter()
+    grpo_out = root / "run/finetune-grpo"
+    grpo = resolve_data(
+        raw,
+        [
+            "finetune.algorithm=grpo",
+            f"finetune.output={grpo_out}",
+            "finetune.max_steps=2",
+            "finetune.gradient_accumulation_steps=1",
+        ],
+        str(root / "recipe.yaml"),
+    )
+    grpo_summary = run_finetune(grpo, console=console)
+    assert grpo_summary is not None
+    steps.append(
+        DemoStep(
+            "grpo",
+            time.perf_counter() - start,
+            f"GRPO: {grpo_summary.step} steps (ratio check passed)",
+            [str(grpo_summary.checkpoint)],
+        )
+    )
+
+    console.rule("generate (base and fine-tuned)")
+    start = time.perf_counter()
+    base_dir = root / "run/videos/base"
+    tuned_dir = root / "run/videos/finetuned"
+    run_generate(resolved, output=str(base_dir), console=console)
+    run_generate(resolved, output=str(tuned_dir), adapter_dir=str(tuned.checkpoint), console=console)
+    steps.append(
+        DemoStep(
+            "generate",
+            time.perf_counter() - start,
+            f"{len(generation_prompts)} prompts × base and fine-tuned",
+            [str(base_dir), str(tuned_dir)],
+        )
+    )
+
+    console.rule("eval and eval compare")
+    start = time.perf_counter()
+    run_eval(resolved, str(base_dir), console=console)
+    run_eval(resolved, str(tuned_dir), console=console)
+    comparison = run_compare(
+        str(base_dir),
+        str(tuned_dir),
+        output=str(root / "run/compare"),
+        n_boot=recipe.eval.bootstrap_samples,
+        seed=recipe.seed,
+    )
+    print_comparison(comparison)
+    steps.append(
+        DemoStep(
+            "eval",
+            time.perf_counter() - start,
+            "base vs fine-tuned: eval.json ×2, compare.html",
+            [str(comparison.output / "compare.html")],
+        )
+    )
+    return steps
+
+
+def _fmt(summary: Any, key: str) -> str:
+    metrics = getattr(summary, "metrics", None) or getattr(summary, "last_metrics", None) or {}
+    value = metrics.get(key) if isinstance(metrics, dict) else None
+    return f"{value:.4f}" if isinstance(value, float) else "n/a"
 
 
 def _internvideo2_leg(root: Path, raw: dict[str, Any], console: Any) -> DemoStep:

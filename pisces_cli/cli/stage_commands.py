@@ -337,6 +337,14 @@ def eval_compare(
     summary = run_compare(
         str(run_a), str(run_b), output=output, metric=metric, n_boot=bootstrap, seed=seed, strip_count=strips
     )
+    print_comparison(summary)
+    for note in summary.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    console.print(f"[green]wrote[/] {summary.output}/compare.json, compare.html")
+
+
+def print_comparison(summary) -> None:
+    """The per-metric table of ``eval compare`` (B − A, paired bootstrap CI, win rate)."""
     from rich.table import Table
 
     comparison = summary.comparison
@@ -358,9 +366,6 @@ def eval_compare(
             f"{m.win_rate:.3f}",
         )
     console.print(table)
-    for note in summary.notes:
-        console.print(f"[yellow]note:[/] {note}")
-    console.print(f"[green]wrote[/] {summary.output}/compare.json, compare.html")
 
 
 def register_eval(app: typer.Typer) -> None:
