@@ -292,7 +292,8 @@ th, td { padding: 4px 10px; border-bottom: 1px solid #eee; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 .pos { color: #1d7a6f; } .neg { color: #c0492b; }
 .grid { display: flex; flex-wrap: wrap; gap: 8px; }
-.strip { margin: 10px 0 18px 0; } .strip img { max-width: 100%; display: block; margin: 2px 0; }
+.strip { margin: 10px 0 18px 0; overflow-x: auto; }
+.strip img { height: 120px; width: auto; display: block; margin: 2px 0; image-rendering: pixelated; }
 .label { font-size: 0.85em; color: #555; }
 """
 
