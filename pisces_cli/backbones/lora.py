@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from pisces_cli.atomic import atomic_write_json
 from pisces_cli.errors import PiscesRuntimeError, UsageError
 
 DIFFUSERS_WEIGHT_NAMES = {
@@ -122,15 +123,6 @@ def adapters_disabled(transformers) -> Iterator[None]:
             module.enable_adapters()
 
 
-def _atomic_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True, default=str)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def _fsync_replace(source: Path, target: Path) -> None:
     with open(source, "rb") as handle:
         os.fsync(handle.fileno())
@@ -185,7 +177,7 @@ def save_lora(
             final_peft_dir.mkdir(exist_ok=True)
             for name in ("adapter_config.json", "adapter_model.safetensors"):
                 moves.append((peft_dir / name, final_peft_dir / name))
-        _atomic_json(staging / METADATA_FILE, {"components": sorted(modules), **(metadata or {})})
+        atomic_write_json(staging / METADATA_FILE, {"components": sorted(modules), **(metadata or {})})
         moves.append((staging / METADATA_FILE, target / METADATA_FILE))
         for source, destination in moves:
             _fsync_replace(source, destination)
@@ -210,7 +202,7 @@ def _save_peft_format(directory: Path, state: dict[str, torch.Tensor], peft_conf
     for key, value in list(config.items()):
         if isinstance(value, set):
             config[key] = sorted(value)
-    _atomic_json(directory / "adapter_config.json", config)
+    atomic_write_json(directory / "adapter_config.json", config)
 
 
 def read_lora_metadata(adapter_dir: str | os.PathLike) -> dict:
