@@ -51,6 +51,33 @@ def detect_family(path: str | Path) -> str:
     return _PIPELINE_TO_FAMILY[class_name]
 
 
+def import_pisces_components(path: str | Path) -> list[str]:
+    """Import every ``pisces_cli.*`` library named in ``path/model_index.json``; returns their names."""
+    import importlib
+    import json
+
+    index = Path(path) / "model_index.json"
+    if not index.is_file():
+        return []
+    try:
+        entries = json.loads(index.read_text())
+    except (OSError, json.JSONDecodeError):
+        return []
+    modules = sorted(
+        {
+            value[0]
+            for value in entries.values()
+            if isinstance(value, list)
+            and value
+            and isinstance(value[0], str)
+            and value[0].startswith("pisces_cli.")
+        }
+    )
+    for module in modules:
+        importlib.import_module(module)
+    return modules
+
+
 def load_backbone(
     path_or_hub_id: str,
     *,
@@ -59,7 +86,12 @@ def load_backbone(
     device: str | torch.device = "cpu",
     text_encoders: bool = True,
 ):
-    """Load a backbone adapter; the family is read from ``model_index.json`` unless given."""
+    """Load a backbone adapter; the family is read from ``model_index.json`` unless given.
+
+    Components whose library is a ``pisces_cli`` module (e.g. the synthetic world's generator
+    transformer) are imported first so diffusers can build them; other libraries are left to diffusers.
+    """
+    import_pisces_components(path_or_hub_id)
     chosen = family or detect_family(path_or_hub_id)
     return adapter_class(chosen).from_pretrained(
         path_or_hub_id, dtype=dtype, device=device, text_encoders=text_encoders

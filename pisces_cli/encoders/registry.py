@@ -18,7 +18,7 @@ __all__ = ["KNOWN_BACKENDS", "load_encoder"]
 _BACKEND_LOADERS: dict[str, tuple[str, str] | None] = {
     "clip": ("pisces_cli.encoders.clip", "load_clip_backend"),
     "internvideo2": ("pisces_cli.encoders.internvideo2.backend", "load_backend"),
-    "world": None,
+    "world": ("pisces_cli.world.encoder.backend", "load_world_backend"),
 }
 
 #: every backend name ``load_encoder`` knows, loadable or reserved.
