@@ -50,6 +50,7 @@ def inspect(
 
 
 def _print_header(header, shapes, show_recipe: bool) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     console.print(f"  schema: [cyan]{header.schema}[/] v{header.schema_version}   stage: {header.stage}")
@@ -57,19 +58,21 @@ def _print_header(header, shapes, show_recipe: bool) -> None:
         f"  pisces {header.pisces_version}   created {header.created_utc}   recipe hash {header.recipe_hash}"
     )
     for role, fp in header.fingerprints.items():
-        console.print(f"  {role}: " + ", ".join(f"{k}={v}" for k, v in fp.items()))
+        console.print(escape(f"  {role}: " + ", ".join(f"{k}={v}" for k, v in fp.items())))
     table = Table(show_header=True, header_style="bold")
     table.add_column("tensor")
     table.add_column("shape")
     table.add_column("dtype")
     table.add_column("meaning")
     for name, (shape, dtype) in shapes.items():
-        table.add_row(name, "×".join(map(str, shape)) or "scalar", dtype, header.tensors.get(name, ""))
+        table.add_row(
+            escape(name), "×".join(map(str, shape)) or "scalar", dtype, escape(header.tensors.get(name, ""))
+        )
     console.print(table)
     if header.metrics:
-        console.print("  metrics: " + json.dumps(header.metrics, default=str))
+        console.print(escape("  metrics: " + json.dumps(header.metrics, default=str)))
     if header.extra:
-        console.print("  extra: " + json.dumps(header.extra, default=str)[:800])
+        console.print(escape("  extra: " + json.dumps(header.extra, default=str)[:800]))
     if show_recipe and header.recipe:
         import yaml
 
