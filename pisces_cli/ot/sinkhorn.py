@@ -339,14 +339,7 @@ def _solve_chunk(
 ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor, Tensor]]:
     """Solve problems ``[p, N, M]`` (into ``out`` when given); return the plan and
     (iterations, error, converged, log_domain)."""
-    valid = rmask[:, :, None] & cmask[:, None, :] if any_mask else None
-    if valid is None:
-        flat = cost.detach().flatten(1)
-        cmin, cmax = flat.amin(-1), flat.amax(-1)  # (faster than aminmax on CPU)
-    else:
-        inf = torch.tensor(float("inf"), dtype=cost.dtype, device=cost.device)
-        cmin = torch.where(valid, cost.detach(), inf).flatten(1).amin(-1)
-        cmax = torch.where(valid, cost.detach(), -inf).flatten(1).amax(-1)
+    valid, cmin, cmax = _valid_and_range(cost.detach(), rmask, cmask, any_mask)
     use_log = domain == "log" or differentiable
     if domain == "auto" and not use_log:
         limit = SCALING_MAX_RANGE[cost.dtype]
@@ -363,6 +356,32 @@ def _solve_chunk(
     if out is not None:
         plan = out.copy_(plan)
     return plan, (*stats, torch.ones_like(stats[2]))
+
+
+def _valid_and_range(
+    cost: Tensor, rmask: Tensor, cmask: Tensor, any_mask: bool
+) -> tuple[Tensor | None, Tensor, Tensor]:
+    """The validity mask (broadcastable: ``[p, N, 1]`` when only rows are masked, ``[p, 1, M]`` when only
+    columns are, ``[p, N, M]`` otherwise; ``None`` without masks) and the min / max valid cost ``[p]``.
+
+    Row- or column-only masks are reduced on the unmasked axis first, so no ``[p, N, M]`` temporary is made.
+    """
+    if not any_mask:
+        flat = cost.flatten(1)
+        return None, flat.amin(-1), flat.amax(-1)  # (faster than aminmax on CPU)
+    inf = torch.tensor(float("inf"), dtype=cost.dtype, device=cost.device)
+    if bool(cmask.all()):
+        cmin = torch.where(rmask, cost.amin(-1), inf).amin(-1)
+        cmax = torch.where(rmask, cost.amax(-1), -inf).amax(-1)
+        return rmask[:, :, None], cmin, cmax
+    if bool(rmask.all()):
+        cmin = torch.where(cmask, cost.amin(-2), inf).amin(-1)
+        cmax = torch.where(cmask, cost.amax(-2), -inf).amax(-1)
+        return cmask[:, None, :], cmin, cmax
+    valid = rmask[:, :, None] & cmask[:, None, :]
+    cmin = torch.where(valid, cost, inf).flatten(1).amin(-1)
+    cmax = torch.where(valid, cost, -inf).flatten(1).amax(-1)
+    return valid, cmin, cmax
 
 
 def _fill_masked(values: Tensor, valid: Tensor | None, fill: float) -> Tensor:

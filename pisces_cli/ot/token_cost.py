@@ -70,14 +70,15 @@ def token_ot_cost(
     if frame_index.shape != (m,) or coords.shape != (m, 2):
         raise UsageError(f"token_ot_cost: geometry must be frame_index [{m}] and coords [{m}, 2]")
     semantic = semantic_cost(query, key)  # [B, N, M], once for all heads
-    weights = attn.float()
+    weights = attn if attn.dtype == torch.float32 else attn.float()
     t = frame_index.to(device=attn.device, dtype=torch.float32)
     s = coords.to(device=attn.device, dtype=torch.float32)
     if exclude_cls:
         weights = weights * (t >= 0).to(weights.dtype)
-    weights = weights / weights.sum(-1, keepdim=True).clamp_min(_ROW_SUM_FLOOR)
-    tau = weights @ t  # [B, H, N]
-    pos = weights @ s  # [B, H, N, 2]
+    # Row renormalisation A / max(sum_j A, floor) folded into the expectations (no normalised copy of A).
+    row_sum = weights.sum(-1).clamp_min(_ROW_SUM_FLOOR)  # [B, H, N]
+    tau = (weights @ t) / row_sum  # [B, H, N]
+    pos = (weights @ s) / row_sum[..., None]  # [B, H, N, 2]
     span = max(float(t.max() - t.min()), 1.0)
     grid = _regular_grid(t, s)
     if grid is None:
@@ -85,7 +86,10 @@ def token_ot_cost(
         spatial = torch.hypot(pos[..., 0, None] - s[:, 0], pos[..., 1, None] - s[:, 1]) / math.sqrt(2.0)
         cost = semantic[:, None] + gamma * temporal + eta * spatial
         return normalize_cost(cost, row_mask)
-    return normalize_cost(_grid_cost(semantic, tau, pos, t, s, grid, span, gamma, eta), row_mask)
+    # Every term finite (checked on the small factors) means the whole cost is finite.
+    finite = bool(torch.isfinite(semantic).all() and torch.isfinite(tau).all() and torch.isfinite(pos).all())
+    cost = _grid_cost(semantic, tau, pos, t, s, grid, span, gamma, eta)
+    return normalize_cost(cost, row_mask, known_finite=finite)
 
 
 def _regular_grid(frame_index: Tensor, coords: Tensor) -> tuple[int, int, int] | None:
@@ -144,14 +148,14 @@ def _grid_cost(
     return cost
 
 
-def normalize_cost(cost: Tensor, row_mask: Tensor | None = None) -> Tensor:
+def normalize_cost(cost: Tensor, row_mask: Tensor | None = None, *, known_finite: bool = False) -> Tensor:
     """Min-max normalise ``cost [B, H, N, M]`` per ``(B, H)`` over finite entries of valid rows.
 
     ``C <- (C - min C) / max(max C - min C, 1e-6)``; nan/inf (and masked rows) become 1. ``cost`` may be
     modified in place (it is a fresh tensor in this module).
     """
-    finite = torch.isfinite(cost)
-    all_finite = bool(finite.all())
+    finite = None if known_finite else torch.isfinite(cost)
+    all_finite = known_finite or bool(finite.all())
     if all_finite:
         row_low, row_high = cost.amin(-1), cost.amax(-1)  # [B, H, N]
     else:
@@ -169,7 +173,7 @@ def normalize_cost(cost: Tensor, row_mask: Tensor | None = None) -> Tensor:
     normed = cost.sub_(low).div_((high - low).clamp_min(_RANGE_FLOOR)) if cost.is_floating_point() else cost
     if not all_finite:
         normed = torch.where(finite, normed, torch.ones_like(normed))
-    if row_mask is not None:
+    if row_mask is not None and not bool(row_mask.all()):
         normed.masked_fill_(~row_mask[:, None, :, None].to(cost.device), 1.0)
     return normed.clamp_(0.0, 1.0)
 
