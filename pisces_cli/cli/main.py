@@ -32,9 +32,10 @@ app.command("env", rich_help_panel="Tools")(env_command.env)
 
 
 def _register_stages() -> None:
-    from pisces_cli.cli import stage_commands
+    from pisces_cli.cli import stage_commands, world_commands
 
     stage_commands.register(app)
+    world_commands.register(app)
 
 
 _register_stages()
