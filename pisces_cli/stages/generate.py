@@ -157,6 +157,7 @@ def settings_record(
         "height": section.height,
         "width": section.width,
         "fps": section.fps,
+        "crf": section.crf,
         "seeds": seeds,
         "negative_prompt": section.negative_prompt,
         "vae_tiling": section.vae_tiling,
@@ -241,7 +242,7 @@ def run_generate(
             chunk = mine[start : start + section.batch_size]
             pixels = sample_videos(adapter, [j.prompt for j in chunk], [j.seed for j in chunk], section)
             for job, video in zip(chunk, pixels):
-                write_mp4(folder / job.file, video, section.fps)
+                write_mp4(folder / job.file, video, section.fps, crf=section.crf)
                 advance(video=job.file[:40])
             if dist.is_main:
                 _write_index(folder, settings, jobs, resolved)

@@ -10,7 +10,8 @@ class GenerateSection:
     """``prompts``: a .txt (one per line) / .jsonl file or a bundled suite name (e.g. ``vbench``).
 
     Each prompt gets ``videos_per_prompt`` videos named ``{prompt}-{index}.mp4`` (VBench convention),
-    seeds ``seeds[i]`` (or ``seed + i`` when ``seeds`` is empty).
+    seeds ``seeds[i]`` (or ``seed + i`` when ``seeds`` is empty). ``crf`` is the H.264 quality (18 visually
+    lossless; 0 lossless — use 0 when generated videos must decode to identical pixels on every run).
     """
 
     prompts: str | None = None
@@ -25,6 +26,7 @@ class GenerateSection:
     guidance: float | None = 6.0
     shift: float | None = None
     fps: float = 24.0
+    crf: int = 18
     batch_size: int = 1
     negative_prompt: str | None = None
     vae_tiling: bool = True
@@ -34,6 +36,8 @@ class GenerateSection:
         for name in ("videos_per_prompt", "num_frames", "height", "width", "steps", "batch_size"):
             if getattr(self, name) < 1:
                 problems.append((name, f"must be >= 1, got {getattr(self, name)}"))
+        if not 0 <= self.crf <= 51:
+            problems.append(("crf", f"libx264 quality must be in 0..51 (0 = lossless), got {self.crf}"))
         if self.fps <= 0:
             problems.append(("fps", f"must be > 0, got {self.fps}"))
         if self.seeds and len(self.seeds) != self.videos_per_prompt:
