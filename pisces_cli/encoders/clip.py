@@ -559,7 +559,8 @@ def _token_plan(
         The raw (not row-normalised) plan ``[B, L, M]`` float32, zero on non-lexical rows, and the
         ``[B]`` diagnostics ``ot_iterations``, ``ot_mass``, ``ot_marginal_error``, ``ot_converged``.
     """
-    from pisces_cli.ot import sinkhorn, token_ot_cost, video_token_geometry
+    from pisces_cli.ot import video_token_geometry
+    from pisces_cli.ot.token_cost import solve_token_ot
 
     settings.validate()
     frame_index, coords = video_token_geometry(
@@ -571,26 +572,8 @@ def _token_plan(
         )
     with torch.no_grad():
         attention = torch.softmax(logit_scale * cosine, dim=-1)[:, None]  # [B, 1, L, M], one head
-        cost = token_ot_cost(
-            text_tokens,
-            video_tokens,
-            attention,
-            frame_index,
-            coords,
-            gamma=settings.gamma,
-            eta=settings.eta,
-            row_mask=lexical,
-            exclude_cls=settings.exclude_cls,
-        )
-        plan, info = sinkhorn(
-            cost,
-            eps=settings.eps,
-            mode=settings.mode,
-            mass=None if settings.mode == "balanced" else settings.mass,
-            row_mask=lexical[:, None, :],
-            max_iter=settings.max_iter,
-            tol=settings.tol,
-            check_every=settings.check_every,
+        plan, info = solve_token_ot(
+            text_tokens, video_tokens, attention, (frame_index, coords), lexical, settings
         )
     diagnostics = {
         "ot_iterations": info.iterations[:, 0],

@@ -191,6 +191,44 @@ def lexical_rows(lexical_mask: Tensor) -> tuple[Tensor, Tensor]:
     return torch.where(row_mask, order, torch.zeros_like(order)), row_mask
 
 
+def solver_kwargs(settings: TokenOTSettings) -> dict:
+    """The :func:`sinkhorn` keyword arguments of ``settings`` (``mass`` is unused in balanced mode)."""
+    return {
+        "eps": settings.eps,
+        "mode": settings.mode,
+        "mass": None if settings.mode == "balanced" else settings.mass,
+        "max_iter": settings.max_iter,
+        "tol": settings.tol,
+        "check_every": settings.check_every,
+    }
+
+
+def solve_token_ot(
+    query: Tensor,
+    key: Tensor,
+    attn: Tensor,
+    geometry: tuple[Tensor, Tensor],
+    row_mask: Tensor,
+    settings: TokenOTSettings,
+) -> tuple[Tensor, SinkhornInfo]:
+    """Cost (:func:`token_ot_cost`) then :func:`sinkhorn` for ``[B, H]`` problems of ``N`` rows.
+
+    Args: ``query [B, N, D]``, ``key [B, M, D]``, ``attn [B, H, N, M]``, ``geometry`` = (frame_index, coords),
+    ``row_mask [B, N]`` bool (the valid caption rows). Returns the raw plan ``[B, H, N, M]`` and its info.
+    """
+    cost = token_ot_cost(
+        query,
+        key,
+        attn,
+        *geometry,
+        gamma=settings.gamma,
+        eta=settings.eta,
+        row_mask=row_mask,
+        exclude_cls=settings.exclude_cls,
+    )
+    return sinkhorn(cost, **solver_kwargs(settings), row_mask=row_mask[:, None, :])
+
+
 @torch.no_grad()
 def token_ot_prior(
     query_full: Tensor,
@@ -224,28 +262,13 @@ def token_ot_prior(
     query = torch.gather(query_full, 1, index[..., None].expand(-1, -1, query_full.shape[-1]))
     rows = torch.gather(attn, 2, index[:, None, :, None].expand(-1, heads, -1, m))
     if index.shape[1] == 0:  # no lexical token anywhere in the batch
-        cost = torch.zeros(batch, heads, 0, m, device=attn.device)
-    else:
-        cost = token_ot_cost(
-            query,
-            key_full,
-            rows,
-            *geometry,
-            gamma=settings.gamma,
-            eta=settings.eta,
-            row_mask=row_mask,
-            exclude_cls=settings.exclude_cls,
+        plan, info = sinkhorn(
+            torch.zeros(batch, heads, 0, m, device=attn.device),
+            **solver_kwargs(settings),
+            row_mask=row_mask[:, None, :],
         )
-    plan, info = sinkhorn(
-        cost,
-        eps=settings.eps,
-        mode=settings.mode,
-        mass=None if settings.mode == "balanced" else settings.mass,
-        row_mask=row_mask[:, None, :],
-        max_iter=settings.max_iter,
-        tol=settings.tol,
-        check_every=settings.check_every,
-    )
+    else:
+        plan, info = solve_token_ot(query, key_full, rows, geometry, row_mask, settings)
     plan = plan.float()
     plan = plan / plan.sum(-1, keepdim=True).clamp_min(_PLAN_ROW_FLOOR)
     prior = torch.zeros(batch, heads, q_len, m, dtype=torch.float32, device=attn.device)

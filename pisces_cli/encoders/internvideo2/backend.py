@@ -35,8 +35,9 @@ from pisces_cli.encoders.internvideo2.tokenizer import (
     load_bert_tokenizer,
     tokenize_captions,
 )
+from pisces_cli.encoders.prior_fusion import PriorFusionHook, select_ot_layers
 from pisces_cli.errors import UsageError
-from pisces_cli.ot import TokenOTSettings, fuse_attention, token_ot_prior, video_token_geometry
+from pisces_cli.ot import TokenOTSettings
 
 KNOWN_OPTIONS = ("tokenizer_dir", "num_frames", "max_text_length", "use_checkpoint")
 
@@ -205,15 +206,7 @@ class InternVideo2Backend(EncoderBackend):
     def ot_layers(self, token_ot: TokenOTSettings) -> tuple[int, ...]:
         """Absolute BERT layer indices that get the OT prior (default: fusion layers but the last)."""
         text = self.model.config.text
-        fusion = tuple(range(text.fusion_layer, text.num_layers))
-        if token_ot.layers is None:
-            return fusion[:-1]
-        unknown = sorted(set(token_ot.layers) - set(fusion))
-        if unknown:
-            raise UsageError(
-                f"internvideo2 backend: token OT layers {unknown} are not fusion layers; expected a subset of {list(fusion)}"
-            )
-        return tuple(sorted(set(token_ot.layers)))
+        return select_ot_layers(tuple(range(text.fusion_layer, text.num_layers)), token_ot, "internvideo2")
 
     def semantic_reward(
         self,
@@ -244,32 +237,8 @@ class InternVideo2Backend(EncoderBackend):
             fused = self.model.fusion(text_embeds, attention_mask, x_vis)
             return SemanticResult(reward=self.model.vtm_probability(fused[:, 0]), plan=None, diagnostics={})
         token_ot.validate()
-        layers = set(self.ot_layers(token_ot))
-        lexical = text.lexical_mask.to(x_vis.device).bool()
-        geo = video.geometry
-        geometry = video_token_geometry(
-            geo.num_frames, geo.grid_h, geo.grid_w, geo.has_cls, device=x_vis.device
+        hook = PriorFusionHook(
+            self.ot_layers(token_ot), text.lexical_mask.to(x_vis.device), video.geometry, token_ot
         )
-        priors: list[Tensor] = []
-        infos: list[Any] = []
-
-        def hook(layer: int, probs: Tensor, query_full: Tensor, key_full: Tensor) -> Tensor:
-            if layer not in layers:
-                return probs
-            prior, info = token_ot_prior(query_full, key_full, probs, lexical, geometry, token_ot)
-            priors.append(prior.mean(dim=1))
-            infos.append(info)
-            return fuse_attention(probs, prior, lexical)
-
         fused = self.model.fusion(text_embeds, attention_mask, x_vis, cross_attn_hook=hook)
-        reward = self.model.vtm_probability(fused[:, 0])
-        if not priors:
-            return SemanticResult(reward=reward, plan=None, diagnostics={})
-        plan = torch.stack(priors).mean(dim=0).detach()
-        diagnostics = {
-            "ot_iterations": torch.stack([i.iterations.float().mean(-1) for i in infos]).mean(0),
-            "ot_mass": torch.stack([i.mass.float().mean(-1) for i in infos]).mean(0),
-            "ot_marginal_error": torch.stack([i.marginal_error.float().amax(-1) for i in infos]).amax(0),
-            "ot_converged": torch.stack([i.converged.bool().all(-1) for i in infos]).all(0),
-        }
-        return SemanticResult(reward=reward, plan=plan, diagnostics=diagnostics)
+        return hook.result(self.model.vtm_probability(fused[:, 0]))

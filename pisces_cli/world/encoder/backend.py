@@ -29,8 +29,9 @@ from pisces_cli.encoders.base import (
     VideoPreprocessing,
 )
 from pisces_cli.encoders.fingerprint import hash_directory
+from pisces_cli.encoders.prior_fusion import PriorFusionHook, select_ot_layers
 from pisces_cli.errors import UsageError
-from pisces_cli.ot import TokenOTSettings, fuse_attention, token_ot_prior, video_token_geometry
+from pisces_cli.ot import TokenOTSettings
 from pisces_cli.world.encoder.checkpoint import load_world_encoder
 from pisces_cli.world.encoder.model import WorldEncoder
 from pisces_cli.world.encoder.tokenizer import WordTokenizer
@@ -140,15 +141,7 @@ class WorldEncoderBackend(EncoderBackend):
     # ------------------------------------------------------------------ semantic reward
     def ot_layers(self, token_ot: TokenOTSettings) -> tuple[int, ...]:
         """Fusion layer indices (0-based) that get the OT prior (default: all but the last)."""
-        fusion = tuple(range(self.model.config.fusion_layers))
-        if token_ot.layers is None:
-            return fusion[:-1]
-        unknown = sorted(set(token_ot.layers) - set(fusion))
-        if unknown:
-            raise UsageError(
-                f"world backend: token OT layers {unknown} are not fusion layers; expected a subset of {list(fusion)}"
-            )
-        return tuple(sorted(set(token_ot.layers)))
+        return select_ot_layers(tuple(range(self.model.config.fusion_layers)), token_ot, "world")
 
     def semantic_reward(
         self,
@@ -179,31 +172,8 @@ class WorldEncoderBackend(EncoderBackend):
             reward = self.model.match_probability(states, attention_mask, tokens)
             return SemanticResult(reward=reward, plan=None, diagnostics={})
         token_ot.validate()
-        layers = set(self.ot_layers(token_ot))
-        lexical = text.lexical_mask.to(tokens.device).bool()
-        geo = video.geometry
-        geometry = video_token_geometry(
-            geo.num_frames, geo.grid_h, geo.grid_w, geo.has_cls, device=tokens.device
+        hook = PriorFusionHook(
+            self.ot_layers(token_ot), text.lexical_mask.to(tokens.device), video.geometry, token_ot
         )
-        priors: list[Tensor] = []
-        infos: list[Any] = []
-
-        def hook(layer: int, probs: Tensor, query_full: Tensor, key_full: Tensor) -> Tensor:
-            if layer not in layers:
-                return probs
-            prior, info = token_ot_prior(query_full, key_full, probs, lexical, geometry, token_ot)
-            priors.append(prior.mean(dim=1))
-            infos.append(info)
-            return fuse_attention(probs, prior, lexical)
-
         reward = self.model.match_probability(states, attention_mask, tokens, hook=hook)
-        if not priors:
-            return SemanticResult(reward=reward, plan=None, diagnostics={})
-        plan = torch.stack(priors).mean(dim=0).detach()
-        diagnostics = {
-            "ot_iterations": torch.stack([i.iterations.float().mean(-1) for i in infos]).mean(0),
-            "ot_mass": torch.stack([i.mass.float().mean(-1) for i in infos]).mean(0),
-            "ot_marginal_error": torch.stack([i.marginal_error.float().amax(-1) for i in infos]).amax(0),
-            "ot_converged": torch.stack([i.converged.bool().all(-1) for i in infos]).all(0),
-        }
-        return SemanticResult(reward=reward, plan=plan, diagnostics=diagnostics)
+        return hook.result(reward)

@@ -1,0 +1,92 @@
+"""Fusing the token-OT prior into a matching head's cross-attention (shared by every fusion backend).
+
+A backend with a cross-attention matching head (InternVideo2, the world encoder) passes a
+:class:`PriorFusionHook` as its cross-attention hook. For each selected layer the hook solves the token-OT
+prior for all videos × heads in one call (:func:`pisces_cli.ot.token_ot_prior`), fuses it into the lexical
+attention rows (:func:`pisces_cli.ot.fuse_attention`) and keeps the head-averaged prior and the solver info,
+which :meth:`PriorFusionHook.result` turns into the :class:`SemanticResult`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pisces_cli.encoders.base import SemanticResult, TokenGeometry
+from pisces_cli.errors import UsageError
+from pisces_cli.ot import TokenOTSettings, fuse_attention, token_ot_prior, video_token_geometry
+
+
+def select_ot_layers(
+    fusion_layers: tuple[int, ...], settings: TokenOTSettings, backend: str
+) -> tuple[int, ...]:
+    """Layers that get the prior: ``settings.layers``, or every fusion layer but the last (whose prior cannot
+    reach the [CLS] output). Unknown layers raise UsageError naming the backend."""
+    if settings.layers is None:
+        return fusion_layers[:-1]
+    unknown = sorted(set(settings.layers) - set(fusion_layers))
+    if unknown:
+        raise UsageError(
+            f"{backend} backend: token OT layers {unknown} are not fusion layers; "
+            f"expected a subset of {list(fusion_layers)}"
+        )
+    return tuple(sorted(set(settings.layers)))
+
+
+class PriorFusionHook:
+    """Cross-attention hook ``(layer, probs [B,H,L,M], query_full [B,L,D], key_full [B,M,D]) -> probs``.
+
+    Args:
+        layers: layer indices (as the model numbers them) that get the prior.
+        lexical_mask: ``[B, L]`` bool, the caption rows the prior is fused into.
+        geometry: the video tokens' layout.
+        settings: token-OT settings (validated here).
+    """
+
+    def __init__(
+        self,
+        layers: tuple[int, ...],
+        lexical_mask: Tensor,
+        geometry: TokenGeometry,
+        settings: TokenOTSettings,
+    ) -> None:
+        settings.validate()
+        self.layers = set(layers)
+        self.lexical = lexical_mask.bool()
+        self.geometry = video_token_geometry(
+            geometry.num_frames,
+            geometry.grid_h,
+            geometry.grid_w,
+            geometry.has_cls,
+            device=lexical_mask.device,
+        )
+        self.settings = settings
+        self.priors: list[Tensor] = []
+        self.infos: list[Any] = []
+
+    def __call__(self, layer: int, probs: Tensor, query_full: Tensor, key_full: Tensor) -> Tensor:
+        if layer not in self.layers:
+            return probs
+        prior, info = token_ot_prior(query_full, key_full, probs, self.lexical, self.geometry, self.settings)
+        self.priors.append(prior.mean(dim=1))
+        self.infos.append(info)
+        return fuse_attention(probs, prior, self.lexical)
+
+    def result(self, reward: Tensor) -> SemanticResult:
+        """``reward [B]`` with the detached plan (prior averaged over heads and OT layers) and the solver
+        diagnostics over heads and layers: ``ot_iterations`` (mean), ``ot_mass`` (mean),
+        ``ot_marginal_error`` (max), ``ot_converged`` (all), ``[B]`` each."""
+        if not self.priors:
+            return SemanticResult(reward=reward, plan=None, diagnostics={})
+        infos = self.infos
+        diagnostics = {
+            "ot_iterations": torch.stack([i.iterations.float().mean(-1) for i in infos]).mean(0),
+            "ot_mass": torch.stack([i.mass.float().mean(-1) for i in infos]).mean(0),
+            "ot_marginal_error": torch.stack([i.marginal_error.float().amax(-1) for i in infos]).amax(0),
+            "ot_converged": torch.stack([i.converged.bool().all(-1) for i in infos]).all(0),
+        }
+        return SemanticResult(
+            reward=reward, plan=torch.stack(self.priors).mean(dim=0).detach(), diagnostics=diagnostics
+        )
