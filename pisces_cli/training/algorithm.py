@@ -12,7 +12,9 @@ Algorithms: ``backprop`` (direct reward backprop + consistency distillation, the
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +68,30 @@ class TrainContext:
     world_size: int = 1
     encode_prompts: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def base_model(ctx: TrainContext) -> Iterator[None]:
+    """Inside (under ``no_grad``): ``ctx.adapter`` runs the frozen base model — the teacher of consistency
+    distillation and GRPO's reference policy. LoRA: the adapters are disabled (re-enabled on exit). Full
+    fine-tuning: the trainer's frozen copies (``ctx.extra["teacher_transformers"]``, by component name) are
+    swapped in and the trained modules put back on exit."""
+    from pisces_cli.backbones.lora import adapters_disabled
+
+    frozen = ctx.extra.get("teacher_transformers")
+    adapter = ctx.adapter
+    if frozen is None:
+        with adapters_disabled(adapter.transformers()):
+            yield
+        return
+    saved = adapter.transformers()
+    try:
+        for name, module in frozen.items():
+            setattr(adapter, name, module)
+        yield
+    finally:
+        for name, module in saved.items():
+            setattr(adapter, name, module)
 
 
 class TrainingAlgorithm(ABC):

@@ -32,10 +32,9 @@ from collections.abc import Iterator
 import torch
 
 from pisces_cli.backbones.base import PromptEmbeds
-from pisces_cli.backbones.lora import adapters_disabled
 from pisces_cli.backbones.schedule import sigma_grid, training_sigma_grid
 from pisces_cli.backbones.sde import euler_step
-from pisces_cli.training.algorithm import PromptBatch, TrainContext, TrainingAlgorithm
+from pisces_cli.training.algorithm import PromptBatch, TrainContext, TrainingAlgorithm, base_model
 from pisces_cli.training.losses import per_sample, pseudo_huber
 
 
@@ -76,20 +75,8 @@ class BackpropAlgorithm(TrainingAlgorithm):
         LoRA: the adapters are disabled (and re-enabled on exit). Full fine-tuning: the trainer's frozen copies
         (``ctx.extra["teacher_transformers"]``, by component name) are swapped in.
         """
-        frozen = self.ctx.extra.get("teacher_transformers")
-        adapter = self.ctx.adapter
-        if frozen is None:
-            with adapters_disabled(adapter.transformers()):
-                yield
-            return
-        saved = adapter.transformers()
-        try:
-            for name, module in frozen.items():
-                setattr(adapter, name, module)
+        with base_model(self.ctx):
             yield
-        finally:
-            for name, module in saved.items():
-                setattr(adapter, name, module)
 
     def velocity(self, latents: torch.Tensor, sigma: torch.Tensor, embeds: PromptEmbeds) -> torch.Tensor:
         """fp32 ``v`` ``[B, C, F, h, w]`` at per-sample σ ``[B]`` under autocast."""

@@ -62,12 +62,11 @@ from dataclasses import dataclass
 import torch
 
 from pisces_cli.backbones.base import PromptEmbeds
-from pisces_cli.backbones.lora import adapters_disabled
 from pisces_cli.backbones.schedule import sigma_grid
 from pisces_cli.backbones.sde import sde_step
 from pisces_cli.errors import PiscesRuntimeError, UsageError
 from pisces_cli.training.advantages import combine_advantages, zero_std_group_fraction
-from pisces_cli.training.algorithm import PromptBatch, TrainContext, TrainingAlgorithm
+from pisces_cli.training.algorithm import PromptBatch, TrainContext, TrainingAlgorithm, base_model
 from pisces_cli.training.rollout import Trajectory, policy_step, sample_trajectories, train_timestep_indices
 
 SANITY_PROMPTS = ("a red ball rolling across a wooden table",)
@@ -162,20 +161,8 @@ class GRPOAlgorithm(TrainingAlgorithm):
     def reference(self) -> Iterator[None]:
         """Inside (under ``no_grad``): the reference policy — LoRA disabled, or the trainer's frozen copies for
         full fine-tuning (``ctx.extra["teacher_transformers"]``)."""
-        frozen = self.ctx.extra.get("teacher_transformers")
-        adapter = self.ctx.adapter
-        if frozen is None:
-            with adapters_disabled(adapter.transformers()):
-                yield
-            return
-        saved = adapter.transformers()
-        try:
-            for name, module in frozen.items():
-                setattr(adapter, name, module)
+        with base_model(self.ctx):
             yield
-        finally:
-            for name, module in saved.items():
-                setattr(adapter, name, module)
 
     def velocity(self, latents: torch.Tensor, sigma: torch.Tensor, embeds: PromptEmbeds) -> torch.Tensor:
         """fp32 ``v`` ``[n, C, F, h, w]`` at per-sample σ ``[n]`` under the run's autocast."""
