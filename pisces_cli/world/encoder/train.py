@@ -30,18 +30,13 @@ from pisces_cli.world.encoder.checkpoint import save_world_encoder
 from pisces_cli.world.encoder.data import HARD_NEGATIVE_KINDS, EncoderData, build_encoder_data, corrupted_spec
 from pisces_cli.world.encoder.model import WorldEncoder, WorldEncoderConfig
 from pisces_cli.world.encoder.tokenizer import WordTokenizer
+from pisces_cli.world.lr_schedule import warmup_cosine
 
 
 def _normalise(pixels: torch.Tensor, config: WorldEncoderConfig) -> torch.Tensor:
     mean = torch.tensor(config.mean).view(1, 1, 3, 1, 1)
     std = torch.tensor(config.std).view(1, 1, 3, 1, 1)
     return (pixels - mean) / std
-
-
-def _lr_factor(step: int, steps: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
 @torch.no_grad()
@@ -148,7 +143,7 @@ def train_world_encoder(
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     warmup = max(1, min(50, steps // 10))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, steps, warmup))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, steps, warmup))
     generator = torch.Generator().manual_seed(seed + 4242)
     batch_size = min(batch_size, clips)
     losses: list[float] = []

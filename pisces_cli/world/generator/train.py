@@ -14,7 +14,6 @@ AdamW with linear warm-up and cosine decay; the whole run is a function of ``see
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from pisces_cli.backbones.schedule import shift_sigma
 from pisces_cli.errors import UsageError
 from pisces_cli.world import make_clips
 from pisces_cli.world.generator.pipeline import GeneratorArchitecture, build_pipeline, save_pipeline
+from pisces_cli.world.lr_schedule import warmup_cosine
 
 
 @dataclass(frozen=True)
@@ -70,13 +70,6 @@ def encode_captions(
         )
         parts.append(embeds)
     return torch.cat(parts)
-
-
-def _lr_factor(step: int, steps: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def train_world_generator(
@@ -148,7 +141,7 @@ def train_world_generator(
     transformer = pipeline.transformer.train().requires_grad_(True)
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: _lr_factor(step, steps, config.warmup)
+        optimizer, lambda step: warmup_cosine(step, steps, config.warmup, floor=0.1)
     )
     generator = torch.Generator().manual_seed(seed + 12345)
     losses: list[float] = []
