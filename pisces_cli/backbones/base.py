@@ -73,6 +73,22 @@ def read_hints(path: str | Path) -> dict:
         raise UsageError(f"{hints_path}: not valid JSON ({error})") from error
 
 
+def load_frozen_pipeline(pipeline_class, path_or_hub_id, *, dtype, device, skip: dict, label: str):
+    """``pipeline_class.from_pretrained`` (``skip`` maps components not to load to ``None``), moved to
+    ``device`` with every model component frozen in eval mode; a load failure is a UsageError naming ``label``."""
+    try:
+        pipeline = pipeline_class.from_pretrained(str(path_or_hub_id), dtype=dtype, **skip)
+    except (OSError, ValueError) as error:
+        raise UsageError(
+            f"cannot load a {label} diffusers pipeline from {path_or_hub_id}: {error}"
+        ) from error
+    pipeline.to(device)
+    for module in pipeline.components.values():
+        if isinstance(module, torch.nn.Module):
+            module.requires_grad_(False).eval()
+    return pipeline
+
+
 def sigma_to_timestep(sigma: torch.Tensor | float, batch: int, device: torch.device) -> torch.Tensor:
     """``[B]`` fp32 timesteps ``1000·σ`` from a float or ``[B]`` σ."""
     sigma_tensor = torch.as_tensor(sigma, dtype=torch.float32, device=device)

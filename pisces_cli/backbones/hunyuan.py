@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from pisces_cli.backbones.base import BackboneAdapter, PromptEmbeds, read_hints, sigma_to_timestep
+from pisces_cli.backbones.base import (
+    BackboneAdapter,
+    PromptEmbeds,
+    load_frozen_pipeline,
+    read_hints,
+    sigma_to_timestep,
+)
 from pisces_cli.backbones.decode import pixels_to_vae_input, vae_output_to_pixels
 from pisces_cli.errors import PiscesRuntimeError, UsageError
 
@@ -59,16 +65,9 @@ class HunyuanVideoAdapter(BackboneAdapter):
         from diffusers import HunyuanVideoPipeline
 
         skip = {} if text_encoders else {"text_encoder": None, "text_encoder_2": None}
-        try:
-            pipeline = HunyuanVideoPipeline.from_pretrained(str(path_or_hub_id), dtype=dtype, **skip)
-        except (OSError, ValueError) as error:
-            raise UsageError(
-                f"cannot load a HunyuanVideo diffusers pipeline from {path_or_hub_id}: {error}"
-            ) from error
-        pipeline.to(device)
-        for module in (pipeline.transformer, pipeline.vae, pipeline.text_encoder, pipeline.text_encoder_2):
-            if module is not None:
-                module.requires_grad_(False).eval()
+        pipeline = load_frozen_pipeline(
+            HunyuanVideoPipeline, path_or_hub_id, dtype=dtype, device=device, skip=skip, label="HunyuanVideo"
+        )
         hints = read_hints(path_or_hub_id)
         kwargs = {}
         if "prompt_template" in hints:

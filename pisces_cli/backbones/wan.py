@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import torch
 
-from pisces_cli.backbones.base import BackboneAdapter, PromptEmbeds, read_hints, sigma_to_timestep
+from pisces_cli.backbones.base import (
+    BackboneAdapter,
+    PromptEmbeds,
+    load_frozen_pipeline,
+    read_hints,
+    sigma_to_timestep,
+)
 from pisces_cli.backbones.decode import pixels_to_vae_input, vae_output_to_pixels, wan_decode_checkpointed
 from pisces_cli.errors import PiscesRuntimeError, UsageError
 
@@ -77,16 +83,9 @@ class WanAdapter(BackboneAdapter):
         from diffusers import WanPipeline
 
         skip = {} if text_encoders else {"text_encoder": None}
-        try:
-            pipeline = WanPipeline.from_pretrained(str(path_or_hub_id), dtype=dtype, **skip)
-        except (OSError, ValueError) as error:
-            raise UsageError(
-                f"cannot load a Wan diffusers pipeline from {path_or_hub_id}: {error}"
-            ) from error
-        pipeline.to(device)
-        for module in (pipeline.transformer, pipeline.transformer_2, pipeline.vae, pipeline.text_encoder):
-            if module is not None:
-                module.requires_grad_(False).eval()
+        pipeline = load_frozen_pipeline(
+            WanPipeline, path_or_hub_id, dtype=dtype, device=device, skip=skip, label="Wan"
+        )
         hints = read_hints(path_or_hub_id)
         return cls(
             pipeline,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import typer
@@ -30,7 +29,3 @@ def load(recipe: str, overrides: list[str] | None):
     from pisces_cli.config import load_recipe
 
     return load_recipe(recipe, overrides or [])
-
-
-def is_tty() -> bool:
-    return sys.stdout.isatty()

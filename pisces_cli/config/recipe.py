@@ -10,7 +10,6 @@ Nothing here imports torch: a recipe is fully validated before any heavy import 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import json
 import re
@@ -259,7 +258,3 @@ def load_recipe(spec: str, overrides: list[str] | None = None) -> ResolvedRecipe
     """Resolve ``--recipe`` (bundled name or path), apply overrides, validate. Raises UsageError (exit 2)."""
     path = resolve_recipe_path(spec)
     return resolve_data(read_yaml_mapping(path), list(overrides or []), str(path))
-
-
-def replace_section(recipe: Recipe, **changes: Any) -> Recipe:
-    return dataclasses.replace(recipe, **changes)

@@ -98,7 +98,6 @@ class PiscesReward:
         self.crop = crop
         self.with_no_ot_semantic = with_no_ot_semantic
         self.generator = generator
-        self._text_cache: dict[str, Any] = {}
 
     @property
     def needs_semantic(self) -> bool:
