@@ -60,7 +60,13 @@ def run_embed(
     from pisces_cli.io.dataset import make_loader
     from pisces_cli.io.preprocess import Preprocessing
     from pisces_cli.rewards.build import encoder_num_frames, load_encoder_from_recipe
-    from pisces_cli.runtime import barrier, init_distributed, resolve_device, seed_everything
+    from pisces_cli.runtime import (
+        barrier,
+        cpu_threads_beside_workers,
+        init_distributed,
+        resolve_device,
+        seed_everything,
+    )
     from pisces_cli.stages.inputs import items_from_recipe
     from pisces_cli.stages.progress import progress_bar
 
@@ -123,19 +129,22 @@ def run_embed(
                 seed=recipe.seed,
             )
             text_rows, video_rows, token_rows, keys, shard_errors = [], [], [], [], []
-            for batch in loader:
-                for row in batch.errors:
-                    shard_errors.append({"key": row["key"], "source": row["source"], "error": row["error"]})
-                if batch.clips is not None:
-                    with torch.no_grad():
-                        text = encoder.encode_text([str(p) for p in batch.prompts])
-                        video = encoder.encode_video(batch.clips.to(device))
-                    text_rows.append(text.global_embedding.float().cpu())
-                    video_rows.append(video.global_embedding.float().cpu())
-                    if recipe.embed.save_tokens:
-                        token_rows.append(video.tokens.float().cpu())
-                    keys.extend(batch.keys)
-                advance(len(batch.keys) + len(batch.errors))
+            with cpu_threads_beside_workers(device, loader.num_workers):
+                for batch in loader:
+                    for row in batch.errors:
+                        shard_errors.append(
+                            {"key": row["key"], "source": row["source"], "error": row["error"]}
+                        )
+                    if batch.clips is not None:
+                        with torch.no_grad():
+                            text = encoder.encode_text([str(p) for p in batch.prompts])
+                            video = encoder.encode_video(batch.clips.to(device))
+                        text_rows.append(text.global_embedding.float().cpu())
+                        video_rows.append(video.global_embedding.float().cpu())
+                        if recipe.embed.save_tokens:
+                            token_rows.append(video.tokens.float().cpu())
+                        keys.extend(batch.keys)
+                    advance(len(batch.keys) + len(batch.errors))
             errors.extend(shard_errors)
             if keys:
                 tensors = {"text_cls": torch.cat(text_rows), "video_cls": torch.cat(video_rows)}

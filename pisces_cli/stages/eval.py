@@ -228,9 +228,8 @@ def _compute_rows(
     from pisces_cli.io.dataset import make_loader
     from pisces_cli.io.preprocess import Preprocessing
     from pisces_cli.rewards.build import build_reward, encoder_num_frames, load_encoder_from_recipe
-    from pisces_cli.runtime import resolve_device
+    from pisces_cli.runtime import cpu_threads_beside_workers, resolve_device
     from pisces_cli.stages.eval_metrics import FeatureTap, frame_features
-    from pisces_cli.stages.score import cpu_threads_beside_workers
 
     device = resolve_device(recipe.runtime.device)
     encoder = load_encoder_from_recipe(recipe, device)

@@ -16,18 +16,16 @@ video failed.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import math
-import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pisces_cli.errors import PiscesRuntimeError, UsageError
+from pisces_cli.runtime import cpu_threads_beside_workers
 
 if TYPE_CHECKING:
     from pisces_cli.config import ResolvedRecipe
@@ -205,25 +203,6 @@ def run_score(
     if scored == 0:
         raise PiscesRuntimeError(f"score: every one of {len(all_rows)} videos failed (see {scores_path})")
     return ScoreSummary(out_dir, scored, failed, len(done), stats, all_rows)
-
-
-@contextlib.contextmanager
-def cpu_threads_beside_workers(device: Any, num_workers: int) -> Iterator[None]:
-    """Leave the decode workers their cores: on CPU with ``num_workers`` > 0, run torch with
-    ``cpu_count - num_workers`` intra-op threads (at least 1) inside the block, then restore.
-
-    Without this the main process's OpenMP threads and the workers oversubscribe the cores; on a
-    2-core machine the tiny reward ran ~5-10x slower than with one thread (benchmarks/bench_score.py).
-    """
-    import torch
-
-    before = torch.get_num_threads()
-    if getattr(device, "type", str(device)) == "cpu" and num_workers > 0:
-        torch.set_num_threads(max(1, min(before, (os.cpu_count() or 1) - num_workers)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _finite(value: float) -> float | None:
