@@ -26,5 +26,15 @@ def test_demo_runs_every_stage_and_recipe_reruns(tmp_path, monkeypatch):
     compare = json.loads((root / "run/compare/compare.json").read_text())
     assert compare
     # the written recipe re-runs a stage by hand
-    assert main(["fit-ot", "--recipe", "pisces-demo/recipe.yaml", "fit_ot.method=gaussian",
-                 "fit_ot.output=pisces-demo/run/ot-gauss"]) == 0
+    assert (
+        main(
+            [
+                "fit-ot",
+                "--recipe",
+                "pisces-demo/recipe.yaml",
+                "fit_ot.method=gaussian",
+                "fit_ot.output=pisces-demo/run/ot-gauss",
+            ]
+        )
+        == 0
+    )

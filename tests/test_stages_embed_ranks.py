@@ -36,13 +36,27 @@ def setup(tmp_path_factory):
 def test_two_ranks_match_one_process(setup):
     root, recipe = setup
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "pisces_cli", "embed", "--recipe", str(recipe), f"embed.output={root}/two"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "pisces_cli",
+        "embed",
+        "--recipe",
+        str(recipe),
+        f"embed.output={root}/two",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     manifest = json.loads((root / "two" / "manifest.json").read_text())
     assert manifest["complete"] and [s["index"] for s in manifest["shards"]] == [0, 1, 2, 3]
-    assert (root / "two" / "manifest.rank0.json").is_file() and (root / "two" / "manifest.rank1.json").is_file()
+    assert (root / "two" / "manifest.rank0.json").is_file() and (
+        root / "two" / "manifest.rank1.json"
+    ).is_file()
 
     from pisces_cli.cli.main import main
 
