@@ -144,3 +144,18 @@ def test_iv2_backend_load_errors(export_dir: Path, tmp_path: Path) -> None:
     eight = load_encoder("internvideo2", str(export_dir), num_frames=3, tokenizer_dir=str(export_dir))
     assert eight.preprocessing.num_frames == 3
     assert eight.encode_video(torch.zeros(1, 3, 3, 8, 8)).tokens.shape == (1, 49, 64)
+
+
+def test_iv2_backend_inference_and_autograd_fusion_agree(backend: InternVideo2Backend) -> None:
+    """Outside autograd the hook fuses in place; under autograd into a copy. Both give the same reward."""
+    captions = ["a cat runs on the grass over the red ball", "dogs jump"]
+    text = backend.encode_text(captions)
+    pixels = clips(2, seed=5)
+    with torch.no_grad():
+        inference = backend.semantic_reward(text, backend.encode_video(pixels), TokenOTSettings())
+    trained = backend.semantic_reward(
+        text, backend.encode_video(pixels.clone().requires_grad_(True)), TokenOTSettings()
+    )
+    assert trained.reward.requires_grad
+    torch.testing.assert_close(trained.reward.detach(), inference.reward, rtol=0, atol=1e-6)
+    torch.testing.assert_close(trained.plan, inference.plan, rtol=0, atol=1e-6)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pisces_cli.errors import UsageError
-from pisces_cli.ot import fuse_attention
+from pisces_cli.ot import fuse_attention, fuse_rows
 
 
 def _inputs(dtype=torch.float32):
@@ -86,3 +86,18 @@ def test_ot_cuda_matches_cpu():
     assert torch.allclose(gpu.cpu(), cpu, atol=1e-5)
     fused = fuse_attention(attn.cuda(), gpu, lexical.cuda())
     assert torch.allclose(fused.cpu(), fuse_attention(attn, cpu, lexical), atol=1e-5)
+
+
+def test_ot_fuse_rows_overwrite_reuses_storage_and_gives_the_same_rows():
+    logits, prior, _ = _inputs()
+    attn = torch.softmax(logits.detach(), -1)
+    expected = fuse_rows(attn, prior.detach())
+    attn_copy, prior_copy = attn.clone(), prior.detach().clone()
+    fused = fuse_rows(attn_copy, prior_copy, overwrite=True)
+    assert torch.equal(fused, expected)
+    assert fused.data_ptr() == attn_copy.data_ptr()  # no new [.., M] buffer
+    # Under autograd the inputs are left alone whatever `overwrite` says.
+    attn_grad = torch.softmax(logits, -1)
+    before = attn_grad.detach().clone()
+    fused_grad = fuse_rows(attn_grad, prior.detach(), overwrite=True)
+    assert torch.equal(attn_grad.detach(), before) and torch.allclose(fused_grad, expected)

@@ -9,7 +9,7 @@ import torch
 
 from pisces_cli.errors import UsageError
 from pisces_cli.ot import TokenOTSettings, token_ot_cost, token_ot_prior, video_token_geometry
-from pisces_cli.ot.token_cost import lexical_rows, normalize_cost
+from pisces_cli.ot.token_cost import gather_rows, lexical_rows, normalize_cost, scatter_rows
 
 
 def test_ot_geometry_reference_facts():
@@ -112,6 +112,33 @@ def test_ot_lexical_rows_compaction():
     index, row_mask = lexical_rows(mask)
     assert index.tolist() == [[1, 2, 4], [2, 0, 0]]
     assert row_mask.tolist() == [[True, True, True], [True, False, False]]
+
+
+@pytest.mark.parametrize("needs_grad", [False, True])
+def test_ot_gather_and_scatter_rows_match_gather_and_keep_gradients(needs_grad: bool):
+    gen = torch.Generator().manual_seed(3)
+    attn = torch.rand(2, 3, 5, 7, generator=gen).requires_grad_(needs_grad)
+    query = torch.rand(2, 5, 4, generator=gen)
+    index, row_mask = lexical_rows(
+        torch.tensor([[False, True, True, False, True], [False, False, True, False, False]])
+    )
+    rows = gather_rows(attn, index, 2)
+    expected = torch.gather(attn, 2, index[:, None, :, None].expand(-1, 3, -1, 7))
+    assert torch.equal(rows, expected) and rows.requires_grad == needs_grad
+    assert torch.equal(
+        gather_rows(query, index, 1), torch.gather(query, 1, index[..., None].expand(-1, -1, 4))
+    )
+    target = attn.clone()
+    out = scatter_rows(target, rows * 2.0, index, row_mask)
+    lexical = torch.zeros(2, 5, dtype=torch.bool)
+    lexical[0, [1, 2, 4]] = lexical[1, 2] = True
+    assert torch.equal(out[~lexical[:, None].expand(-1, 3, -1)], attn[~lexical[:, None].expand(-1, 3, -1)])
+    assert torch.equal(
+        out[lexical[:, None].expand(-1, 3, -1)], 2.0 * attn[lexical[:, None].expand(-1, 3, -1)]
+    )
+    if needs_grad:  # d out / d attn: 1 off the lexical rows, 2 on them (through the gathered rows)
+        out.sum().backward()
+        assert torch.equal(attn.grad, torch.where(lexical[:, None, :, None], 2.0, 1.0).expand_as(attn))
 
 
 def released_prior(query, key, attn, valid, frames, coords, settings: TokenOTSettings):

@@ -2,9 +2,11 @@
 
 A backend with a cross-attention matching head (InternVideo2, the world encoder) passes a
 :class:`PriorFusionHook` as its cross-attention hook. For each selected layer the hook solves the token-OT
-prior for all videos × heads in one call (:func:`pisces_cli.ot.token_ot_prior`), fuses it into the lexical
-attention rows (:func:`pisces_cli.ot.fuse_attention`) and keeps the head-averaged prior and the solver info,
-which :meth:`PriorFusionHook.result` turns into the :class:`SemanticResult`.
+prior for all videos × heads in one call (:func:`pisces_cli.ot.token_ot_prior_rows`), fuses it into the
+lexical attention rows (:func:`pisces_cli.ot.fuse_rows`) and keeps the head-averaged prior and the solver
+info, which :meth:`PriorFusionHook.result` turns into the :class:`SemanticResult`. All of it works on the
+compacted lexical rows ``[B, H, N, M]`` (``N`` = the longest caption's lexical count); only the fused rows
+are written back into a copy of the attention.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from torch import Tensor
 
 from pisces_cli.encoders.base import SemanticResult, TokenGeometry
 from pisces_cli.errors import UsageError
-from pisces_cli.ot import TokenOTSettings, fuse_attention, token_ot_prior, video_token_geometry
+from pisces_cli.ot import TokenOTSettings, fuse_rows, token_ot_prior_rows, video_token_geometry
+from pisces_cli.ot.token_cost import gather_rows, lexical_rows, scatter_rows
 
 
 def select_ot_layers(
@@ -38,6 +41,9 @@ def select_ot_layers(
 class PriorFusionHook:
     """Cross-attention hook ``(layer, probs [B,H,L,M], query_full [B,L,D], key_full [B,M,D]) -> probs``.
 
+    Outside autograd the fused rows are written into ``probs`` itself (the model's fresh softmax output,
+    which it does not read again); under autograd into a copy.
+
     Args:
         layers: layer indices (as the model numbers them) that get the prior.
         lexical_mask: ``[B, L]`` bool, the caption rows the prior is fused into.
@@ -55,6 +61,7 @@ class PriorFusionHook:
         settings.validate()
         self.layers = set(layers)
         self.lexical = lexical_mask.bool()
+        self.index, self.row_mask = lexical_rows(self.lexical)
         self.geometry = video_token_geometry(
             geometry.num_frames,
             geometry.grid_h,
@@ -69,10 +76,21 @@ class PriorFusionHook:
     def __call__(self, layer: int, probs: Tensor, query_full: Tensor, key_full: Tensor) -> Tensor:
         if layer not in self.layers:
             return probs
-        prior, info = token_ot_prior(query_full, key_full, probs, self.lexical, self.geometry, self.settings)
+        rows = gather_rows(probs, self.index, 2)  # [B, H, N, M], gradients flow through these
+        prior, info = token_ot_prior_rows(
+            gather_rows(query_full, self.index, 1),
+            key_full,
+            rows.detach(),
+            self.row_mask,
+            self.geometry,
+            self.settings,
+        )
         self.priors.append(prior.mean(dim=1))
         self.infos.append(info)
-        return fuse_attention(probs, prior, self.lexical)
+        fused = fuse_rows(rows, prior, overwrite=True)
+        # Outside autograd the fresh softmax output is written in place; under autograd into a copy.
+        target = probs.clone() if torch.is_grad_enabled() and probs.requires_grad else probs
+        return scatter_rows(target, fused, self.index, self.row_mask)
 
     def result(self, reward: Tensor) -> SemanticResult:
         """``reward [B]`` with the detached plan (prior averaged over heads and OT layers) and the solver
@@ -87,6 +105,10 @@ class PriorFusionHook:
             "ot_marginal_error": torch.stack([i.marginal_error.float().amax(-1) for i in infos]).amax(0),
             "ot_converged": torch.stack([i.converged.bool().all(-1) for i in infos]).all(0),
         }
-        return SemanticResult(
-            reward=reward, plan=torch.stack(self.priors).mean(dim=0).detach(), diagnostics=diagnostics
+        mean_rows = torch.stack(self.priors).mean(dim=0)  # [B, N, M]
+        batch, q_len = self.lexical.shape
+        plan = torch.zeros(
+            batch, 1, q_len, mean_rows.shape[-1], dtype=mean_rows.dtype, device=mean_rows.device
         )
+        plan = scatter_rows(plan, mean_rows[:, None], self.index, self.row_mask)[:, 0]
+        return SemanticResult(reward=reward, plan=plan.detach(), diagnostics=diagnostics)

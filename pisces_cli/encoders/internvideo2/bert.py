@@ -92,7 +92,7 @@ class BertSelfAttention(nn.Module):
         if hook is None:
             context = F.scaled_dot_product_attention(query, key, value, attn_mask=additive_mask)
         else:
-            scores = query @ key.transpose(-1, -2) * self.head_dim**-0.5
+            scores = (query * self.head_dim**-0.5) @ key.transpose(-1, -2)  # scale the small factor
             if additive_mask is not None:
                 scores = scores + additive_mask
             probs = scores.softmax(dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(
