@@ -14,7 +14,7 @@ lengths. Compared side by side in one run (interleaved repeats, medians):
 Also prints the max |Δreward| between the reference loop and pisces (all layers). Target on a 2-core
 CPU: pisces ≥ 5× faster than the reference loop.
 
-    python benchmarks/bench_iv2_semantic.py [--repeats 3] [--quick]
+    python benchmarks/bench_iv2_semantic.py [--repeats 3] [--quick] [--threads 1] [--allocator default]
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from pisces_cli.encoders.internvideo2 import InternVideo2Config, InternVideo2Sta
 from pisces_cli.encoders.internvideo2.tiny import build_tiny_internvideo2
 from pisces_cli.encoders.registry import load_encoder
 from pisces_cli.ot import TokenOTSettings
+from pisces_cli.runtime import tune_cpu_allocator
 
 WORDS = [
     "a",
@@ -159,8 +160,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="4 frames instead of 8")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--allocator",
+        choices=("pisces", "default"),
+        default="pisces",
+        help="pisces: glibc tuned as the `pisces` command does (runtime.tune_cpu_allocator); default: untouched",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    allocator = tune_cpu_allocator() if args.allocator == "pisces" else "glibc defaults"
     frames = 4 if args.quick else 8
     with tempfile.TemporaryDirectory() as directory:
         backend = make_backend(frames, directory)
@@ -204,7 +212,7 @@ def main() -> None:
     base = statistics.median(times["reference loop (per video, per head)"])
     print(
         f"batch 4 videos × {frames} frames, {1 + frames * 256} video tokens, 16 heads, {n_fusion} fusion layers, "
-        f"threads={args.threads}"
+        f"threads={args.threads}, cpu allocator: {allocator}"
     )
     print(f"{'variant':48s} {'median s':>9s} {'speed-up':>9s}")
     for name, values in times.items():

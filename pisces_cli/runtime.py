@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import random
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -13,6 +15,12 @@ if TYPE_CHECKING:
     import torch
 
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+#: glibc ``mallopt`` settings made by :func:`tune_cpu_allocator`: heap blocks up to 32 MiB (glibc's largest
+#: mmap threshold) and up to 1 GiB of free memory kept at the top of the heap.
+MALLOC_MMAP_THRESHOLD = 32 << 20
+MALLOC_TRIM_THRESHOLD = 1 << 30
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,39 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+def tune_cpu_allocator() -> str:
+    """Keep freed CPU tensor memory in the process instead of returning it to the OS (glibc only).
+
+    By default glibc serves large blocks with fresh ``mmap``s and trims the heap after frees, so a CPU
+    forward that allocates many ~MB temporaries page-faults on every one of them: the InternVideo2 semantic
+    reward spent a quarter of its time (and most of its run-to-run variance) there
+    (``benchmarks/bench_iv2_semantic.py``). This raises the mmap threshold to
+    :data:`MALLOC_MMAP_THRESHOLD` and the trim threshold to :data:`MALLOC_TRIM_THRESHOLD` (resident memory
+    may then stay up to that much above the live size). Left alone when ``PISCES_MALLOC_TUNING=0``, when the
+    user set ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` themselves, or off glibc.
+
+    Returns what was done, for ``pisces env``: "tuned", or why not.
+    """
+    if os.environ.get("PISCES_MALLOC_TUNING", "1") == "0":
+        return "off (PISCES_MALLOC_TUNING=0)"
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
+        return "left to the MALLOC_*_ environment variables"
+    if not sys.platform.startswith("linux"):
+        return f"not glibc ({sys.platform})"
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # noqa: B018 - only glibc has it
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return "not glibc"
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    if mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD) and mallopt(
+        _M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD
+    ):
+        return f"tuned (mmap threshold {MALLOC_MMAP_THRESHOLD >> 20} MiB, trim threshold {MALLOC_TRIM_THRESHOLD >> 20} MiB)"
+    return "mallopt refused the settings"
 
 
 def configure_tf32(allow: bool) -> None:

@@ -52,6 +52,9 @@ def collect() -> list[tuple[str, str]]:
                 rows.append((f"gpu {i}", f"{props.name}, {props.total_memory / 2**30:.1f} GiB"))
             rows.append(("tf32 matmul", str(torch.backends.cuda.matmul.allow_tf32)))
         rows.append(("torch threads", str(torch.get_num_threads())))
+        from pisces_cli.runtime import tune_cpu_allocator
+
+        rows.append(("cpu allocator", tune_cpu_allocator()))
     except Exception as exc:
         rows.append(("torch", f"error: {exc}"))
     rows.append(("decoders", ", ".join(available_decoders()) or "none"))

@@ -44,7 +44,9 @@ _register_stages()
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and map errors to exit codes (0 ok, 1 runtime failure, 2 usage/recipe error)."""
     from pisces_cli.errors import PiscesError
+    from pisces_cli.runtime import tune_cpu_allocator
 
+    tune_cpu_allocator()
     exit_types, abort_types, click_error_types = _click_exception_types()
     try:
         result = app(args=argv, prog_name="pisces", standalone_mode=False)
