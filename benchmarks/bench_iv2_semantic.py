@@ -14,7 +14,13 @@ lengths. Compared side by side in one run (interleaved repeats, medians):
 Also prints the max |Δreward| between the reference loop and pisces (all layers). Target on a 2-core
 CPU: pisces ≥ 5× faster than the reference loop.
 
+``--config full --device cuda`` runs the released 1B architecture (random weights, 224 px, 8 frames by
+default) instead and reports seconds and peak GPU memory per video for: the vision encoder, the semantic
+reward given the video tokens (pisces batched, and the reference loop unless ``--skip-reference``), and the
+whole differentiable reward path (pixels → both encoders → semantic reward → backward to the pixels).
+
     python benchmarks/bench_iv2_semantic.py [--repeats 3] [--quick] [--threads 1] [--allocator default]
+    python benchmarks/bench_iv2_semantic.py --config full --device cuda [--dtype bfloat16] [--skip-reference]
 """
 
 from __future__ import annotations
@@ -30,7 +36,9 @@ import torch
 import torch.nn.functional as F
 
 from pisces_cli.encoders.internvideo2 import InternVideo2Config, InternVideo2Stage2
-from pisces_cli.encoders.internvideo2.tiny import build_tiny_internvideo2
+from pisces_cli.encoders.internvideo2.backend import InternVideo2Backend
+from pisces_cli.encoders.internvideo2.tiny import build_tiny_internvideo2, randomize_weights
+from pisces_cli.encoders.internvideo2.tokenizer import load_bert_tokenizer
 from pisces_cli.encoders.registry import load_encoder
 from pisces_cli.ot import TokenOTSettings
 from pisces_cli.runtime import tune_cpu_allocator
@@ -111,8 +119,10 @@ def reference_prior_one_head(attn, query_full, key_full, valid, frame_index, coo
         rho = s.eps * s.mass / (1 - s.mass)
         lam = rho / (rho + s.eps)
         log_k = -cost / s.eps
-        log_a, log_b = torch.full((n,), -math.log(n)), torch.full((m,), -math.log(m))
-        f, g = torch.zeros(n), torch.zeros(m)
+        device = cost.device
+        log_a = torch.full((n,), -math.log(n), device=device)
+        log_b = torch.full((m,), -math.log(m), device=device)
+        f, g = torch.zeros(n, device=device), torch.zeros(m, device=device)
         for _ in range(s.max_iter):
             f_new = lam * (log_a - torch.logsumexp(log_k + g[None], dim=1))
             g_new = lam * (log_b - torch.logsumexp(log_k + f_new[:, None], dim=0))
@@ -130,7 +140,9 @@ def reference_semantic(backend, text, video, s: TokenOTSettings):
 
     rewards = []
     geo = video.geometry
-    frame_index, coords = video_token_geometry(geo.num_frames, geo.grid_h, geo.grid_w, geo.has_cls)
+    frame_index, coords = video_token_geometry(
+        geo.num_frames, geo.grid_h, geo.grid_w, geo.has_cls, device=video.tokens.device
+    )
     for b in range(video.tokens.shape[0]):
         length = int(text.attention_mask[b].sum())
         mask = text.attention_mask[b : b + 1, :length].long()
@@ -155,6 +167,90 @@ def reference_semantic(backend, text, video, s: TokenOTSettings):
     return torch.cat(rewards)
 
 
+CAPTIONS = [
+    "a red circle moves left",
+    "two small blue squares move up on the gray background",
+    "a green triangle moves right slowly",
+    "a large square moves down quickly",
+]
+
+
+def full_backend(frames: int, device: str, dtype: torch.dtype, directory: str) -> InternVideo2Backend:
+    """The released 1B architecture with seeded random weights (BERT-style scale 0.02) on ``device``."""
+    model = randomize_weights(InternVideo2Stage2(InternVideo2Config.stage2_1b(num_frames=frames)), scale=0.02)
+    model.to(device=device, dtype=dtype)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    with open(f"{directory}/vocab.txt", "w") as handle:
+        handle.write("\n".join(vocab) + "\n")
+    return InternVideo2Backend(model, load_bert_tokenizer(directory), "internvideo2-1b-random", "random")
+
+
+def measure(fn, device: torch.device, repeats: int) -> tuple[float, float]:
+    """(median seconds, peak allocated GiB over the runs; nan off CUDA) of ``fn()`` after one warm-up."""
+    cuda = device.type == "cuda"
+    fn()
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else float("nan")
+    return statistics.median(times), peak
+
+
+def run_full(args: argparse.Namespace) -> None:
+    """The 1B config: seconds and peak memory per video (see the module docstring)."""
+    device = torch.device(args.device)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    batch = args.videos
+    with tempfile.TemporaryDirectory() as directory:
+        backend = full_backend(args.frames, args.device, dtype, directory)
+        captions = (CAPTIONS * batch)[:batch]
+        size = backend.model.config.vision.img_size
+        pixels = torch.randn(
+            batch, args.frames, 3, size, size, generator=torch.Generator().manual_seed(0)
+        ).to(device, dtype)
+        settings = TokenOTSettings()
+        with torch.no_grad():
+            text = backend.encode_text(captions)
+            video = backend.encode_video(pixels)
+
+        def encode_only() -> None:
+            with torch.no_grad():
+                backend.encode_video(pixels)
+
+        def pisces_reward() -> None:
+            with torch.no_grad():
+                backend.semantic_reward(text, video, settings)
+
+        def reference_reward() -> None:
+            with torch.no_grad():
+                reference_semantic(backend, text, video, settings)
+
+        def with_gradients() -> None:
+            frames = pixels.clone().requires_grad_(True)
+            features = backend.encode_video(frames)
+            backend.semantic_reward(text, features, settings).reward.sum().backward()
+
+        variants = {"vision encoder (no grad)": encode_only, "semantic reward, pisces batched": pisces_reward}
+        if not args.skip_reference:
+            variants["semantic reward, reference loop"] = reference_reward
+        variants["pixels → semantic reward → backward"] = with_gradients
+        print(
+            f"InternVideo2-1B (random weights), {batch} videos × {args.frames} frames at {size} px, "
+            f"{args.dtype}, {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'})"
+        )
+        print(f"{'variant':40s} {'s / video':>10s} {'peak GiB / video':>17s}")
+        for name, fn in variants.items():
+            seconds, peak = measure(fn, device, args.repeats)
+            print(f"{name:40s} {seconds / batch:10.4f} {peak / batch:17.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
@@ -166,18 +262,22 @@ def main() -> None:
         default="pisces",
         help="pisces: glibc tuned as the `pisces` command does (runtime.tune_cpu_allocator); default: untouched",
     )
+    parser.add_argument("--config", choices=("reduced", "full"), default="reduced")
+    parser.add_argument("--device", default="cpu", help="full config: where to run (e.g. cuda)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="bfloat16")
+    parser.add_argument("--videos", type=int, default=4, help="full config: batch size")
+    parser.add_argument("--frames", type=int, default=8, help="full config: frames per video")
+    parser.add_argument("--skip-reference", action="store_true", help="full config: no reference loop")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     allocator = tune_cpu_allocator() if args.allocator == "pisces" else "glibc defaults"
+    if args.config == "full":
+        run_full(args)
+        return
     frames = 4 if args.quick else 8
     with tempfile.TemporaryDirectory() as directory:
         backend = make_backend(frames, directory)
-        captions = [
-            "a red circle moves left",
-            "two small blue squares move up on the gray background",
-            "a green triangle moves right slowly",
-            "a large square moves down quickly",
-        ]
+        captions = CAPTIONS
         torch.manual_seed(0)
         pixels = torch.randn(4, frames, 3, 32, 32)
         with torch.no_grad():
