@@ -101,3 +101,35 @@ def test_ot_fuse_rows_overwrite_reuses_storage_and_gives_the_same_rows():
     before = attn_grad.detach().clone()
     fused_grad = fuse_rows(attn_grad, prior.detach(), overwrite=True)
     assert torch.equal(attn_grad.detach(), before) and torch.allclose(fused_grad, expected)
+
+
+@pytest.mark.parametrize("needs_grad", [False, True])
+def test_prior_fusion_hook_leaves_unselected_rows_and_layers_bit_identical(needs_grad: bool):
+    from pisces_cli.encoders.base import TokenGeometry
+    from pisces_cli.encoders.prior_fusion import PriorFusionHook
+    from pisces_cli.ot import TokenOTSettings
+
+    gen = torch.Generator().manual_seed(7)
+    geometry = TokenGeometry(num_frames=2, grid_h=2, grid_w=2, has_cls=True)  # M = 9
+    lexical = torch.tensor(
+        [[False, True, True, True, False, False], [False, True, False, False, False, False]]
+    )
+    logits = torch.randn(2, 3, 6, 9, generator=gen).requires_grad_(needs_grad)
+    probs = torch.softmax(logits, -1)
+    before = probs.detach().clone()
+    query, key = torch.randn(2, 6, 12, generator=gen), torch.randn(2, 9, 12, generator=gen)
+    hook = PriorFusionHook((5,), lexical, geometry, TokenOTSettings())
+    assert hook(4, probs, query, key) is probs  # a layer without the prior is passed through
+    fused = hook(5, probs, query, key)
+    rows = lexical[:, None, :].expand(-1, 3, -1)
+    assert torch.equal(fused[~rows].detach(), before[~rows])
+    assert not torch.allclose(fused[rows].detach(), before[rows])
+    torch.testing.assert_close(fused[rows].detach().sum(-1), torch.ones(int(rows.sum())))
+    if needs_grad:
+        assert torch.equal(probs.detach(), before)  # under autograd the input is not written
+        fused.sum().backward()
+        assert logits.grad is not None and torch.isfinite(logits.grad).all()
+    result = hook.result(torch.zeros(2))
+    assert result.plan.shape == (2, 6, 9) and torch.equal(
+        result.plan[~lexical], torch.zeros(int((~lexical).sum()), 9)
+    )
