@@ -14,8 +14,6 @@ import html
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from pisces_cli.atomic import atomic_write_text
 from pisces_cli.errors import UsageError
 from pisces_cli.evaluation.stats import paired_bootstrap_ci, win_rate
 
@@ -398,20 +397,6 @@ def render_compare_html(
     )
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
 def write_compare_html(
     path: str | Path,
     comparison: Comparison,
@@ -433,7 +418,7 @@ def write_compare_html(
         title: page heading (default "B vs A").
     """
     output = Path(path)
-    _write_text_atomic(
+    atomic_write_text(
         output,
         render_compare_html(
             comparison,
