@@ -7,6 +7,7 @@ the final name, so nothing half-written ever looks complete.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -16,8 +17,23 @@ from typing import Any
 TMP_MARK = ".tmp-"
 
 
+#: Longest file name (bytes) most file systems accept.
+NAME_MAX = 255
+
+
 def temp_path_for(path: Path) -> Path:
-    return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+    """The hidden temp file ``.NAME.tmp-PID`` next to ``path``.
+
+    A name too long for the file system with the suffix (e.g. a VBench prompt name near 255 bytes) is cut
+    and tagged with a hash of the whole name, so the temp file can always be created and stays unique.
+    """
+    suffix = f"{TMP_MARK}{os.getpid()}"
+    name = f".{path.name}"
+    if len(f"{name}{suffix}".encode()) > NAME_MAX:
+        tag = "~" + hashlib.sha1(path.name.encode()).hexdigest()[:10]
+        budget = NAME_MAX - len(f"{tag}{suffix}".encode())
+        name = name.encode()[:budget].decode("utf-8", errors="ignore") + tag
+    return path.with_name(f"{name}{suffix}")
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -136,3 +136,14 @@ def test_atomic_json_replaces_whole_file(tmp_path: Path):
     assert json.loads((tmp_path / "m.json").read_text()) == {"b": 2}
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
     time.sleep(0)
+
+
+def test_temp_path_for_a_name_near_the_limit_fits_and_stays_unique(tmp_path):
+    from pisces_cli.atomic import NAME_MAX, atomic_write_text, temp_path_for
+
+    long_a, long_b = "é" * 120 + "a.txt", "é" * 120 + "b.txt"  # 245 bytes each
+    tmp_a, tmp_b = temp_path_for(tmp_path / long_a), temp_path_for(tmp_path / long_b)
+    assert len(tmp_a.name.encode()) <= NAME_MAX and tmp_a != tmp_b
+    assert tmp_a.name.startswith(".") and ".tmp-" in tmp_a.name
+    atomic_write_text(tmp_path / long_a, "x")
+    assert (tmp_path / long_a).read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == [long_a]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import unicodedata
 import warnings
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pisces_cli.atomic import atomic_path
 from pisces_cli.errors import PiscesRuntimeError, UsageError
 
 __all__ = ["WriteResult", "to_uint8_frames", "vbench_filename", "write_mp4"]
@@ -137,13 +137,7 @@ def write_mp4(
     height, width = pixels.shape[1:3]
 
     try:
-        # a short fixed prefix: the target name may already be near the 255-byte limit
-        fd, tmp_name = tempfile.mkstemp(prefix=".pisces-video-", suffix=".tmp", dir=target.parent)
-    except OSError as exc:
-        raise PiscesRuntimeError(f"cannot create a temporary file next to {target}: {exc}") from exc
-    os.close(fd)
-    try:
-        with av.open(tmp_name, mode="w", format="mp4") as container:
+        with atomic_path(target) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
             stream = container.add_stream(chosen, rate=rate)
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
             if chosen == "libx264":
@@ -155,13 +149,9 @@ def write_mp4(
                     container.mux(packet)
             for packet in stream.encode():
                 container.mux(packet)
-        with open(tmp_name, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
+    except (KeyboardInterrupt, SystemExit):
+        raise
     except BaseException as exc:
-        Path(tmp_name).unlink(missing_ok=True)
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            raise
         raise PiscesRuntimeError(f"failed to write video {target} with {chosen}: {exc}") from exc
     note = "; ".join(n for n in (codec_note, pad_note) if n)
     return WriteResult(target, chosen, width, height, int(pixels.shape[0]), note)
