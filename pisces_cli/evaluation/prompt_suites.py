@@ -25,6 +25,7 @@ from typing import Any
 
 from pisces_cli.errors import UsageError
 from pisces_cli.evaluation.vbench_aggregate import DIMENSION_BY_KEY, canonical_dimension_name
+from pisces_cli.io.jsonl import iter_jsonl
 
 _DATA_PACKAGE = "pisces_cli.data.prompts"
 _VBENCH_FILE = "vbench_full_info.json"
@@ -106,15 +107,7 @@ def _load_path(path: Path) -> list[Prompt]:
     if suffix == ".txt":
         prompts = _text_prompts(text)
     elif suffix == ".jsonl":
-        prompts = []
-        for line_number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UsageError(f"{path}: line {line_number} is not valid JSON ({exc})") from exc
-            prompts.append(_prompt_from_record(record, f"{path}: line {line_number}"))
+        prompts = [_prompt_from_record(record, f"{path}: line {n}") for n, record in iter_jsonl(path)]
     elif suffix == ".json":
         try:
             records = json.loads(text)

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Literal
 
 from pisces_cli.errors import PiscesRuntimeError, UsageError
+from pisces_cli.io.jsonl import iter_jsonl
 
 __all__ = [
     "CAPTION_KEYS",
@@ -140,27 +141,14 @@ def _pick(record: dict, keys: Sequence[str]) -> tuple[str | None, object]:
 
 def _read_jsonl_mapping(path: Path) -> dict[str, str]:
     mapping: dict[str, str] = {}
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UsageError(f"{path} line {line_no}: invalid JSON ({exc.msg})") from exc
-            if not isinstance(record, dict):
-                raise UsageError(f"{path} line {line_no}: expected a JSON object")
-            file_key, file_value = _pick(record, FILE_KEYS)
-            text_key, text_value = _pick(record, CAPTION_KEYS)
-            if file_key is None or not isinstance(file_value, str) or not file_value:
-                raise UsageError(
-                    f"{path} line {line_no}: needs a file name under one of {', '.join(FILE_KEYS)}"
-                )
-            if text_key is None or not isinstance(text_value, str):
-                raise UsageError(
-                    f"{path} line {line_no}: needs a string under one of {', '.join(CAPTION_KEYS)}"
-                )
-            mapping[_normalise_rel(file_value)] = text_value
+    for line_no, record in iter_jsonl(path):
+        file_key, file_value = _pick(record, FILE_KEYS)
+        text_key, text_value = _pick(record, CAPTION_KEYS)
+        if file_key is None or not isinstance(file_value, str) or not file_value:
+            raise UsageError(f"{path} line {line_no}: needs a file name under one of {', '.join(FILE_KEYS)}")
+        if text_key is None or not isinstance(text_value, str):
+            raise UsageError(f"{path} line {line_no}: needs a string under one of {', '.join(CAPTION_KEYS)}")
+        mapping[_normalise_rel(file_value)] = text_value
     return mapping
 
 
@@ -303,24 +291,15 @@ def read_manifest(path: str | os.PathLike) -> list[VideoItem]:
         raise UsageError(f"manifest {manifest} does not exist")
     base = manifest.parent
     items: list[VideoItem] = []
-    with manifest.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UsageError(f"{manifest} line {line_no}: invalid JSON ({exc.msg})") from exc
-            if not isinstance(record, dict):
-                raise UsageError(f"{manifest} line {line_no}: expected a JSON object")
-            video, caption = record.get("video"), record.get("caption")
-            if not isinstance(video, str) or not video:
-                raise UsageError(f"{manifest} line {line_no}: missing or non-string 'video'")
-            if not isinstance(caption, str):
-                raise UsageError(f"{manifest} line {line_no}: missing or non-string 'caption'")
-            resolved = Path(video) if Path(video).is_absolute() else base / video
-            error = None if resolved.is_file() else f"{video}: file not found (manifest line {line_no})"
-            items.append(VideoItem(video, str(resolved), caption, error))
+    for line_no, record in iter_jsonl(manifest):
+        video, caption = record.get("video"), record.get("caption")
+        if not isinstance(video, str) or not video:
+            raise UsageError(f"{manifest} line {line_no}: missing or non-string 'video'")
+        if not isinstance(caption, str):
+            raise UsageError(f"{manifest} line {line_no}: missing or non-string 'caption'")
+        resolved = Path(video) if Path(video).is_absolute() else base / video
+        error = None if resolved.is_file() else f"{video}: file not found (manifest line {line_no})"
+        items.append(VideoItem(video, str(resolved), caption, error))
     return items
 
 

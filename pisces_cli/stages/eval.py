@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pisces_cli.errors import PiscesRuntimeError, UsageError
+from pisces_cli.io.jsonl import iter_jsonl
 
 if TYPE_CHECKING:
     from pisces_cli.config import ResolvedRecipe
@@ -90,12 +91,8 @@ def read_video_seeds(folder: Path) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     if not path.is_file():
         return out
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("file"), str):
+    for _, record in iter_jsonl(path, strict=False):
+        if isinstance(record.get("file"), str):
             extra = {k: record[k] for k in ("seed", "index") if k in record}
             if extra:
                 out[record["file"]] = extra

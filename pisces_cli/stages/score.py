@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pisces_cli.errors import PiscesRuntimeError, UsageError
+from pisces_cli.io.jsonl import iter_jsonl
 from pisces_cli.runtime import cpu_threads_beside_workers
 
 if TYPE_CHECKING:
@@ -45,18 +46,9 @@ class ScoreSummary:
 
 def read_scores(path: Path) -> list[dict[str, Any]]:
     """Rows of a ``scores.jsonl`` (a torn last line from an interrupted run is ignored)."""
-    rows = []
     if not path.is_file():
-        return rows
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
+        return []
+    return [record for _, record in iter_jsonl(path, strict=False)]
 
 
 def summarize(rows: list[dict[str, Any]], n_boot: int, seed: int) -> dict[str, dict[str, float]]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from pisces_cli.io.jsonl import iter_jsonl
 from pisces_cli.world import CORRUPTION_KINDS, corrupt, judge, make_clips
 
 #: Oracle attributes reported per clip (True / False / None when the prompt does not state it).
@@ -114,10 +115,7 @@ def label_folder(
 
     by_file = {r["file"]: r for r in (extra or [])}
     rows = []
-    for line in (folder / "prompts.jsonl").read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        item = json.loads(line)
+    for item in read_jsonl(folder / "prompts.jsonl"):
         frames = read_frames(str(folder / item["file"]))
         row = {"file": item["file"], "prompt": item["prompt"], **by_file.get(item["file"], {})}
         row.update(judge_clip(frames, item["prompt"]))
@@ -128,4 +126,4 @@ def label_folder(
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Rows of a JSON-lines file."""
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [record for _, record in iter_jsonl(path)]
