@@ -115,6 +115,15 @@ class TrainingAlgorithm(ABC):
         A non-finite ``loss`` makes the trainer skip the step.
         """
 
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16/fp16 autocast for the transformer calls (a no-op in fp32)."""
+        import torch
+
+        dtype = self.ctx.autocast_dtype
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.ctx.device.type, dtype=dtype)
+
     def state_dict(self) -> dict[str, Any]:
         """Extra algorithm state to checkpoint (JSON-able), e.g. running statistics."""
         return {}

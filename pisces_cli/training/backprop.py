@@ -61,13 +61,6 @@ class BackpropAlgorithm(TrainingAlgorithm):
         self.huber_c = float(section.consistency.huber_c)
 
     # ------------------------------------------------------------------------------------------ pieces
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """bf16/fp16 autocast for the transformer calls (a no-op in fp32)."""
-        dtype = self.ctx.autocast_dtype
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.ctx.device.type, dtype=dtype)
-
     @contextlib.contextmanager
     def teacher(self) -> Iterator[None]:
         """Inside: ``adapter.predict_velocity`` runs the frozen teacher. Must be entered under ``no_grad``.

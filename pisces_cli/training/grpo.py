@@ -138,12 +138,6 @@ class GRPOAlgorithm(TrainingAlgorithm):
         self._buffer_uses = 0
 
     # ------------------------------------------------------------------------------------------ pieces
-    def autocast(self) -> contextlib.AbstractContextManager:
-        dtype = self.ctx.autocast_dtype
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.ctx.device.type, dtype=dtype)
-
     @contextlib.contextmanager
     def eval_mode(self) -> Iterator[None]:
         """Transformers in ``eval()`` (no LoRA dropout) inside; previous modes restored on exit."""
