@@ -20,6 +20,23 @@ def pixels_to_vae_input(pixels: torch.Tensor) -> torch.Tensor:
     return (pixels * 2.0 - 1.0).permute(0, 2, 1, 3, 4)
 
 
+def encode_raw_latents(
+    vae, pixels: torch.Tensor, *, sample: bool, generator: torch.Generator | None, family: str
+) -> torch.Tensor:
+    """``vae.encode(2p − 1)`` of pixels ``[B, T, 3, H, W]``: the posterior mode, or a sample drawn with
+    ``generator`` → raw VAE latents ``[B, z, F_lat, h, w]`` fp32 (before the adapter's scaling/normalisation).
+
+    Raises PiscesRuntimeError naming ``family`` if the latents are not finite.
+    """
+    posterior = vae.encode(pixels_to_vae_input(pixels).to(vae.dtype)).latent_dist
+    raw = (posterior.sample(generator) if sample else posterior.mode()).float()
+    if not torch.isfinite(raw).all():
+        from pisces_cli.errors import PiscesRuntimeError
+
+        raise PiscesRuntimeError(f"{family} VAE encode produced non-finite latents")
+    return raw
+
+
 def wan_decode_checkpointed(vae, z_raw: torch.Tensor) -> torch.Tensor:
     """Differentiable Wan decode of raw VAE latents ``[B, z, F, h, w]`` → ``[B, 3, T, H, W]`` in [−1, 1].
 

@@ -11,8 +11,8 @@ from pisces_cli.backbones.base import (
     read_hints,
     sigma_to_timestep,
 )
-from pisces_cli.backbones.decode import pixels_to_vae_input, vae_output_to_pixels
-from pisces_cli.errors import PiscesRuntimeError, UsageError
+from pisces_cli.backbones.decode import encode_raw_latents, vae_output_to_pixels
+from pisces_cli.errors import UsageError
 
 _DUAL_ATTN = r"attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
 _DUAL_MLP = r"ff\.net\.(0\.proj|2)|ff_context\.net\.(0\.proj|2)"
@@ -146,11 +146,8 @@ class HunyuanVideoAdapter(BackboneAdapter):
     ) -> torch.Tensor:
         """``vae.encode(2p − 1)`` (mode or sample) × scaling_factor → ``[B, C, F_lat, h, w]`` fp32."""
         self.validate_geometry(pixels.shape[1], pixels.shape[3], pixels.shape[4])
-        posterior = self.vae.encode(pixels_to_vae_input(pixels).to(self.vae.dtype)).latent_dist
-        latents = posterior.sample(generator) if sample else posterior.mode()
-        if not torch.isfinite(latents).all():
-            raise PiscesRuntimeError("HunyuanVideo VAE encode produced non-finite latents")
-        return latents.float() * self.scaling_factor
+        raw = encode_raw_latents(self.vae, pixels, sample=sample, generator=generator, family="HunyuanVideo")
+        return raw * self.scaling_factor
 
     # -------------------------------------------------------------------------------------------- LoRA
     def lora_target_modules(self, preset: str = "attn") -> str:

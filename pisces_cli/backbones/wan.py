@@ -15,8 +15,8 @@ from pisces_cli.backbones.base import (
     read_hints,
     sigma_to_timestep,
 )
-from pisces_cli.backbones.decode import pixels_to_vae_input, vae_output_to_pixels, wan_decode_checkpointed
-from pisces_cli.errors import PiscesRuntimeError, UsageError
+from pisces_cli.backbones.decode import encode_raw_latents, vae_output_to_pixels, wan_decode_checkpointed
+from pisces_cli.errors import UsageError
 
 
 class WanAdapter(BackboneAdapter):
@@ -203,10 +203,7 @@ class WanAdapter(BackboneAdapter):
     ) -> torch.Tensor:
         """``(μ_vae − mean) / std`` per channel → ``[B, C, F_lat, h, w]`` fp32."""
         self.validate_geometry(pixels.shape[1], pixels.shape[3], pixels.shape[4])
-        posterior = self.vae.encode(pixels_to_vae_input(pixels).to(self.vae.dtype)).latent_dist
-        raw = (posterior.sample(generator) if sample else posterior.mode()).float()
-        if not torch.isfinite(raw).all():
-            raise PiscesRuntimeError("Wan VAE encode produced non-finite latents")
+        raw = encode_raw_latents(self.vae, pixels, sample=sample, generator=generator, family="Wan")
         mean, std = self._stats(raw)
         return (raw - mean) / std
 
