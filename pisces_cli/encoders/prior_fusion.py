@@ -11,15 +11,20 @@ are written back into a copy of the attention.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from pisces_cli.encoders.base import SemanticResult, TokenGeometry
+from pisces_cli.encoders.base import SemanticResult, TextFeatures, TokenGeometry, VideoFeatures
 from pisces_cli.errors import UsageError
 from pisces_cli.ot import TokenOTSettings, fuse_rows, token_ot_prior_rows, video_token_geometry
 from pisces_cli.ot.token_cost import gather_rows, lexical_rows, scatter_rows
+
+#: ``hook(layer, probs [B, H, L, M], query_full [B, L, D], key_full [B, M, D]) -> probs``, called by a
+#: matching head in each cross-attention after the softmax (see :class:`PriorFusionHook`).
+CrossAttentionHook = Callable[[int, Tensor, Tensor, Tensor], Tensor]
 
 
 def select_ot_layers(
@@ -112,3 +117,38 @@ class PriorFusionHook:
         )
         plan = scatter_rows(plan, mean_rows[:, None], self.index, self.row_mask)[:, 0]
         return SemanticResult(reward=reward, plan=plan.detach(), diagnostics=diagnostics)
+
+
+def cross_attention_semantic_reward(
+    backend: str,
+    text: TextFeatures,
+    video: VideoFeatures,
+    token_ot: TokenOTSettings | None,
+    ot_layers: Callable[[TokenOTSettings], tuple[int, ...]],
+    match: Callable[[Tensor, Tensor, Tensor, CrossAttentionHook | None], Tensor],
+) -> SemanticResult:
+    """``semantic_reward`` of a backend whose matching head cross-attends from caption states to video tokens.
+
+    Checks that there is one caption per video and that ``text.extra["text_embeds"]`` (the caption states the
+    head reads) is there, then calls ``match(states, attention_mask [B, L] bool, video tokens, hook)`` → the
+    match probability ``[B]``: without a hook when ``token_ot`` is None, else with a :class:`PriorFusionHook`
+    on the layers ``ot_layers(token_ot)`` selects. Returns the :class:`SemanticResult` of
+    :meth:`PriorFusionHook.result`.
+    """
+    tokens = video.tokens
+    batch = tokens.shape[0]
+    if text.tokens.shape[0] != batch:
+        raise UsageError(
+            f"{backend} backend: semantic_reward got {text.tokens.shape[0]} captions for {batch} videos"
+        )
+    if "text_embeds" not in text.extra:
+        raise UsageError(
+            f"{backend} backend: text features lack extra['text_embeds'] (use this backend's encode_text)"
+        )
+    states = text.extra["text_embeds"].to(device=tokens.device, dtype=tokens.dtype)
+    attention_mask = text.attention_mask.to(tokens.device)
+    if token_ot is None:
+        return SemanticResult(reward=match(states, attention_mask, tokens, None), plan=None, diagnostics={})
+    token_ot.validate()
+    hook = PriorFusionHook(ot_layers(token_ot), text.lexical_mask.to(tokens.device), video.geometry, token_ot)
+    return hook.result(match(states, attention_mask, tokens, hook))

@@ -35,7 +35,11 @@ from pisces_cli.encoders.internvideo2.tokenizer import (
     load_bert_tokenizer,
     tokenize_captions,
 )
-from pisces_cli.encoders.prior_fusion import PriorFusionHook, select_ot_layers
+from pisces_cli.encoders.prior_fusion import (
+    CrossAttentionHook,
+    cross_attention_semantic_reward,
+    select_ot_layers,
+)
 from pisces_cli.errors import UsageError
 from pisces_cli.ot import TokenOTSettings
 
@@ -221,24 +225,9 @@ class InternVideo2Backend(EncoderBackend):
         or with no OT layer) and, with OT, diagnostics ``ot_iterations`` (mean), ``ot_mass`` (mean),
         ``ot_marginal_error`` (max), ``ot_converged`` (all) over heads and layers, ``[B]`` each.
         """
-        batch = video.tokens.shape[0]
-        if text.tokens.shape[0] != batch:
-            raise UsageError(
-                f"internvideo2 backend: semantic_reward got {text.tokens.shape[0]} captions for {batch} videos"
-            )
-        if "text_embeds" not in text.extra:
-            raise UsageError(
-                "internvideo2 backend: text features lack extra['text_embeds'] (use this backend's encode_text)"
-            )
-        x_vis = video.tokens
-        text_embeds = text.extra["text_embeds"].to(device=x_vis.device, dtype=x_vis.dtype)
-        attention_mask = text.attention_mask.to(x_vis.device).long()
-        if token_ot is None:
-            fused = self.model.fusion(text_embeds, attention_mask, x_vis)
-            return SemanticResult(reward=self.model.vtm_probability(fused[:, 0]), plan=None, diagnostics={})
-        token_ot.validate()
-        hook = PriorFusionHook(
-            self.ot_layers(token_ot), text.lexical_mask.to(x_vis.device), video.geometry, token_ot
-        )
-        fused = self.model.fusion(text_embeds, attention_mask, x_vis, cross_attn_hook=hook)
-        return hook.result(self.model.vtm_probability(fused[:, 0]))
+
+        def match(states: Tensor, mask: Tensor, tokens: Tensor, hook: CrossAttentionHook | None) -> Tensor:
+            fused = self.model.fusion(states, mask.long(), tokens, cross_attn_hook=hook)
+            return self.model.vtm_probability(fused[:, 0])
+
+        return cross_attention_semantic_reward("internvideo2", text, video, token_ot, self.ot_layers, match)

@@ -16,16 +16,13 @@ tokens with the heads concatenated. The returned probabilities (same shape) are 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pisces_cli.encoders.internvideo2.config import TextConfig
+from pisces_cli.encoders.prior_fusion import CrossAttentionHook
 from pisces_cli.errors import UsageError
-
-CrossAttentionHook = Callable[[int, Tensor, Tensor, Tensor], Tensor]
 
 MASK_FILL = -10000.0  # additive self-attention mask value of the reference (not -inf)
 

@@ -29,7 +29,7 @@ from pisces_cli.encoders.base import (
     VideoPreprocessing,
 )
 from pisces_cli.encoders.fingerprint import hash_directory
-from pisces_cli.encoders.prior_fusion import PriorFusionHook, select_ot_layers
+from pisces_cli.encoders.prior_fusion import cross_attention_semantic_reward, select_ot_layers
 from pisces_cli.errors import UsageError
 from pisces_cli.ot import TokenOTSettings
 from pisces_cli.world.encoder.checkpoint import load_world_encoder
@@ -156,24 +156,6 @@ class WorldEncoderBackend(EncoderBackend):
         or with no OT layer) and, with OT, diagnostics ``ot_iterations`` (mean), ``ot_mass`` (mean),
         ``ot_marginal_error`` (max), ``ot_converged`` (all) over heads and layers, ``[B]`` each.
         """
-        tokens = video.tokens
-        batch = tokens.shape[0]
-        if text.tokens.shape[0] != batch:
-            raise UsageError(
-                f"world backend: semantic_reward got {text.tokens.shape[0]} captions for {batch} videos"
-            )
-        if "text_embeds" not in text.extra:
-            raise UsageError(
-                "world backend: text features lack extra['text_embeds'] (use this backend's encode_text)"
-            )
-        states = text.extra["text_embeds"].to(device=tokens.device, dtype=tokens.dtype)
-        attention_mask = text.attention_mask.to(tokens.device)
-        if token_ot is None:
-            reward = self.model.match_probability(states, attention_mask, tokens)
-            return SemanticResult(reward=reward, plan=None, diagnostics={})
-        token_ot.validate()
-        hook = PriorFusionHook(
-            self.ot_layers(token_ot), text.lexical_mask.to(tokens.device), video.geometry, token_ot
+        return cross_attention_semantic_reward(
+            "world", text, video, token_ot, self.ot_layers, self.model.match_probability
         )
-        reward = self.model.match_probability(states, attention_mask, tokens, hook=hook)
-        return hook.result(reward)

@@ -24,16 +24,14 @@ softmax and before ``probs @ V`` (the same contract as the InternVideo2 backend'
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pisces_cli.encoders.prior_fusion import CrossAttentionHook
 from pisces_cli.errors import UsageError
-
-CrossAttentionHook = Callable[[int, Tensor, Tensor, Tensor], Tensor]
 
 
 @dataclass(frozen=True)
