@@ -101,12 +101,13 @@ class BertSelfAttention(nn.Module):
         return context.transpose(1, 2).reshape(batch, length, -1)
 
 
-class BertSelfOutput(nn.Module):
-    """``LN(residual + dense(x))``."""
+class BertOutput(nn.Module):
+    """``LN(residual + dense(x))``: after the attention (``in_features`` = hidden size) and after the
+    feed-forward block (``in_features`` = intermediate size)."""
 
-    def __init__(self, config: TextConfig) -> None:
+    def __init__(self, config: TextConfig, in_features: int) -> None:
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = nn.Linear(in_features, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, x: Tensor, residual: Tensor) -> Tensor:
@@ -117,7 +118,7 @@ class BertAttention(nn.Module):
     def __init__(self, config: TextConfig, kv_width: int) -> None:
         super().__init__()
         self.self = BertSelfAttention(config, kv_width)
-        self.output = BertSelfOutput(config)
+        self.output = BertOutput(config, config.hidden_size)
 
     def forward(
         self,
@@ -139,16 +140,6 @@ class BertIntermediate(nn.Module):
         return F.gelu(self.dense(x))  # exact erf GELU (hidden_act "gelu")
 
 
-class BertOutput(nn.Module):
-    def __init__(self, config: TextConfig) -> None:
-        super().__init__()
-        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-
-    def forward(self, x: Tensor, residual: Tensor) -> Tensor:
-        return self.LayerNorm(residual + self.dense(x))
-
-
 class BertLayer(nn.Module):
     """Self-attention, then (fusion layers only) cross-attention to video tokens, then the feed-forward block."""
 
@@ -160,7 +151,7 @@ class BertLayer(nn.Module):
         if self.has_cross_attention:
             self.crossattention = BertAttention(config, config.encoder_width)
         self.intermediate = BertIntermediate(config)
-        self.output = BertOutput(config)
+        self.output = BertOutput(config, config.intermediate_size)
 
     def forward(
         self,
