@@ -35,53 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def save_bench_models(root: Path) -> None:
     """Tiny transformers and text encoders (``pisces_cli.backbones.tiny``) with decoders as deep as the real ones
     (HunyuanVideo ``layers_per_block=2``, Wan ``num_res_blocks=2``) and 16 channels, plus a tiny CLIP reward."""
-    import json
-
-    from diffusers import AutoencoderKLHunyuanVideo, AutoencoderKLWan
-
-    from pisces_cli.backbones.tiny import build_tiny_hunyuan, build_tiny_wan
+    from pisces_cli.backbones.tiny import save_tiny_hunyuan, save_tiny_wan
     from pisces_cli.encoders.tiny_clip import save_tiny_clip
 
-    torch.manual_seed(0)
-    hunyuan = build_tiny_hunyuan(0)
-    hunyuan.register_modules(
-        vae=AutoencoderKLHunyuanVideo(
-            in_channels=3,
-            out_channels=3,
-            latent_channels=4,
-            down_block_types=("HunyuanVideoDownBlock3D",) * 4,
-            up_block_types=("HunyuanVideoUpBlock3D",) * 4,
-            block_out_channels=(16, 16, 16, 16),
-            layers_per_block=2,
-            act_fn="silu",
-            norm_num_groups=4,
-            scaling_factor=0.476986,
-            spatial_compression_ratio=8,
-            temporal_compression_ratio=4,
-            mid_block_add_attention=True,
-        ).eval()
-    )
-    hunyuan.save_pretrained(root / "hunyuan", safe_serialization=True)
-    hints = {
-        "prompt_template": {"template": "{}", "crop_start": 0},
-        "max_sequence_length": 16,
-        "guidance": 6.0,
-    }
-    (root / "hunyuan" / "pisces_backbone.json").write_text(json.dumps(hints))
-    wan = build_tiny_wan(0)
-    wan.register_modules(
-        vae=AutoencoderKLWan(
-            base_dim=16,
-            z_dim=16,
-            dim_mult=[1, 1, 1, 1],
-            num_res_blocks=2,
-            temperal_downsample=[False, True, True],
-        ).eval()
-    )
-    wan.save_pretrained(root / "wan", safe_serialization=True)
-    (root / "wan" / "pisces_backbone.json").write_text(
-        json.dumps({"max_sequence_length": 16, "guidance": 1.0})
-    )
+    save_tiny_hunyuan(root / "hunyuan", vae_width=16, vae_layers=2)
+    save_tiny_wan(root / "wan", vae_width=16, vae_layers=2)
     save_tiny_clip(root / "clip")
 
 

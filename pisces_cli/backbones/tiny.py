@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from pisces_cli.atomic import atomic_write_text
 from pisces_cli.errors import UsageError
 
 #: Name of the optional side-car file with pisces loading hints (prompt template, text length).
@@ -56,8 +57,12 @@ def _t5_tokenizer():
     return T5Tokenizer(vocab=pieces, extra_ids=0)
 
 
-def build_tiny_hunyuan(seed: int = 0):
-    """A tiny random ``HunyuanVideoPipeline`` (4 latent channels, widths <= 20), fp32 on CPU."""
+def build_tiny_hunyuan(seed: int = 0, *, vae_width: int = 8, vae_layers: int = 1):
+    """A tiny random ``HunyuanVideoPipeline`` (4 latent channels, widths <= 20), fp32 on CPU.
+
+    ``vae_width`` / ``vae_layers``: the VAE's block channels and ``layers_per_block`` (the released VAE has 2
+    layers per block; the benchmarks use that depth).
+    """
     from diffusers import (
         AutoencoderKLHunyuanVideo,
         FlowMatchEulerDiscreteScheduler,
@@ -89,8 +94,8 @@ def build_tiny_hunyuan(seed: int = 0):
         latent_channels=4,
         down_block_types=("HunyuanVideoDownBlock3D",) * 4,
         up_block_types=("HunyuanVideoUpBlock3D",) * 4,
-        block_out_channels=(8, 8, 8, 8),
-        layers_per_block=1,
+        block_out_channels=(vae_width,) * 4,
+        layers_per_block=vae_layers,
         act_fn="silu",
         norm_num_groups=4,
         scaling_factor=0.476986,
@@ -161,8 +166,11 @@ def _tiny_wan_transformer(seed: int, channels: int):
 WAN_VARIANTS = ("2.1", "2.2-a14b", "2.2-ti2v-5b")
 
 
-def build_tiny_wan(seed: int = 0, variant: str = "2.1"):
-    """A tiny random ``WanPipeline``: ``"2.1"``, ``"2.2-a14b"`` (two experts, boundary 0.875) or ``"2.2-ti2v-5b"``."""
+def build_tiny_wan(seed: int = 0, variant: str = "2.1", *, vae_width: int = 3, vae_layers: int = 1):
+    """A tiny random ``WanPipeline``: ``"2.1"``, ``"2.2-a14b"`` (two experts, boundary 0.875) or ``"2.2-ti2v-5b"``.
+
+    ``vae_width`` / ``vae_layers``: the VAE's ``base_dim`` and ``num_res_blocks`` (2 in the released VAE).
+    """
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline
     from transformers import UMT5Config, UMT5EncoderModel
 
@@ -171,7 +179,7 @@ def build_tiny_wan(seed: int = 0, variant: str = "2.1"):
     torch.manual_seed(seed + 1)
     if variant == "2.2-ti2v-5b":
         vae = AutoencoderKLWan(
-            base_dim=3,
+            base_dim=vae_width,
             z_dim=48,
             in_channels=12,
             out_channels=12,
@@ -180,7 +188,7 @@ def build_tiny_wan(seed: int = 0, variant: str = "2.1"):
             latents_mean=[0.0] * 48,
             latents_std=[1.0] * 48,
             dim_mult=[1, 1, 1, 1],
-            num_res_blocks=1,
+            num_res_blocks=vae_layers,
             scale_factor_spatial=16,
             scale_factor_temporal=4,
             temperal_downsample=[False, True, True],
@@ -189,10 +197,10 @@ def build_tiny_wan(seed: int = 0, variant: str = "2.1"):
     else:
         generator = torch.Generator().manual_seed(seed + 7)
         vae = AutoencoderKLWan(
-            base_dim=3,
+            base_dim=vae_width,
             z_dim=16,
             dim_mult=[1, 1, 1, 1],
-            num_res_blocks=1,
+            num_res_blocks=vae_layers,
             temperal_downsample=[False, True, True],
             latents_mean=(torch.randn(16, generator=generator) * 0.5).tolist(),
             latents_std=(torch.rand(16, generator=generator) + 0.5).tolist(),
@@ -230,18 +238,14 @@ def build_tiny_wan(seed: int = 0, variant: str = "2.1"):
 
 
 def _write_hints(directory: Path, hints: dict) -> None:
-    tmp = directory / (HINTS_FILE + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(hints, handle, indent=2, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, directory / HINTS_FILE)
+    atomic_write_text(directory / HINTS_FILE, json.dumps(hints, indent=2, sort_keys=True))
 
 
-def save_tiny_hunyuan(directory: str | os.PathLike, seed: int = 0) -> Path:
-    """Build :func:`build_tiny_hunyuan` and save it (diffusers format + pisces hints); returns the directory."""
+def save_tiny_hunyuan(directory: str | os.PathLike, seed: int = 0, **vae: int) -> Path:
+    """Build :func:`build_tiny_hunyuan` (``vae``: its VAE size keywords) and save it (diffusers format + pisces
+    hints); returns the directory."""
     target = Path(directory)
-    build_tiny_hunyuan(seed).save_pretrained(target, safe_serialization=True)
+    build_tiny_hunyuan(seed, **vae).save_pretrained(target, safe_serialization=True)
     _write_hints(
         target,
         {"prompt_template": {"template": "{}", "crop_start": 0}, "max_sequence_length": 16, "guidance": 6.0},
@@ -249,9 +253,10 @@ def save_tiny_hunyuan(directory: str | os.PathLike, seed: int = 0) -> Path:
     return target
 
 
-def save_tiny_wan(directory: str | os.PathLike, seed: int = 0, variant: str = "2.1") -> Path:
-    """Build :func:`build_tiny_wan` and save it (diffusers format + pisces hints); returns the directory."""
+def save_tiny_wan(directory: str | os.PathLike, seed: int = 0, variant: str = "2.1", **vae: int) -> Path:
+    """Build :func:`build_tiny_wan` (``vae``: its VAE size keywords) and save it (diffusers format + pisces
+    hints); returns the directory."""
     target = Path(directory)
-    build_tiny_wan(seed, variant).save_pretrained(target, safe_serialization=True)
+    build_tiny_wan(seed, variant, **vae).save_pretrained(target, safe_serialization=True)
     _write_hints(target, {"max_sequence_length": 16, "guidance": 1.0})
     return target
