@@ -30,7 +30,7 @@ from pisces_cli.world.encoder.checkpoint import save_world_encoder
 from pisces_cli.world.encoder.data import HARD_NEGATIVE_KINDS, EncoderData, build_encoder_data, corrupted_spec
 from pisces_cli.world.encoder.model import WorldEncoder, WorldEncoderConfig
 from pisces_cli.world.encoder.tokenizer import WordTokenizer
-from pisces_cli.world.lr_schedule import warmup_cosine
+from pisces_cli.world.training_loop import LossLog, optimizer_step, warmup_cosine
 
 
 def _normalise(pixels: torch.Tensor, config: WorldEncoderConfig) -> torch.Tensor:
@@ -146,8 +146,7 @@ def train_world_encoder(
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, steps, warmup))
     generator = torch.Generator().manual_seed(seed + 4242)
     batch_size = min(batch_size, clips)
-    losses: list[float] = []
-    window: list[float] = []
+    log = LossLog(log_every, steps)
     loop_started = time.perf_counter()
     cpu_started = time.process_time()
     for step in range(steps):
@@ -177,18 +176,10 @@ def train_world_encoder(
         )
         labels = torch.cat([torch.ones(batch_size), torch.zeros(2 * batch_size)]).long()
         matching = F.cross_entropy(match_logits, labels, weight=torch.tensor([1.0, 2.0]))
-        loss = contrastive + matching
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        window.append(float(loss.detach()))
-        if len(window) == log_every or step == steps - 1:
-            losses.append(float(np.mean(window)))
-            window = []
+        loss_value = optimizer_step(contrastive + matching, model.parameters(), optimizer, schedule)
+        log.add(step, loss_value)
         if progress is not None:
-            progress(step, float(loss.detach()))
+            progress(step, loss_value)
     train_seconds = time.perf_counter() - loop_started
     train_cpu_seconds = time.process_time() - cpu_started
     model.eval().requires_grad_(False)
@@ -201,9 +192,9 @@ def train_world_encoder(
         "frames": frames,
         "batch_size": batch_size,
         "lr": lr,
-        "losses": losses,
-        "loss_first": losses[0],
-        "loss_last": losses[-1],
+        "losses": log.means,
+        "loss_first": log.means[0],
+        "loss_last": log.means[-1],
         "data_seconds": data_seconds,
         "train_seconds": train_seconds,
         "train_cpu_seconds": train_cpu_seconds,

@@ -26,7 +26,7 @@ from pisces_cli.backbones.schedule import shift_sigma
 from pisces_cli.errors import UsageError
 from pisces_cli.world import make_clips
 from pisces_cli.world.generator.pipeline import GeneratorArchitecture, build_pipeline, save_pipeline
-from pisces_cli.world.lr_schedule import warmup_cosine
+from pisces_cli.world.training_loop import LossLog, optimizer_step, warmup_cosine
 
 
 @dataclass(frozen=True)
@@ -144,8 +144,7 @@ def train_world_generator(
         optimizer, lambda step: warmup_cosine(step, steps, config.warmup, floor=0.1)
     )
     generator = torch.Generator().manual_seed(seed + 12345)
-    losses: list[float] = []
-    window: list[float] = []
+    log = LossLog(log_every, steps)
     loop_started = time.perf_counter()
     cpu_started = time.process_time()
     for step in range(steps):
@@ -162,17 +161,10 @@ def train_world_generator(
         noisy = s * noise + (1.0 - s) * x0
         clean = transformer.predict_clean(noisy, 1000.0 * sigma, cond)
         loss = torch.nn.functional.mse_loss(clean, x0)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        window.append(float(loss.detach()))
-        if len(window) == log_every or step == steps - 1:
-            losses.append(float(np.mean(window)))
-            window = []
+        loss_value = optimizer_step(loss, transformer.parameters(), optimizer, scheduler)
+        log.add(step, loss_value)
         if progress is not None:
-            progress(step, float(loss.detach()))
+            progress(step, loss_value)
     train_seconds = time.perf_counter() - loop_started
     train_cpu_seconds = time.process_time() - cpu_started
     transformer.eval().requires_grad_(False)
@@ -180,9 +172,9 @@ def train_world_generator(
         "config": asdict(config),
         "architecture": asdict(arch),
         "steps": steps,
-        "losses": losses,
-        "loss_first": losses[0],
-        "loss_last": losses[-1],
+        "losses": log.means,
+        "loss_first": log.means[0],
+        "loss_last": log.means[-1],
         "data_seconds": data_seconds,
         "train_seconds": train_seconds,
         "train_cpu_seconds": train_cpu_seconds,
