@@ -1,7 +1,9 @@
 """Atomic file writes: temp file in the same folder, fsync, rename, fsync the folder.
 
-An interrupted write leaves at most a hidden ``.NAME.tmp-PID`` file, never a partial file under
-the final name, so nothing half-written ever looks complete.
+An interrupted write leaves at most a hidden ``.NAME.tmp-PID-HOST`` file, never a partial file under
+the final name, so nothing half-written ever looks complete. Such leftovers are removed by
+:func:`remove_stale_temps` once their writer is gone, never while another process (another rank of
+the same ``torchrun`` job, say) is still writing them.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import contextlib
 import hashlib
 import json
 import os
+import socket
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,14 +24,22 @@ TMP_MARK = ".tmp-"
 #: Longest file name (bytes) most file systems accept.
 NAME_MAX = 255
 
+#: Age (seconds) after which a temp file written on another host counts as abandoned.
+FOREIGN_TEMP_MAX_AGE_S = 24 * 3600.0
+
+
+def _host_tag() -> str:
+    """8 hex digits naming this host, so ranks on several nodes sharing a folder never collide."""
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
 
 def temp_path_for(path: Path) -> Path:
-    """The hidden temp file ``.NAME.tmp-PID`` next to ``path``.
+    """The hidden temp file ``.NAME.tmp-PID-HOST`` next to ``path`` (HOST = :func:`_host_tag`).
 
     A name too long for the file system with the suffix (e.g. a VBench prompt name near 255 bytes) is cut
     and tagged with a hash of the whole name, so the temp file can always be created and stays unique.
     """
-    suffix = f"{TMP_MARK}{os.getpid()}"
+    suffix = f"{TMP_MARK}{os.getpid()}-{_host_tag()}"
     name = f".{path.name}"
     if len(f"{name}{suffix}".encode()) > NAME_MAX:
         tag = "~" + hashlib.sha1(path.name.encode()).hexdigest()[:10]
@@ -82,14 +94,51 @@ def atomic_write_with(path: str | os.PathLike[str], writer: Callable[[Path], Non
         writer(tmp)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _temp_is_abandoned(item: Path, host: str, now: float) -> bool:
+    """Whether the temp file ``item`` belongs to no running writer.
+
+    On this host (or with no host tag) the writer's PID decides; a file from another host sharing the
+    folder is only taken as abandoned after :data:`FOREIGN_TEMP_MAX_AGE_S` without a change.
+    """
+    owner = item.name.rsplit(TMP_MARK, 1)[-1]
+    pid_text, _, owner_host = owner.partition("-")
+    if not pid_text.isdigit():
+        return False  # not a name pisces made
+    if owner_host and owner_host != host:
+        try:
+            return now - item.stat().st_mtime > FOREIGN_TEMP_MAX_AGE_S
+        except OSError:
+            return False
+    pid = int(pid_text)
+    return pid != os.getpid() and not _pid_alive(pid)
+
+
 def remove_stale_temps(folder: str | os.PathLike[str]) -> int:
-    """Delete leftover temp files of interrupted writes in ``folder``; return how many."""
+    """Delete temp files of interrupted writes in ``folder``; return how many.
+
+    Temps whose writer still runs (another rank or run writing into the same folder) are left alone.
+    """
     removed = 0
     root = Path(folder)
     if not root.is_dir():
         return 0
+    host, now = _host_tag(), time.time()
     for item in root.iterdir():
-        if item.name.startswith(".") and TMP_MARK in item.name and item.is_file():
+        if not (item.name.startswith(".") and TMP_MARK in item.name and item.is_file()):
+            continue
+        if _temp_is_abandoned(item, host, now):
             with contextlib.suppress(OSError):
                 item.unlink()
                 removed += 1

@@ -147,3 +147,34 @@ def test_temp_path_for_a_name_near_the_limit_fits_and_stays_unique(tmp_path):
     assert tmp_a.name.startswith(".") and ".tmp-" in tmp_a.name
     atomic_write_text(tmp_path / long_a, "x")
     assert (tmp_path / long_a).read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == [long_a]
+
+
+def test_stale_temp_cleanup_spares_temps_of_running_writers(tmp_path: Path):
+    """Regression: rank 0 opening a sharded writer deleted rank 1's in-flight temp file (torchrun race)."""
+    from pisces_cli import atomic
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        finished = subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
+        )
+        dead_pid = int(finished.stdout)
+        host = atomic._host_tag()
+        live = tmp_path / f".a.json{atomic.TMP_MARK}{sleeper.pid}-{host}"
+        own = atomic.temp_path_for(tmp_path / "b.json")
+        dead = tmp_path / f".c.json{atomic.TMP_MARK}{dead_pid}-{host}"
+        legacy_dead = tmp_path / f".d.json{atomic.TMP_MARK}{dead_pid}"
+        foreign_fresh = tmp_path / f".e.json{atomic.TMP_MARK}{dead_pid}-00000000"
+        foreign_old = tmp_path / f".f.json{atomic.TMP_MARK}{dead_pid}-00000000"
+        for item in (live, own, dead, legacy_dead, foreign_fresh, foreign_old):
+            item.write_text("partial")
+        old = time.time() - atomic.FOREIGN_TEMP_MAX_AGE_S - 60
+        os.utime(foreign_old, (old, old))
+
+        ShardedArtifactWriter(tmp_path, "emb", _header())  # cleans stale temps on open
+        left = {p.name for p in tmp_path.iterdir()}
+        assert {live.name, own.name, foreign_fresh.name} <= left
+        assert not left & {dead.name, legacy_dead.name, foreign_old.name}
+    finally:
+        sleeper.kill()
+        sleeper.wait()

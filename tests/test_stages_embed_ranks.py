@@ -67,3 +67,5 @@ def test_two_ranks_match_one_process(setup):
     for name in ("text_cls", "video_cls"):
         assert (two[name] - one[name]).abs().max() < 1e-5
     assert Path(root / "two" / "summary.json").is_file()
+    summary = json.loads((root / "two" / "summary.json").read_text())
+    assert summary["items"] == 10 and summary["embedded_now"] == 10 and summary["failed_now"] == 0

@@ -161,18 +161,20 @@ def run_embed(
         _append_errors(
             out_dir / ("errors.jsonl" if not ctx.distributed else f"errors.rank{ctx.rank}.jsonl"), errors
         )
+    skipped = len(mine) - len(todo)
+    counts = {"embedded_now": embedded, "failed_now": len(errors), "skipped_shards": skipped}
+    if ctx.distributed:
+        atomic_write_json(out_dir / f"summary.rank{ctx.rank}.json", counts)
     barrier()
     if ctx.distributed and ctx.is_main:
         _merge_rank_manifests(out_dir, ctx.world_size, header, read_manifest_fn=read_manifest)
-    skipped = len(mine) - len(todo)
-    if embedded == 0 and skipped == 0 and items:
+        counts = _sum_rank_summaries(out_dir, ctx.world_size)
+    if ctx.is_main:
+        atomic_write_json(out_dir / "summary.json", {"items": len(items), **counts})
+    if ctx.is_main and counts["embedded_now"] == 0 and counts["skipped_shards"] == 0 and items:
         raise PiscesRuntimeError(
             f"embed: every one of {len(items)} videos failed (see {out_dir}/errors.jsonl)"
         )
-    atomic_write_json(
-        out_dir / "summary.json",
-        {"items": len(items), "embedded_now": embedded, "failed_now": len(errors), "skipped_shards": skipped},
-    )
     return EmbedSummary(out_dir, len(items), embedded, len(errors), skipped, errors)
 
 
@@ -180,6 +182,16 @@ def _append_errors(path: Path, rows: list[dict[str, Any]]) -> None:
     with open(path, "a", encoding="utf-8") as handle:
         for row in rows:
             handle.write(json.dumps(row) + "\n")
+
+
+def _sum_rank_summaries(out_dir: Path, world_size: int) -> dict[str, int]:
+    """Add up the ``summary.rank{r}.json`` counts every rank wrote before the barrier."""
+    totals: dict[str, int] = {}
+    for rank in range(world_size):
+        counts = json.loads((out_dir / f"summary.rank{rank}.json").read_text())
+        for name, value in counts.items():
+            totals[name] = totals.get(name, 0) + int(value)
+    return totals
 
 
 def _merge_rank_manifests(out_dir: Path, world_size: int, header: Any, read_manifest_fn: Any) -> None:
