@@ -9,6 +9,8 @@ re-run by hand with ``--recipe DIR/recipe.yaml``.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,16 @@ class DemoStep:
     seconds: float
     result: str
     paths: list[str] = field(default_factory=list)
+
+
+@contextmanager
+def _timed_step(steps: list[DemoStep], name: str) -> Iterator[DemoStep]:
+    """Time the block and append its step (the block fills in ``result`` and ``paths``) to ``steps``."""
+    step = DemoStep(name, 0.0, "")
+    start = time.perf_counter()
+    yield step
+    step.seconds = time.perf_counter() - start
+    steps.append(step)
 
 
 def _rebase(data: dict[str, Any], root: Path) -> dict[str, Any]:
@@ -64,77 +76,55 @@ def run_demo(root: Path, *, console: Any, train_clips: int = 48, eval_clips: int
     resolved = resolve_data(raw, [], str(root / "recipe.yaml"))
     recipe = resolved.recipe
 
-    start = time.perf_counter()
-    train = write_clip_folder(root / "clips/train", train_clips, seed=recipe.seed, frames=8, size=32)
-    held = write_clip_folder(root / "clips/eval", eval_clips, seed=recipe.seed + 1000, frames=8, size=32)
-    steps.append(
-        DemoStep(
-            "clips",
-            time.perf_counter() - start,
-            f"{len(train)} train + {len(held)} eval world clips",
-            [str(root / "clips")],
-        )
-    )
-    start = time.perf_counter()
-    from pisces_cli.world.captions import world_vocabulary
+    with _timed_step(steps, "clips") as step:
+        train = write_clip_folder(root / "clips/train", train_clips, seed=recipe.seed, frames=8, size=32)
+        held = write_clip_folder(root / "clips/eval", eval_clips, seed=recipe.seed + 1000, frames=8, size=32)
+        step.result = f"{len(train)} train + {len(held)} eval world clips"
+        step.paths = [str(root / "clips")]
+    with _timed_step(steps, "models") as step:
+        from pisces_cli.world.captions import world_vocabulary
 
-    save_tiny_clip(recipe.models.encoder.path, "clip", seed=recipe.seed, words=world_vocabulary())
-    steps.append(
-        DemoStep(
-            "models",
-            time.perf_counter() - start,
-            "tiny random-weight CLIP encoder",
-            [str(recipe.models.encoder.path)],
-        )
-    )
+        save_tiny_clip(recipe.models.encoder.path, "clip", seed=recipe.seed, words=world_vocabulary())
+        step.result = "tiny random-weight CLIP encoder"
+        step.paths = [str(recipe.models.encoder.path)]
 
     console.rule("embed")
-    start = time.perf_counter()
-    embed = run_embed(resolved, console=console)
-    steps.append(
-        DemoStep(
-            "embed",
-            time.perf_counter() - start,
-            f"{embed.embedded} new / {embed.total} items, {embed.failed} failed",
-            [str(embed.output)],
-        )
-    )
+    with _timed_step(steps, "embed") as step:
+        embed = run_embed(resolved, console=console)
+        step.result = f"{embed.embedded} new / {embed.total} items, {embed.failed} failed"
+        step.paths = [str(embed.output)]
     console.rule("fit-ot")
-    start = time.perf_counter()
-    fit = run_fit_ot(resolved, console=console)
-    metrics = ", ".join(f"{k}={v:.3f}" for k, v in fit.metrics.items())
-    steps.append(
-        DemoStep(
-            "fit-ot",
-            time.perf_counter() - start,
-            f"{fit.method}: {metrics}",
-            [str(fit.output / "ot_map.safetensors"), str(fit.output / "report.md")],
-        )
-    )
+    with _timed_step(steps, "fit-ot") as step:
+        fit = run_fit_ot(resolved, console=console)
+        metrics = ", ".join(f"{k}={v:.3f}" for k, v in fit.metrics.items())
+        step.result = f"{fit.method}: {metrics}"
+        step.paths = [str(fit.output / "ot_map.safetensors"), str(fit.output / "report.md")]
     console.rule("score")
-    start = time.perf_counter()
-    score = run_score(resolved, str(root / "clips/eval"), report=True, console=console)
-    stat = score.stats
-    text = ", ".join(
-        f"{k}={v['mean']:.3f}" for k, v in stat.items() if k in ("quality", "semantic", "quality_no_ot")
-    )
-    steps.append(
-        DemoStep(
-            "score",
-            time.perf_counter() - start,
-            f"{score.scored} scored: {text}",
-            [str(score.output / "scores.csv"), str(score.output / "report.html")],
+    with _timed_step(steps, "score") as step:
+        score = run_score(resolved, str(root / "clips/eval"), report=True, console=console)
+        text = ", ".join(
+            f"{k}={v['mean']:.3f}"
+            for k, v in score.stats.items()
+            if k in ("quality", "semantic", "quality_no_ot")
         )
-    )
+        step.result = f"{score.scored} scored: {text}"
+        step.paths = [str(score.output / "scores.csv"), str(score.output / "report.html")]
     console.rule("internvideo2 (tiny)")
-    steps.append(_internvideo2_leg(root, raw, console))
-    steps.extend(_generator_legs(root, raw, resolved, train, held, console))
+    with _timed_step(steps, "internvideo2") as step:
+        _internvideo2_leg(step, root, raw, console)
+    _generator_legs(steps, root, raw, resolved, train, held, console)
     return steps
 
 
 def _generator_legs(
-    root: Path, raw: dict[str, Any], resolved: Any, train: list, held: list, console: Any
-) -> list[DemoStep]:
+    steps: list[DemoStep],
+    root: Path,
+    raw: dict[str, Any],
+    resolved: Any,
+    train: list,
+    held: list,
+    console: Any,
+) -> None:
     """finetune (backprop, then GRPO) → generate (base and fine-tuned) → eval both → eval compare."""
     from pisces_cli.atomic import atomic_write_text
     from pisces_cli.backbones.tiny import save_tiny_hunyuan
@@ -144,94 +134,62 @@ def _generator_legs(
     from pisces_cli.stages.finetune import run_finetune
     from pisces_cli.stages.generate import run_generate
 
-    steps: list[DemoStep] = []
     recipe = resolved.recipe
     atomic_write_text(Path(recipe.finetune.data.prompts), "\n".join(r.prompt for r in train) + "\n")
     generation_prompts = [r.prompt for r in held[:6]]
     atomic_write_text(Path(recipe.generate.prompts), "\n".join(generation_prompts) + "\n")
-    start = time.perf_counter()
-    save_tiny_hunyuan(recipe.models.generator.path, seed=recipe.seed)
-    steps.append(
-        DemoStep(
-            "generator",
-            time.perf_counter() - start,
-            "tiny random-weight HunyuanVideo pipeline",
-            [str(recipe.models.generator.path)],
-        )
-    )
+    with _timed_step(steps, "generator") as step:
+        save_tiny_hunyuan(recipe.models.generator.path, seed=recipe.seed)
+        step.result = "tiny random-weight HunyuanVideo pipeline"
+        step.paths = [str(recipe.models.generator.path)]
 
     console.rule("finetune (backprop + consistency distillation)")
-    start = time.perf_counter()
-    tuned = run_finetune(resolved, console=console)
-    assert tuned is not None
-    steps.append(
-        DemoStep(
-            "finetune",
-            time.perf_counter() - start,
-            f"backprop: {tuned.step} steps, loss {_fmt(tuned, 'loss')}",
-            [str(tuned.checkpoint)],
-        )
-    )
+    with _timed_step(steps, "finetune") as step:
+        tuned = run_finetune(resolved, console=console)
+        assert tuned is not None
+        step.result = f"backprop: {tuned.step} steps, loss {_fmt(tuned, 'loss')}"
+        step.paths = [str(tuned.checkpoint)]
     console.rule("finetune (GRPO)")
-    start = time.perf_counter()
-    grpo_out = root / "run/finetune-grpo"
-    grpo = resolve_data(
-        raw,
-        [
-            "finetune.algorithm=grpo",
-            f"finetune.output={grpo_out}",
-            "finetune.max_steps=2",
-            "finetune.gradient_accumulation_steps=1",
-        ],
-        str(root / "recipe.yaml"),
-    )
-    grpo_summary = run_finetune(grpo, console=console)
-    assert grpo_summary is not None
-    steps.append(
-        DemoStep(
-            "grpo",
-            time.perf_counter() - start,
-            f"GRPO: {grpo_summary.step} steps (ratio check passed)",
-            [str(grpo_summary.checkpoint)],
+    with _timed_step(steps, "grpo") as step:
+        grpo_out = root / "run/finetune-grpo"
+        grpo = resolve_data(
+            raw,
+            [
+                "finetune.algorithm=grpo",
+                f"finetune.output={grpo_out}",
+                "finetune.max_steps=2",
+                "finetune.gradient_accumulation_steps=1",
+            ],
+            str(root / "recipe.yaml"),
         )
-    )
+        grpo_summary = run_finetune(grpo, console=console)
+        assert grpo_summary is not None
+        step.result = f"GRPO: {grpo_summary.step} steps (ratio check passed)"
+        step.paths = [str(grpo_summary.checkpoint)]
 
     console.rule("generate (base and fine-tuned)")
-    start = time.perf_counter()
-    base_dir = root / "run/videos/base"
-    tuned_dir = root / "run/videos/finetuned"
-    run_generate(resolved, output=str(base_dir), console=console)
-    run_generate(resolved, output=str(tuned_dir), adapter_dir=str(tuned.checkpoint), console=console)
-    steps.append(
-        DemoStep(
-            "generate",
-            time.perf_counter() - start,
-            f"{len(generation_prompts)} prompts × base and fine-tuned",
-            [str(base_dir), str(tuned_dir)],
-        )
-    )
+    with _timed_step(steps, "generate") as step:
+        base_dir = root / "run/videos/base"
+        tuned_dir = root / "run/videos/finetuned"
+        run_generate(resolved, output=str(base_dir), console=console)
+        run_generate(resolved, output=str(tuned_dir), adapter_dir=str(tuned.checkpoint), console=console)
+        step.result = f"{len(generation_prompts)} prompts × base and fine-tuned"
+        step.paths = [str(base_dir), str(tuned_dir)]
 
     console.rule("eval and eval compare")
-    start = time.perf_counter()
-    run_eval(resolved, str(base_dir), console=console)
-    run_eval(resolved, str(tuned_dir), console=console)
-    comparison = run_compare(
-        str(base_dir),
-        str(tuned_dir),
-        output=str(root / "run/compare"),
-        n_boot=recipe.eval.bootstrap_samples,
-        seed=recipe.seed,
-    )
-    print_comparison(comparison)
-    steps.append(
-        DemoStep(
-            "eval",
-            time.perf_counter() - start,
-            "base vs fine-tuned: eval.json ×2, compare.html",
-            [str(comparison.output / "compare.html")],
+    with _timed_step(steps, "eval") as step:
+        run_eval(resolved, str(base_dir), console=console)
+        run_eval(resolved, str(tuned_dir), console=console)
+        comparison = run_compare(
+            str(base_dir),
+            str(tuned_dir),
+            output=str(root / "run/compare"),
+            n_boot=recipe.eval.bootstrap_samples,
+            seed=recipe.seed,
         )
-    )
-    return steps
+        print_comparison(comparison)
+        step.result = "base vs fine-tuned: eval.json ×2, compare.html"
+        step.paths = [str(comparison.output / "compare.html")]
 
 
 def _fmt(summary: Any, key: str) -> str:
@@ -240,15 +198,15 @@ def _fmt(summary: Any, key: str) -> str:
     return f"{value:.4f}" if isinstance(value, float) else "n/a"
 
 
-def _internvideo2_leg(root: Path, raw: dict[str, Any], console: Any) -> DemoStep:
-    """embed → fit-ot (gaussian) → score with a tiny InternVideo2 built by the demo (the paper's backend)."""
+def _internvideo2_leg(step: DemoStep, root: Path, raw: dict[str, Any], console: Any) -> None:
+    """embed → fit-ot (gaussian) → score with a tiny InternVideo2 built by the demo (the paper's backend);
+    fills in ``step``."""
     from pisces_cli.encoders.internvideo2.tiny import save_tiny_internvideo2
     from pisces_cli.stages.embed import run_embed
     from pisces_cli.stages.fit_ot import run_fit_ot
     from pisces_cli.stages.score import run_score
     from pisces_cli.world.captions import world_vocabulary
 
-    start = time.perf_counter()
     model_dir = root / "models/internvideo2"
     save_tiny_internvideo2(model_dir, world_vocabulary(), seed=0)
     run_dir = root / "run/internvideo2"
@@ -268,12 +226,8 @@ def _internvideo2_leg(root: Path, raw: dict[str, Any], console: Any) -> DemoStep
     fit = run_fit_ot(resolved, console=console)
     score = run_score(resolved, str(root / "clips/eval"), console=console)
     text = ", ".join(f"{k}={v['mean']:.3f}" for k, v in score.stats.items() if k in ("quality", "semantic"))
-    return DemoStep(
-        "internvideo2",
-        time.perf_counter() - start,
-        f"embed + fit-ot ({fit.method}) + score: {text}",
-        [str(run_dir), str(score.output / "scores.csv")],
-    )
+    step.result = f"embed + fit-ot ({fit.method}) + score: {text}"
+    step.paths = [str(run_dir), str(score.output / "scores.csv")]
 
 
 def print_summary(console: Any, steps: list[DemoStep], root: Path, total_s: float) -> None:
