@@ -7,8 +7,9 @@ lengths. Compared side by side in one run (interleaved repeats, medians):
 - ``reference loop``: the released structure — one video per call, the prior computed one head at a time
   in every fusion layer, log-domain unbalanced Sinkhorn with a host sync (``.item()``) every iteration
   (method.md §4.4–4.6, re-written here from the description);
-- ``pisces``: one batched call per layer for all videos × heads (``token_ot_prior`` + ``fuse_attention``),
-  the last fusion layer skipped (its prior cannot reach the [CLS] output, method.md §9.5);
+- ``pisces``: one batched call per layer for all videos × heads (the backend's
+  ``semantic_reward``: ``token_ot_prior_rows`` + ``fuse_rows`` on the lexical rows), the last fusion
+  layer skipped (its prior cannot reach the [CLS] output, method.md §9.5);
 - ``pisces, all layers``: the same with the prior in every fusion layer (same work as the reference).
 
 Also prints the max |Δreward| between the reference loop and pisces (all layers). Target on a 2-core

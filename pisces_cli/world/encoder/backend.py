@@ -8,7 +8,7 @@
   text tokens = the text tower's states ``[B, L, W]`` (also ``extra["text_embeds"]``, the fusion input).
 * Semantic reward: the matching probability ``softmax(itm_head(fused [CLS]))[:, 1]`` of the fusion layers run
   with cross-attention to the video tokens. With token OT, each selected fusion layer's cross-attention is
-  fused with the token-OT prior (:func:`pisces_cli.ot.token_ot_prior` → :func:`pisces_cli.ot.fuse_attention`)
+  fused with the token-OT prior (:func:`pisces_cli.ot.token_ot_prior_rows` → :func:`pisces_cli.ot.fuse_rows`)
   on lexical rows, exactly as the InternVideo2 backend does; default layers: all fusion layers but the last.
 """
 
