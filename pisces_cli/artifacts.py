@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pisces_cli import __version__
-from pisces_cli.atomic import atomic_write_json, atomic_write_with, remove_stale_temps
+from pisces_cli.atomic import atomic_write_json, atomic_write_safetensors, remove_stale_temps
 from pisces_cli.errors import PiscesRuntimeError, UsageError
 
 if TYPE_CHECKING:
@@ -71,11 +71,8 @@ class ArtifactHeader:
 
 def save_artifact(path: str | Path, tensors: Mapping[str, torch.Tensor], header: ArtifactHeader) -> Path:
     """Write ``tensors`` (contiguous CPU copies are made) with ``header``, atomically. Returns the path."""
-    from safetensors.torch import save_file
-
     path = Path(path)
-    cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
-    atomic_write_with(path, lambda tmp: save_file(cpu, str(tmp), metadata={HEADER_KEY: header.to_json()}))
+    atomic_write_safetensors(path, tensors, {HEADER_KEY: header.to_json()})
     return path
 
 

@@ -14,9 +14,12 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 TMP_MARK = ".tmp-"
 
@@ -84,14 +87,32 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int = 2) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False, default=str) + "\n")
+def atomic_write_json(
+    path: str | os.PathLike[str], obj: Any, *, indent: int = 2, sort_keys: bool = False
+) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=sort_keys, default=str) + "\n")
 
 
 def atomic_write_with(path: str | os.PathLike[str], writer: Callable[[Path], None]) -> None:
     """Call ``writer(tmp_path)`` and publish its file atomically under ``path``."""
     with atomic_path(path) as tmp:
         writer(tmp)
+
+
+def atomic_write_safetensors(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, str] | None = None,
+) -> None:
+    """Write ``tensors`` as a safetensors file (contiguous CPU copies are taken) with ``metadata``, atomically.
+
+    Streams to the temp file (no in-memory copy of the serialised file), so large state dicts are fine.
+    """
+    from safetensors.torch import save_file
+
+    cpu = {name: tensor.detach().to("cpu").contiguous() for name, tensor in tensors.items()}
+    header = dict(metadata) if metadata is not None else None
+    atomic_write_with(path, lambda tmp: save_file(cpu, str(tmp), metadata=header))
 
 
 def _pid_alive(pid: int) -> bool:

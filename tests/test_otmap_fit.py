@@ -214,7 +214,7 @@ def _free_port() -> int:
 def _ddp_worker(rank: int, world_size: int, port: int, state_dir: str, out_dir: str) -> None:
     import torch.distributed as dist
 
-    from pisces_cli.ot.maps.state_io import atomic_write_json, atomic_write_safetensors
+    from pisces_cli.atomic import atomic_write_json, atomic_write_safetensors
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pisces_cli.atomic import atomic_write_json, atomic_write_with
+from pisces_cli.atomic import atomic_write_json, atomic_write_safetensors
 from pisces_cli.errors import UsageError
 
 FORMAT_VERSION = 1
@@ -144,13 +144,6 @@ def restore_rng(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------------------------ save / load
-def _save_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save_file
-
-    cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    atomic_write_with(path, lambda tmp: save_file(cpu, str(tmp), metadata={"format": "pt"}))
-
-
 def save_training_state(
     folder: Path,
     *,
@@ -164,10 +157,16 @@ def save_training_state(
     state_dir = folder / STATE_DIR
     state_dir.mkdir(parents=True, exist_ok=True)
     if trainable is not None:
-        _save_safetensors(state_dir / "trainable.safetensors", {k: v.float() for k, v in trainable.items()})
+        atomic_write_safetensors(
+            state_dir / "trainable.safetensors",
+            {k: v.float() for k, v in trainable.items()},
+            {"format": "pt"},
+        )
     optimizer_tensors, optimizer_meta = optimizer_to_flat(optimizer)
     rng_tensors, rng_meta = rng_state()
-    _save_safetensors(state_dir / "optimizer.safetensors", {**optimizer_tensors, **rng_tensors})
+    atomic_write_safetensors(
+        state_dir / "optimizer.safetensors", {**optimizer_tensors, **rng_tensors}, {"format": "pt"}
+    )
     scheduler_state = scheduler.state_dict() if scheduler is not None else None
     if scheduler_state is not None:
         scheduler_state = {k: v for k, v in scheduler_state.items() if k != "lr_lambdas"}

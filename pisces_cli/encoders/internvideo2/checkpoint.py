@@ -50,7 +50,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pisces_cli.atomic import atomic_write_with
 from pisces_cli.encoders.internvideo2.config import InternVideo2Config
 from pisces_cli.encoders.internvideo2.model import CONFIG_FILE, WEIGHTS_FILE, InternVideo2Stage2
 from pisces_cli.errors import UsageError
@@ -228,14 +227,6 @@ def _load_mapped(
     return build_from_state_dict(
         config.with_num_frames(target_frames), state_dict, dtype, device, source, use_checkpoint
     )
-
-
-def save_safetensors(state_dict: Mapping[str, Tensor], path: Path) -> None:
-    """Write ``state_dict`` as safetensors atomically (contiguous CPU copies)."""
-    from safetensors.torch import save_file
-
-    tensors = {key: value.detach().to("cpu").contiguous() for key, value in state_dict.items()}
-    atomic_write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
 
 
 def load_pretrained_dir(

@@ -90,11 +90,11 @@ class InternVideo2Stage2(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
         """Write ``config.json`` and ``model.safetensors`` (atomic writes) into ``directory``."""
-        from pisces_cli.encoders.internvideo2.checkpoint import save_safetensors
+        from pisces_cli.atomic import atomic_write_safetensors
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        save_safetensors(self.state_dict(), directory / WEIGHTS_FILE)
+        atomic_write_safetensors(directory / WEIGHTS_FILE, self.state_dict(), {"format": "pt"})
         self.config.save_json(directory / CONFIG_FILE)
 
     @classmethod

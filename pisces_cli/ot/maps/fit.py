@@ -31,10 +31,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from pisces_cli.atomic import atomic_write_json, atomic_write_safetensors
 from pisces_cli.errors import PiscesRuntimeError, UsageError
 from pisces_cli.ot.maps.metrics import map_metrics
 from pisces_cli.ot.maps.neural import NeuralOTConfig, NeuralOTTrainer
-from pisces_cli.ot.maps.state_io import atomic_write_json, atomic_write_safetensors, read_safetensors
+from pisces_cli.ot.maps.state_io import read_safetensors
 from pisces_cli.ot.maps.transport import NeuralMap, normalize_embeddings, save_map
 
 DEFAULT_EVAL_EVERY = 2000
@@ -101,7 +102,9 @@ def _save_last(state_dir: Path, trainer: NeuralOTTrainer, meta_extra: dict[str, 
     atomic_write_safetensors(last_dir / tensor_name, trainer.state_tensors(), {"step": str(trainer.step)})
     save_map(trainer.transport_map(), last_dir)
     atomic_write_json(
-        last_dir / "state.json", {**trainer.state_meta(), **meta_extra, "tensor_file": tensor_name}
+        last_dir / "state.json",
+        {**trainer.state_meta(), **meta_extra, "tensor_file": tensor_name},
+        sort_keys=True,
     )
     for stale in last_dir.glob("trainer-*.safetensors"):
         if stale.name != tensor_name:
@@ -246,5 +249,5 @@ def _update_best(
             continue
         directory = state_dir / f"best_{name}"
         save_map(transport_map, directory)
-        atomic_write_json(directory / "metrics.json", {"step": step, **metrics})
+        atomic_write_json(directory / "metrics.json", {"step": step, **metrics}, sort_keys=True)
         best[name] = {"step": step, "value": value, "path": str(directory)}

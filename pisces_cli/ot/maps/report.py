@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from pisces_cli.ot.maps.state_io import _atomic_write_bytes
+from pisces_cli.atomic import atomic_write_bytes
 
 MAX_POINTS_FOR_DENSITIES = 2000
 
@@ -34,7 +34,7 @@ def _save_figure(figure: Any, path: Path) -> None:
 
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    _atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _plot_curves(history: list[dict[str, Any]], path: Path) -> None:
@@ -142,5 +142,5 @@ def write_fit_report(
     ]
     lines += [f"| {label.removeprefix('mean ')} | {value:.4f} |" for label, value in means.items()]
     report_path = out_dir / "report.md"
-    _atomic_write_bytes(report_path, ("\n".join(lines) + "\n").encode())
+    atomic_write_bytes(report_path, ("\n".join(lines) + "\n").encode())
     return report_path

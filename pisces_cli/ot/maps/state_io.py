@@ -1,33 +1,17 @@
-"""Atomic safetensors/JSON writes and pickle-free (de)serialisation of optimiser states.
+"""Reading safetensors files and pickle-free (de)serialisation of optimiser states.
 
-Writes go to a temporary file in the target directory, are fsynced, then ``os.replace``d onto the
-final name, so a reader never sees a half-written file.
+Writes go through :mod:`pisces_cli.atomic` (``atomic_write_safetensors``, ``atomic_write_json``).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file
 
-from pisces_cli.atomic import atomic_write_bytes as _atomic_write_bytes
 from pisces_cli.errors import PiscesRuntimeError
-
-
-def atomic_write_safetensors(
-    path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
-) -> None:
-    """Write ``tensors`` (CPU-contiguous copies are taken) as safetensors, atomically."""
-    cpu_tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
-    _atomic_write_bytes(Path(path), save(cpu_tensors, metadata=metadata))
-
-
-def atomic_write_json(path: str | Path, payload: Any) -> None:
-    """Write ``payload`` as indented JSON, atomically."""
-    _atomic_write_bytes(Path(path), (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
 
 
 def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:

@@ -26,9 +26,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from pisces_cli.atomic import atomic_write_json, atomic_write_safetensors
 from pisces_cli.errors import UsageError
 from pisces_cli.ot.maps.networks import OTMapNet, dims_from_state_dict
-from pisces_cli.ot.maps.state_io import atomic_write_json, atomic_write_safetensors, read_safetensors
+from pisces_cli.ot.maps.state_io import read_safetensors
 
 NORMALIZATIONS = ("l2", "none")
 MAP_METHODS = ("neural", "gaussian", "identity")
@@ -203,7 +204,7 @@ def save_map(transport_map: TransportMap, directory: str | Path) -> Path:
     atomic_write_safetensors(
         directory / "map.safetensors", transport_map.state_dict(), {"method": config["method"]}
     )
-    atomic_write_json(directory / "map.json", config)
+    atomic_write_json(directory / "map.json", config, sort_keys=True)
     return directory
 
 

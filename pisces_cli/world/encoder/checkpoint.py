@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from pisces_cli.atomic import atomic_write_json, atomic_write_with
+from pisces_cli.atomic import atomic_write_json, atomic_write_safetensors
 from pisces_cli.errors import UsageError
 from pisces_cli.world.encoder.model import WorldEncoder, WorldEncoderConfig
 from pisces_cli.world.encoder.tokenizer import VOCAB_FILE, WordTokenizer
@@ -20,14 +20,9 @@ MODEL_TYPE = "pisces_world_encoder"
 
 def save_world_encoder(model: WorldEncoder, tokenizer: WordTokenizer, directory: str | Path) -> Path:
     """Write the checkpoint directory (created if needed); returns it."""
-    from safetensors.torch import save_file
-
     target = Path(directory)
     target.mkdir(parents=True, exist_ok=True)
-    tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
-    atomic_write_with(
-        target / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"})
-    )
+    atomic_write_safetensors(target / WEIGHTS_FILE, model.state_dict(), {"format": "pt"})
     tokenizer.save(target / VOCAB_FILE)
     atomic_write_json(target / CONFIG_FILE, {"model_type": MODEL_TYPE, **model.config.to_dict()})
     return target
