@@ -18,8 +18,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pytest  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="session")
+@pytest.fixture(autouse=True)
 def _one_torch_thread():
+    """Every test starts on one torch thread, whatever an earlier test (or the code it ran) set."""
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is a hard dependency

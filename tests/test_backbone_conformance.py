@@ -39,15 +39,6 @@ BACKBONES = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models: intra-op threads only add contention (20x slower on a loaded 2-core machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def checkpoint_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_backbones")

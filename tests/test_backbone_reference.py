@@ -16,14 +16,6 @@ from pisces_cli.errors import UsageError
 PROMPTS = ["dance monkey", "a red car"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_reference")

@@ -19,14 +19,6 @@ from pisces_cli.training.algorithm import PromptBatch, TrainContext
 PROMPTS = ["a cat runs on grass", "a dog jumps over the road"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @functools.lru_cache(maxsize=1)
 def model_root() -> Path:
     from pisces_cli.backbones.tiny import save_tiny_hunyuan, save_tiny_wan

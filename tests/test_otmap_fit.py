@@ -20,15 +20,6 @@ from pisces_cli.ot.maps import (
 from pisces_cli.ot.maps.state_io import read_safetensors
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny nets are fastest (and deterministic) on one thread, even on a loaded machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _linear_problem(dim: int, count: int, seed: int):
     generator = torch.Generator().manual_seed(seed)
     orthogonal, _ = torch.linalg.qr(torch.randn(dim, dim, generator=generator))

@@ -9,7 +9,6 @@ from pisces_cli.ot.maps.neural import NeuralOTConfig
 
 
 def test_otmap_report_writes_markdown_and_plots(tmp_path):
-    torch.set_num_threads(1)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(80, 6, generator=generator)
     y = torch.tanh(x @ torch.randn(6, 6, generator=generator))
