@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -147,7 +148,8 @@ def _temp_is_abandoned(item: Path, host: str, now: float) -> bool:
 
 
 def remove_stale_temps(folder: str | os.PathLike[str]) -> int:
-    """Delete temp files of interrupted writes in ``folder``; return how many.
+    """Delete temp files (and staging folders named by :func:`temp_path_for`) of interrupted writes in
+    ``folder``; return how many.
 
     Temps whose writer still runs (another rank or run writing into the same folder) are left alone.
     """
@@ -157,10 +159,13 @@ def remove_stale_temps(folder: str | os.PathLike[str]) -> int:
         return 0
     host, now = _host_tag(), time.time()
     for item in root.iterdir():
-        if not (item.name.startswith(".") and TMP_MARK in item.name and item.is_file()):
+        if not (item.name.startswith(".") and TMP_MARK in item.name):
             continue
         if _temp_is_abandoned(item, host, now):
             with contextlib.suppress(OSError):
-                item.unlink()
+                if item.is_dir() and not item.is_symlink():
+                    shutil.rmtree(item)
+                else:
+                    item.unlink()
                 removed += 1
     return removed

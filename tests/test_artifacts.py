@@ -178,3 +178,26 @@ def test_stale_temp_cleanup_spares_temps_of_running_writers(tmp_path: Path):
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_checkpoint_staging_folders_of_dead_runs_are_removed_live_ones_kept(tmp_path: Path):
+    from pisces_cli import atomic
+    from pisces_cli.training.checkpoint import publish, staging_dir
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    host = atomic._host_tag()
+    dead = tmp_path / f".checkpoint-3{atomic.TMP_MARK}{int(finished.stdout)}-{host}"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        live = tmp_path / f".checkpoint-4{atomic.TMP_MARK}{sleeper.pid}-{host}"
+        for folder in (dead, live):
+            (folder / "state").mkdir(parents=True)
+            (folder / "state" / "optimizer.safetensors").write_bytes(b"partial")
+        staging = staging_dir(tmp_path, 5)
+        assert staging.is_dir() and staging.name.startswith(".checkpoint-5" + atomic.TMP_MARK)
+        assert live.is_dir() and not dead.exists()
+        (staging / "weights").write_text("w")
+        assert publish(staging, tmp_path, 5) == tmp_path / "checkpoint-5" and not staging.exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()

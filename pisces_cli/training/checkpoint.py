@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pisces_cli.atomic import atomic_write_json, atomic_write_safetensors
+from pisces_cli.atomic import atomic_write_json, atomic_write_safetensors, remove_stale_temps, temp_path_for
 from pisces_cli.errors import UsageError
 
 FORMAT_VERSION = 1
@@ -202,8 +202,13 @@ def load_training_state(
 
 
 def staging_dir(output: Path, step: int) -> Path:
-    """A fresh hidden folder next to the final ``checkpoint-{step}`` to write into."""
-    staging = output / f".checkpoint-{step}.tmp-{os.getpid()}"
+    """A fresh hidden folder next to the final ``checkpoint-{step}`` to write into.
+
+    Named like every pisces temp (:func:`pisces_cli.atomic.temp_path_for`), so the staging folders of killed
+    runs are removed here (:func:`pisces_cli.atomic.remove_stale_temps`) instead of piling up.
+    """
+    remove_stale_temps(output)
+    staging = temp_path_for(output / f"checkpoint-{step}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     return staging
