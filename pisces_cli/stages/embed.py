@@ -55,7 +55,7 @@ def run_embed(
     """Embed every (video, caption) of the recipe's data; returns counts and error rows."""
     import torch
 
-    from pisces_cli.artifacts import ArtifactHeader, ShardedArtifactWriter, read_manifest
+    from pisces_cli.artifacts import ArtifactHeader, ShardedArtifactWriter
     from pisces_cli.atomic import atomic_write_json
     from pisces_cli.io.dataset import make_loader
     from pisces_cli.io.preprocess import Preprocessing
@@ -167,7 +167,7 @@ def run_embed(
         atomic_write_json(out_dir / f"summary.rank{ctx.rank}.json", counts)
     barrier()
     if ctx.distributed and ctx.is_main:
-        _merge_rank_manifests(out_dir, ctx.world_size, header, read_manifest_fn=read_manifest)
+        _merge_rank_manifests(out_dir, ctx.world_size)
         counts = _sum_rank_summaries(out_dir, ctx.world_size)
     if ctx.is_main:
         atomic_write_json(out_dir / "summary.json", {"items": len(items), **counts})
@@ -194,17 +194,16 @@ def _sum_rank_summaries(out_dir: Path, world_size: int) -> dict[str, int]:
     return totals
 
 
-def _merge_rank_manifests(out_dir: Path, world_size: int, header: Any, read_manifest_fn: Any) -> None:
+def _merge_rank_manifests(out_dir: Path, world_size: int) -> None:
+    """``manifest.json`` = rank 0's manifest with the shards of every rank; complete when all ranks are."""
     from pisces_cli.atomic import atomic_write_json
 
-    shards: list[dict[str, Any]] = []
-    complete = True
-    for rank in range(world_size):
-        path = out_dir / f"manifest.rank{rank}.json"
-        data = json.loads(path.read_text())
-        complete = complete and bool(data.get("complete"))
-        shards.extend(data.get("shards", []))
-    merged = json.loads((out_dir / "manifest.rank0.json").read_text())
-    merged["shards"] = sorted(shards, key=lambda s: int(s["index"]))
-    merged["complete"] = complete
+    manifests = [
+        json.loads((out_dir / f"manifest.rank{rank}.json").read_text()) for rank in range(world_size)
+    ]
+    merged = manifests[0]
+    merged["shards"] = sorted(
+        (shard for data in manifests for shard in data.get("shards", [])), key=lambda s: int(s["index"])
+    )
+    merged["complete"] = all(bool(data.get("complete")) for data in manifests)
     atomic_write_json(out_dir / "manifest.json", merged)
