@@ -251,7 +251,7 @@ def _pyav_target(source: VideoSource):
     return io.BytesIO(source) if isinstance(source, bytes) else os.fspath(source)
 
 
-def _rgb_converter(av) -> Callable[[object], np.ndarray]:
+def _rgb_converter() -> Callable[[object], np.ndarray]:
     """frame -> uint8 [H, W, 3] RGB, reusing one swscale context (about 3x faster than
     ``frame.to_ndarray(format="rgb24")``, which builds a new one per frame; same pixels)."""
     try:
@@ -301,7 +301,7 @@ def _pyav_read(source: VideoSource, select: IndexSelector | None) -> tuple[np.nd
         needed = set(wanted) or {0}  # decode frame 0 anyway: proves decodability, gives the size
         last_needed = max(needed)
         kept: dict[int, np.ndarray] = {}
-        to_rgb = _rgb_converter(av)
+        to_rgb = _rgb_converter()
         with av.open(_pyav_target(source), mode="r") as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
