@@ -334,7 +334,46 @@ def test_ot_property_partial(problem, mass):
     a = row_mask.double() / row_mask.sum(-1, keepdim=True)
     b = col_mask.double() / col_mask.sum(-1, keepdim=True)
     assert torch.allclose(plan.sum((-2, -1)), torch.full_like(plan[:, 0, 0], mass), atol=1e-8)
-    assert bool((plan.sum(-1) <= a + 1e-8).all()) and bool((plan.sum(-2) <= b + 1e-8).all())
+    # Cost/eps up to 100 can leave a problem short of tol after max_iter: the solver says so
+    # (converged False) and the marginal caps then hold to the marginal error it reports.
+    slack = torch.where(info.converged, 0.0, info.marginal_error).unsqueeze(-1) + 1e-8
+    assert bool((plan.sum(-1) <= a + slack).all()) and bool((plan.sum(-2) <= b + slack).all())
+
+
+def test_partial_caps_hold_to_the_reported_error_when_not_converged():
+    """cost/eps up to ~93 (found by hypothesis): the second problem stops at max_iter, says so, and its
+    column sums exceed b by no more than the marginal error it reports."""
+    cost = torch.tensor(
+        [
+            [
+                [3.2768, 4.1696],
+                [1.1568, 0.7368],
+                [0.7270, 1.2808],
+                [0.1945, 4.6650],
+                [0.6662, 4.5922],
+                [1.0121, 4.4816],
+            ],
+            [
+                [3.3114, 3.0197],
+                [2.4955, 3.3316],
+                [3.4846, 3.4123],
+                [1.4034, 2.5898],
+                [0.6558, 0.5283],
+                [3.8083, 4.6096],
+            ],
+        ],
+        dtype=torch.float64,
+    )
+    row_mask = torch.tensor([[True, False, True, True, True, False], [True, True, False, True, True, True]])
+    col_mask = torch.tensor([[False, True], [True, True]])
+    plan, info = sinkhorn(
+        cost, eps=0.05, mode="partial", mass=0.9, row_mask=row_mask, col_mask=col_mask, **TIGHT
+    )
+    assert info.converged.tolist() == [True, False]
+    b = col_mask.double() / col_mask.sum(-1, keepdim=True)
+    excess = (plan.sum(-2) - b).amax(-1)
+    assert float(excess[1]) > 1e-8  # the unconverged problem really is off its caps...
+    assert bool((excess <= info.marginal_error + 1e-8).all())  # ...by no more than it reports
 
 
 @settings(max_examples=25, deadline=None)
