@@ -441,3 +441,20 @@ def test_encoder_identity_equals_the_loaded_fingerprint(models: Path, tmp_path: 
         assert identity.embed_dim == loaded.embed_dim
         cheap = encoder_identity(backend, str(path))
         assert cheap.fingerprint == {k: v for k, v in loaded.fingerprint().items() if k != "weights_sha256"}
+
+
+def test_loading_the_encoder_from_a_recipe_names_the_key_of_a_missing_file(
+    models: Path, tmp_path: Path
+) -> None:
+    from pisces_cli.rewards.build import load_encoder_from_recipe
+
+    data = recipe_data(models, tmp_path / "run", models={"encoder": {"path": "pretrained/absent.pt"}})
+    with pytest.raises(UsageError, match=r"^models.encoder.path: pretrained/absent.pt not found"):
+        load_encoder_from_recipe(resolve_data(data, [], "t").recipe, torch.device("cpu"))
+    data = recipe_data(
+        models, tmp_path / "run", models={"encoder": {"tokenizer": "pretrained/bert-large-uncased"}}
+    )
+    with pytest.raises(
+        UsageError, match=r"^models.encoder.tokenizer: pretrained/bert-large-uncased is not a folder"
+    ):
+        load_encoder_from_recipe(resolve_data(data, [], "t").recipe, torch.device("cpu"))

@@ -56,19 +56,21 @@ def compare_shapes(expected: Mapping[str, Sequence[int]], found: Mapping[str, Se
         if found_shapes[key] != expected_shapes[key]
     )
     matched = [key for key in common if found_shapes[key] == expected_shapes[key]]
-    elements = 0
-    for key in matched:
-        count = 1
-        for size in expected_shapes[key]:
-            count *= size
-        elements += count
     return KeyCheck(
         missing=sorted(set(expected_shapes) - set(found_shapes)),
         unexpected=sorted(set(found_shapes) - set(expected_shapes)),
         mismatched=mismatched,
         matched_tensors=len(matched),
-        matched_elements=elements,
+        matched_elements=sum(numel(expected_shapes[key]) for key in matched),
     )
+
+
+def numel(shape: Sequence[int]) -> int:
+    """Elements of a tensor of ``shape`` (1 for a scalar)."""
+    count = 1
+    for size in shape:
+        count *= int(size)
+    return count
 
 
 def safetensors_shapes(files: Iterable[str | Path]) -> dict[str, tuple[int, ...]]:
