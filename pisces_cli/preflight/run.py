@@ -222,7 +222,7 @@ def _check_prompts(spec: str | None, key: str, report: PreflightReport) -> None:
     except UsageError as error:
         report.add("input", key, Status.FAIL, str(error))
         return
-    report.add("input", key, Status.OK, f"{spec}: {count} prompts")
+    report.add("input", key, Status.OK, f"{spec}: {count} prompt(s)")
 
 
 def _outputs(
