@@ -73,7 +73,7 @@ def run_preflight(
             else None
         )
         check_ot_map(recipe, report, identity, path=ot_map, key=key, deep=deep, produced_by=writer)
-    if identity is None and "fit-ot" in chosen:
+    if deep and identity is None and "fit-ot" in chosen:
         identity = _quiet_identity(recipe)  # the map's width, for the disk estimate
     if chosen & GENERATOR_STAGES:
         check_generator(recipe, report, deep=deep)
