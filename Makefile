@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.pisces-installed
 
-.PHONY: setup demo test test-all lint bench clean
+.PHONY: setup demo test test-all lint bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/bench_cli_startup.py
+
+# GPU acceptance on one CUDA GPU, under 8 minutes: writes benchmarks/gpu-results.json and gpu-results.md
+# (put a CUDA torch into the venv first, see the README; GPU_CHECK_ARGS="--parts iv2_reward" runs a subset)
+GPU_CHECK_ARGS ?=
+gpu-check: setup
+	$(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf pisces-demo .pytest_cache

@@ -43,7 +43,16 @@ def save_bench_models(root: Path) -> None:
     save_tiny_clip(root / "clip")
 
 
-def build(root: Path, backbone: str, frames: int, size: int):
+def build(
+    root: Path,
+    backbone: str,
+    frames: int,
+    size: int,
+    device: str = "cpu",
+    dtype: str = "float32",
+    precision: str = "no",
+):
+    """A Trainer set up on the models of ``root`` (``device``, generator ``dtype``, ``finetune.mixed_precision``)."""
     from pisces_cli.config import load_recipe
     from pisces_cli.training.trainer import Trainer
 
@@ -51,17 +60,17 @@ def build(root: Path, backbone: str, frames: int, size: int):
     prompts.write_text("a cat runs on grass\na dog jumps\n", encoding="utf-8")
     overrides = [
         f"output_dir={root / backbone}",
-        "runtime.device=cpu",
-        "runtime.dtype=float32",
+        f"runtime.device={device}",
+        f"runtime.dtype={dtype}",
         "models.encoder.backend=clip",
         f"models.encoder.path={root / 'clip'}",
         f"models.generator.backbone={backbone}",
         f"models.generator.path={root / backbone}",
-        "models.generator.dtype=float32",
+        f"models.generator.dtype={dtype}",
         "reward.ot_map=null",
         "reward.token_ot.max_iter=10",
         f"finetune.data.prompts={prompts}",
-        "finetune.mixed_precision='no'",
+        f"finetune.mixed_precision='{precision}'",
         "finetune.lora.rank=4",
         "finetune.lora.alpha=4",
         f"finetune.num_frames={frames}",

@@ -18,7 +18,7 @@ CPU: pisces ≥ 5× faster than the reference loop.
 ``--config full --device cuda`` runs the released 1B architecture (random weights, 224 px, 8 frames by
 default) instead and reports seconds and peak GPU memory per video for: the vision encoder, the semantic
 reward given the video tokens (pisces batched, and the reference loop unless ``--skip-reference``), and the
-whole differentiable reward path (pixels → both encoders → semantic reward → backward to the pixels).
+whole differentiable reward path (pixels → both rewards → backward to the pixels), plus the quality reward.
 
     python benchmarks/bench_iv2_semantic.py [--repeats 3] [--quick] [--threads 1] [--allocator default]
     python benchmarks/bench_iv2_semantic.py --config full --device cuda [--dtype bfloat16] [--skip-reference]
@@ -176,9 +176,12 @@ CAPTIONS = [
 ]
 
 
-def full_backend(frames: int, device: str, dtype: torch.dtype, directory: str) -> InternVideo2Backend:
-    """The released 1B architecture with seeded random weights (BERT-style scale 0.02) on ``device``."""
-    model = randomize_weights(InternVideo2Stage2(InternVideo2Config.stage2_1b(num_frames=frames)), scale=0.02)
+def full_backend(
+    frames: int, device: str, dtype: torch.dtype, directory: str, config: InternVideo2Config | None = None
+) -> InternVideo2Backend:
+    """The released 1B architecture (or ``config``) with seeded random weights (BERT-style scale 0.02) on ``device``."""
+    config = (config or InternVideo2Config.stage2_1b()).with_num_frames(frames)
+    model = randomize_weights(InternVideo2Stage2(config), scale=0.02)
     model.to(device=device, dtype=dtype)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
     with open(f"{directory}/vocab.txt", "w") as handle:
@@ -204,6 +207,51 @@ def measure(fn, device: torch.device, repeats: int) -> tuple[float, float]:
     return statistics.median(times), peak
 
 
+def reward_variants(backend, pixels, captions, settings: TokenOTSettings, *, reference: bool = True) -> dict:
+    """Name → call of the timed variants on ``pixels`` [B, T, 3, S, S]: the vision encoder, the quality reward
+    (global cosine through a random paper-size OT map), the semantic reward given the video tokens (pisces batched,
+    and the reference loop when ``reference``), and pixels → quality + semantic → backward to the pixels."""
+    from pisces_cli.ot.maps import NeuralMap, OTMapNet
+    from pisces_cli.rewards.module import PiscesReward
+
+    ot_map = NeuralMap(OTMapNet(backend.embed_dim), "l2")
+    quality = PiscesReward(backend, ot_map=ot_map, weights={"semantic": 0.0})
+    both = PiscesReward(backend, ot_map=ot_map, token_ot=settings)
+    with torch.no_grad():
+        text = backend.encode_text(captions)
+        video = backend.encode_video(pixels)
+
+    def encode_only() -> None:
+        with torch.no_grad():
+            backend.encode_video(pixels)
+
+    def quality_only() -> None:
+        with torch.no_grad():
+            quality.from_preprocessed(pixels, captions)
+
+    def pisces_reward() -> None:
+        with torch.no_grad():
+            backend.semantic_reward(text, video, settings)
+
+    def reference_reward() -> None:
+        with torch.no_grad():
+            reference_semantic(backend, text, video, settings)
+
+    def with_gradients() -> None:
+        clips = pixels.clone().requires_grad_(True)
+        both.from_preprocessed(clips, captions).total.sum().backward()
+
+    variants = {
+        "vision encoder (no grad)": encode_only,
+        "quality reward": quality_only,
+        "semantic reward, pisces batched": pisces_reward,
+    }
+    if reference:
+        variants["semantic reward, reference loop"] = reference_reward
+    variants["pixels → quality + semantic → backward"] = with_gradients
+    return variants
+
+
 def run_full(args: argparse.Namespace) -> None:
     """The 1B config: seconds and peak memory per video (see the module docstring)."""
     device = torch.device(args.device)
@@ -211,45 +259,22 @@ def run_full(args: argparse.Namespace) -> None:
     batch = args.videos
     with tempfile.TemporaryDirectory() as directory:
         backend = full_backend(args.frames, args.device, dtype, directory)
-        captions = (CAPTIONS * batch)[:batch]
-        size = backend.model.config.vision.img_size
-        pixels = torch.randn(
-            batch, args.frames, 3, size, size, generator=torch.Generator().manual_seed(0)
-        ).to(device, dtype)
-        settings = TokenOTSettings()
-        with torch.no_grad():
-            text = backend.encode_text(captions)
-            video = backend.encode_video(pixels)
-
-        def encode_only() -> None:
-            with torch.no_grad():
-                backend.encode_video(pixels)
-
-        def pisces_reward() -> None:
-            with torch.no_grad():
-                backend.semantic_reward(text, video, settings)
-
-        def reference_reward() -> None:
-            with torch.no_grad():
-                reference_semantic(backend, text, video, settings)
-
-        def with_gradients() -> None:
-            frames = pixels.clone().requires_grad_(True)
-            features = backend.encode_video(frames)
-            backend.semantic_reward(text, features, settings).reward.sum().backward()
-
-        variants = {"vision encoder (no grad)": encode_only, "semantic reward, pisces batched": pisces_reward}
-        if not args.skip_reference:
-            variants["semantic reward, reference loop"] = reference_reward
-        variants["pixels → semantic reward → backward"] = with_gradients
-        print(
-            f"InternVideo2-1B (random weights), {batch} videos × {args.frames} frames at {size} px, "
-            f"{args.dtype}, {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'})"
-        )
-        print(f"{'variant':40s} {'s / video':>10s} {'peak GiB / video':>17s}")
-        for name, fn in variants.items():
-            seconds, peak = measure(fn, device, args.repeats)
-            print(f"{name:40s} {seconds / batch:10.4f} {peak / batch:17.2f}")
+    captions = (CAPTIONS * batch)[:batch]
+    size = backend.model.config.vision.img_size
+    pixels = torch.randn(batch, args.frames, 3, size, size, generator=torch.Generator().manual_seed(0)).to(
+        device, dtype
+    )
+    variants = reward_variants(
+        backend, pixels, captions, TokenOTSettings(), reference=not args.skip_reference
+    )
+    print(
+        f"InternVideo2-1B (random weights), {batch} videos × {args.frames} frames at {size} px, "
+        f"{args.dtype}, {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'})"
+    )
+    print(f"{'variant':40s} {'s / video':>10s} {'peak GiB / video':>17s}")
+    for name, fn in variants.items():
+        seconds, peak = measure(fn, device, args.repeats)
+        print(f"{name:40s} {seconds / batch:10.4f} {peak / batch:17.2f}")
 
 
 def main() -> None:

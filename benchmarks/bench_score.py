@@ -62,12 +62,12 @@ def time_decode(paths: list[Path], workers: int, batch_size: int) -> float:
     return elapsed
 
 
-def make_recipe(root: Path, workers: int, batch_size: int, ot_map: str | None):
+def make_recipe(root: Path, workers: int, batch_size: int, ot_map: str | None, device: str = "cpu"):
     from pisces_cli.config import resolve_data
 
     data = {
         "output_dir": str(root / "run"),
-        "runtime": {"num_workers": workers, "device": "cpu"},
+        "runtime": {"num_workers": workers, "device": device},
         "models": {"encoder": {"backend": "clip", "path": str(root / "enc")}},
         "data": {"videos": str(root / "clips"), "num_frames": NUM_FRAMES},
         "score": {"batch_size": batch_size, "bootstrap_samples": 2000},

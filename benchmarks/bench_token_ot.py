@@ -36,10 +36,10 @@ TARGET = 1e-6
 TOL_LADDER = (1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9)
 
 
-def workload(layers: int, heads: int = 16, words: int = 40, seed: int = 0) -> torch.Tensor:
-    """Token costs ``[layers, heads, 40, 2049]`` built like the reward's (8 frames of 16 x 16 + CLS)."""
+def workload(layers: int, heads: int = 16, words: int = 40, seed: int = 0, frames: int = 8) -> torch.Tensor:
+    """Token costs ``[layers, heads, words, 1 + frames·256]`` built like the reward's (16 x 16 patches + CLS)."""
     gen = torch.Generator().manual_seed(seed)
-    frames, coords = video_token_geometry(8, 16, 16)
+    frames, coords = video_token_geometry(frames, 16, 16)
     tokens, width = frames.numel(), 64
     query = torch.randn(layers, words, width, generator=gen)
     key = torch.randn(layers, tokens, width, generator=gen) + 0.5 * query.mean(1, keepdim=True)
@@ -53,10 +53,10 @@ def reference_released(cost: torch.Tensor, tol: float, max_iter: int = 200) -> t
     cost = cost.float()
     n, m = cost.shape
     log_k = -cost / EPS
-    log_a = torch.full((n,), -float(np.log(n)))
-    log_b = torch.full((m,), -float(np.log(m)))
-    f = torch.zeros(n)
-    g = torch.zeros(m)
+    log_a = torch.full((n,), -float(np.log(n)), device=cost.device)
+    log_b = torch.full((m,), -float(np.log(m)), device=cost.device)
+    f = torch.zeros(n, device=cost.device)
+    g = torch.zeros(m, device=cost.device)
     for _ in range(max_iter):
         f_new = LAMBDA * (log_a - torch.logsumexp(log_k + g[None, :], dim=1))
         g_new = LAMBDA * (log_b - torch.logsumexp(log_k + f_new[:, None], dim=0))

@@ -111,6 +111,12 @@ class BackboneAdapter(ABC):
     """
 
     family: str = ""
+    #: ``_class_name`` of the family's diffusers pipeline in ``model_index.json``
+    pipeline_class_name: str = ""
+    #: pipeline component → the ``model_index.json`` class names this adapter can run
+    component_classes: dict[str, tuple[str, ...]] = {}
+    #: components a folder may leave out (absent or ``[null, null]`` in ``model_index.json``)
+    optional_components: tuple[str, ...] = ()
     pipeline: object
     transformer: torch.nn.Module
     transformer_2: torch.nn.Module | None = None
@@ -137,6 +143,15 @@ class BackboneAdapter(ABC):
 
         ``text_encoders=False`` skips the text encoders (training on precomputed prompt embeddings).
         """
+
+    @classmethod
+    def config_problems(cls, pipeline_config: dict, configs: dict[str, dict]) -> list[str]:
+        """What in a folder's configs this adapter cannot run, read without loading weights.
+
+        ``pipeline_config`` is ``model_index.json``; ``configs`` maps a component to its full config (class
+        defaults filled in); components missing from ``configs`` are not checked. Returns one line per problem.
+        """
+        return []
 
     @property
     def device(self) -> torch.device:

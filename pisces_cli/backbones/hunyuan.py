@@ -26,6 +26,41 @@ class HunyuanVideoAdapter(BackboneAdapter):
     family = "hunyuan_video"
     default_shift = 7.0
     default_guidance = 6.0
+    pipeline_class_name = "HunyuanVideoPipeline"
+    component_classes = {
+        "transformer": ("HunyuanVideoTransformer3DModel",),
+        "vae": ("AutoencoderKLHunyuanVideo",),
+        "scheduler": ("FlowMatchEulerDiscreteScheduler",),
+        "text_encoder": ("LlamaModel",),
+        "tokenizer": ("LlamaTokenizerFast", "LlamaTokenizer", "PreTrainedTokenizerFast"),
+        "text_encoder_2": ("CLIPTextModel",),
+        "tokenizer_2": ("CLIPTokenizer", "CLIPTokenizerFast"),
+    }
+
+    @classmethod
+    def config_problems(cls, pipeline_config: dict, configs: dict[str, dict]) -> list[str]:
+        """Latent channels (transformer ``in_channels`` = VAE ``latent_channels``), text widths (``text_embed_dim``
+        = Llama ``hidden_size``, ``pooled_projection_dim`` = CLIP ``hidden_size``) and an integer patch size."""
+        transformer, vae = configs.get("transformer"), configs.get("vae")
+        llama, clip = configs.get("text_encoder"), configs.get("text_encoder_2")
+        problems = []
+        if transformer and vae and transformer["in_channels"] != vae["latent_channels"]:
+            problems.append(
+                f"transformer in_channels {transformer['in_channels']} != vae latent_channels {vae['latent_channels']}"
+            )
+        if transformer and not isinstance(transformer["patch_size"], int):
+            problems.append(f"transformer patch_size {transformer['patch_size']!r} is not an integer")
+        if transformer and llama and transformer["text_embed_dim"] != llama["hidden_size"]:
+            problems.append(
+                f"transformer text_embed_dim {transformer['text_embed_dim']} != text_encoder hidden_size "
+                f"{llama['hidden_size']}"
+            )
+        if transformer and clip and transformer["pooled_projection_dim"] != clip["hidden_size"]:
+            problems.append(
+                f"transformer pooled_projection_dim {transformer['pooled_projection_dim']} != text_encoder_2 "
+                f"hidden_size {clip['hidden_size']}"
+            )
+        return problems
 
     def __init__(
         self,

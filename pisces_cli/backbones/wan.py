@@ -25,6 +25,45 @@ class WanAdapter(BackboneAdapter):
     family = "wan"
     default_shift = 3.0
     default_guidance = 5.0
+    pipeline_class_name = "WanPipeline"
+    component_classes = {
+        "transformer": ("WanTransformer3DModel",),
+        "transformer_2": ("WanTransformer3DModel",),
+        "vae": ("AutoencoderKLWan",),
+        "scheduler": ("UniPCMultistepScheduler", "FlowMatchEulerDiscreteScheduler"),
+        "text_encoder": ("UMT5EncoderModel",),
+        "tokenizer": ("T5TokenizerFast", "T5Tokenizer", "AutoTokenizer"),
+    }
+    optional_components = ("transformer_2",)
+
+    @classmethod
+    def config_problems(cls, pipeline_config: dict, configs: dict[str, dict]) -> list[str]:
+        """Latent channels (``in_channels`` = VAE ``z_dim`` = length of ``latents_mean``/``latents_std``), a
+        3-long ``patch_size``, text width (``text_dim`` = UMT5 ``d_model``) and ``transformer_2`` only with
+        ``boundary_ratio`` (the A14B expert switch)."""
+        vae, text = configs.get("vae"), configs.get("text_encoder")
+        problems = []
+        for name in ("transformer", "transformer_2"):
+            transformer = configs.get(name)
+            if not transformer:
+                continue
+            if vae and transformer["in_channels"] != vae["z_dim"]:
+                problems.append(
+                    f"{name} in_channels {transformer['in_channels']} != vae z_dim {vae['z_dim']}"
+                )
+            if len(transformer["patch_size"]) != 3:
+                problems.append(f"{name} patch_size {transformer['patch_size']!r} is not (t, h, w)")
+            if text and transformer["text_dim"] != text["d_model"]:
+                problems.append(
+                    f"{name} text_dim {transformer['text_dim']} != text_encoder d_model {text['d_model']}"
+                )
+        if vae:
+            for key in ("latents_mean", "latents_std"):
+                if len(vae[key]) != vae["z_dim"]:
+                    problems.append(f"vae {key} has {len(vae[key])} values for z_dim {vae['z_dim']}")
+        if "transformer_2" in configs and pipeline_config.get("boundary_ratio") is None:
+            problems.append("transformer_2 without boundary_ratio in model_index.json")
+        return problems
 
     def __init__(
         self,

@@ -60,7 +60,55 @@ def cat(
 def validate(
     recipe: str = typer.Argument(..., help="Bundled recipe name or YAML path."),
     overrides: list[str] = overrides_argument(),
+    weights: bool = typer.Option(
+        False,
+        "--weights",
+        help="Also check every model file, the OT map, outputs, GPUs and the memory plan (loads no weights).",
+    ),
+    stage: list[str] = typer.Option(
+        None, "--stage", help="With --weights: check only what this stage needs (repeatable; default: all)."
+    ),
 ) -> None:
-    """Check a recipe against the schema without running anything (exit 2 on errors)."""
+    """Check a recipe against the schema without running anything (exit 2 on errors).
+
+    With --weights, a preflight checks in seconds that every file the recipe names is there and loads: model
+    paths (or hub ids in the local cache), InternVideo2 checkpoint keys and shapes, diffusers folders against
+    the backbone, tokenizer, OT map width and encoder, writable outputs with a disk estimate, GPUs against
+    WORLD_SIZE/LOCAL_WORLD_SIZE, and finetune's memory plan per rank.
+    """
     resolved = load(recipe, overrides)
     console.print(f"[green]ok[/]: {resolved.source} is valid (hash {resolved.hash})")
+    if stage and not weights:
+        raise UsageError("--stage applies to --weights (the preflight of that stage)")
+    if not weights:
+        return
+    from pisces_cli.preflight import STAGES, Status, run_preflight
+
+    report = run_preflight(resolved, stages=tuple(stage) if stage else STAGES)
+    _print_report(report, Status)
+    if not report.ok:
+        console.print(f"[bold red]{len(report.failed)} check(s) failed[/]")
+        raise typer.Exit(2)
+    console.print("[green]preflight passed[/]")
+
+
+def _print_report(report, status_type) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    style = {
+        status_type.OK: "green",
+        status_type.FAIL: "bold red",
+        status_type.WARN: "yellow",
+        status_type.SKIP: "dim",
+    }
+    table = Table(title="preflight", show_lines=False)
+    table.add_column("", no_wrap=True)
+    table.add_column("check", overflow="fold")
+    table.add_column("recipe key", style="cyan", overflow="fold")
+    table.add_column("detail", overflow="fold")
+    for check in report.checks:
+        table.add_row(
+            Text(check.status.value, style=style[check.status]), check.name, check.key, Text(check.detail)
+        )
+    console.print(table, highlight=False)

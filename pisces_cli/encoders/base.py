@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EncoderBackend",
+    "EncoderIdentity",
     "SemanticResult",
     "TextFeatures",
     "TokenGeometry",
@@ -57,6 +58,20 @@ class VideoPreprocessing:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str = "bicubic"
+
+
+@dataclass(frozen=True)
+class EncoderIdentity:
+    """What an encoder checkpoint will be once loaded, read from its config files without loading weights.
+
+    Attributes:
+        fingerprint: ``{"backend", "model"}`` plus ``"weights_sha256"`` when hashed: equal to
+            :meth:`EncoderBackend.fingerprint` of the loaded encoder (the keys present).
+        embed_dim: width ``D`` of the global embeddings (the OT map's input width).
+    """
+
+    fingerprint: dict[str, str]
+    embed_dim: int
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from torch import Tensor
 
 from pisces_cli.encoders.base import (
     EncoderBackend,
+    EncoderIdentity,
     SemanticResult,
     TextFeatures,
     TokenGeometry,
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FAMILIES",
     "ClipBackend",
+    "checkpoint_identity",
     "checkpoint_name",
     "derive_preprocessing",
     "load_clip_backend",
@@ -205,6 +207,54 @@ def checkpoint_name(directory: str | Path) -> str:
     return resolved.name
 
 
+def joint_width(config: Any, model_type: str, model_name: str) -> int:
+    """Width ``D`` of the global embeddings: CLIP's ``projection_dim``; SigLIP's vision width (its pooling head)."""
+    if model_type == "clip":
+        return int(config.projection_dim)
+    if not getattr(config.vision_config, "vision_use_head", True):
+        raise UsageError(
+            f"clip backend: {model_name}: SigLIP vision tower without its pooling head "
+            "(vision_use_head=false) has no image embedding"
+        )
+    return int(config.vision_config.hidden_size)
+
+
+def _checked_config(directory: Path, path_or_id: str | Path) -> dict[str, Any]:
+    """``config.json`` of a local checkpoint directory whose ``model_type`` is supported."""
+    if not directory.is_dir():
+        raise UsageError(
+            f"clip backend: {path_or_id}: expected a local checkpoint directory "
+            "(pisces does not download; fetch it first, e.g. with `hf download`)"
+        )
+    config = _read_json(directory / "config.json") if (directory / "config.json").is_file() else None
+    if config is None:
+        raise UsageError(f"clip backend: {directory}: no config.json")
+    if config.get("model_type") not in FAMILIES:
+        raise UsageError(
+            f"clip backend: {directory / 'config.json'}: model_type {config.get('model_type')!r} is not "
+            f"supported; expected one of {', '.join(FAMILIES)}"
+        )
+    return config
+
+
+def checkpoint_identity(path_or_id: str | Path, *, weights_sha256: bool = True) -> EncoderIdentity:
+    """Fingerprint and embedding width of a checkpoint directory from its ``config.json`` (weights are
+    hashed when asked, never loaded)."""
+    from transformers import AutoConfig
+
+    directory = Path(path_or_id)
+    model_type = _checked_config(directory, path_or_id)["model_type"]
+    name = checkpoint_name(directory)
+    try:
+        config = AutoConfig.from_pretrained(directory, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"clip backend: {directory / 'config.json'}: cannot read ({exc})") from exc
+    fingerprint = {"backend": ClipBackend.name, "model": name}
+    if weights_sha256:
+        fingerprint["weights_sha256"] = hash_directory(directory)
+    return EncoderIdentity(fingerprint, joint_width(config, model_type, name))
+
+
 def load_clip_backend(
     path_or_id: str | Path,
     *,
@@ -230,20 +280,7 @@ def load_clip_backend(
             f"clip backend: unknown option(s) {', '.join(sorted(options))}; known: max_text_length"
         )
     directory = Path(path_or_id)
-    if not directory.is_dir():
-        raise UsageError(
-            f"clip backend: {path_or_id}: expected a local checkpoint directory "
-            "(pisces does not download; fetch it first, e.g. with `hf download`)"
-        )
-    config = _read_json(directory / "config.json") if (directory / "config.json").is_file() else None
-    if config is None:
-        raise UsageError(f"clip backend: {directory}: no config.json")
-    model_type = config.get("model_type")
-    if model_type not in FAMILIES:
-        raise UsageError(
-            f"clip backend: {directory / 'config.json'}: model_type {model_type!r} is not supported; "
-            f"expected one of {', '.join(FAMILIES)}"
-        )
+    model_type = _checked_config(directory, path_or_id)["model_type"]
     if not any(directory.glob("*.safetensors")):
         raise UsageError(
             f"clip backend: {directory}: no *.safetensors weights (pisces loads safetensors only; "
@@ -316,15 +353,7 @@ class ClipBackend(EncoderBackend):
         vision_config = config.vision_config
         self.patch_size = int(vision_config.patch_size)
         self._native_size = _native_size(model_type, vision_config)
-        if model_type == "clip":
-            self.embed_dim = int(config.projection_dim)
-        else:
-            if not getattr(vision_config, "vision_use_head", True):
-                raise UsageError(
-                    f"clip backend: {model_name}: SigLIP vision tower without its pooling head "
-                    "(vision_use_head=false) has no image embedding"
-                )
-            self.embed_dim = int(vision_config.hidden_size)
+        self.embed_dim = joint_width(config, model_type, model_name)
         position_limit = int(config.text_config.max_position_embeddings)
         tokenizer_limit = int(getattr(tokenizer, "model_max_length", position_limit) or position_limit)
         limit = min(position_limit, tokenizer_limit)

@@ -10,9 +10,9 @@ from pisces_cli.errors import UsageError
 if TYPE_CHECKING:
     import torch
 
-    from pisces_cli.encoders.base import EncoderBackend
+    from pisces_cli.encoders.base import EncoderBackend, EncoderIdentity
 
-__all__ = ["KNOWN_BACKENDS", "load_encoder"]
+__all__ = ["KNOWN_BACKENDS", "encoder_identity", "load_encoder"]
 
 #: backend name -> (module, loader function name); ``None`` = reserved, not loadable yet.
 _BACKEND_LOADERS: dict[str, tuple[str, str] | None] = {
@@ -23,6 +23,43 @@ _BACKEND_LOADERS: dict[str, tuple[str, str] | None] = {
 
 #: every backend name ``load_encoder`` knows, loadable or reserved.
 KNOWN_BACKENDS: tuple[str, ...] = tuple(_BACKEND_LOADERS)
+
+
+def _backend_module(backend: str) -> tuple[Any, str]:
+    """The imported module of ``backend`` and the name of its loader function."""
+    if backend not in _BACKEND_LOADERS:
+        raise UsageError(
+            f"unknown reward encoder backend {backend!r}; expected one of: {', '.join(KNOWN_BACKENDS)}"
+        )
+    target = _BACKEND_LOADERS[backend]
+    if target is None:
+        raise UsageError(f"reward encoder backend {backend!r} is reserved and cannot be loaded by path yet")
+    module_name, loader_name = target
+    try:
+        return importlib.import_module(module_name), loader_name
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing == module_name or module_name.startswith(missing + "."):
+            raise UsageError(
+                f"reward encoder backend {backend!r} is not available in this installation "
+                f"(module {module_name} not found)"
+            ) from exc
+        raise UsageError(
+            f"reward encoder backend {backend!r} needs the Python package {missing!r}, which is not installed"
+        ) from exc
+
+
+def encoder_identity(backend: str, path: str, *, weights_sha256: bool = False) -> EncoderIdentity:
+    """Fingerprint and embedding width of the checkpoint ``path`` without loading it.
+
+    Reads only config files (``weights_sha256=True`` also hashes the weight files, streaming them). Each
+    backend module provides ``checkpoint_identity(path, weights_sha256=...)``, which its loader uses too.
+
+    Raises:
+        UsageError: unknown backend, a missing path or unreadable config.
+    """
+    module, _loader = _backend_module(backend)
+    return module.checkpoint_identity(path, weights_sha256=weights_sha256)
 
 
 def load_encoder(
@@ -45,27 +82,10 @@ def load_encoder(
     Raises:
         UsageError: unknown backend, a backend whose module is not available, or a bad checkpoint.
     """
-    if backend not in _BACKEND_LOADERS:
-        raise UsageError(
-            f"unknown reward encoder backend {backend!r}; expected one of: {', '.join(KNOWN_BACKENDS)}"
-        )
-    target = _BACKEND_LOADERS[backend]
-    if target is None:
-        raise UsageError(f"reward encoder backend {backend!r} is reserved and cannot be loaded by path yet")
-    module_name, loader_name = target
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        missing = exc.name or ""
-        if missing == module_name or module_name.startswith(missing + "."):
-            raise UsageError(
-                f"reward encoder backend {backend!r} is not available in this installation "
-                f"(module {module_name} not found)"
-            ) from exc
-        raise UsageError(
-            f"reward encoder backend {backend!r} needs the Python package {missing!r}, which is not installed"
-        ) from exc
+    module, loader_name = _backend_module(backend)
     loader = getattr(module, loader_name, None)
     if loader is None:
-        raise UsageError(f"reward encoder backend {backend!r}: module {module_name} has no {loader_name}()")
+        raise UsageError(
+            f"reward encoder backend {backend!r}: module {module.__name__} has no {loader_name}()"
+        )
     return loader(path_or_id, device=device, dtype=dtype, **options)

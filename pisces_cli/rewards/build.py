@@ -49,6 +49,16 @@ def load_encoder_from_recipe(recipe: Recipe, device: torch.device) -> EncoderBac
     section = recipe.models.encoder
     if not section.path:
         raise UsageError("models.encoder.path is not set: give a local checkpoint (directory or file)")
+    if not Path(section.path).expanduser().exists():
+        raise UsageError(
+            f"models.encoder.path: {section.path} not found (reward encoders load from local files; pisces "
+            "never downloads them: see the README section 'Real model weights')"
+        )
+    if section.tokenizer and not Path(section.tokenizer).expanduser().is_dir():
+        raise UsageError(
+            f"models.encoder.tokenizer: {section.tokenizer} is not a folder (a local bert-large-uncased copy "
+            "with vocab.txt)"
+        )
     return load_encoder(
         section.backend,
         section.path,

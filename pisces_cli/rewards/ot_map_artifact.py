@@ -11,7 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pisces_cli.artifacts import ArtifactHeader, check_fingerprint, load_artifact, save_artifact
+from pisces_cli.artifacts import (
+    ArtifactHeader,
+    check_fingerprint,
+    check_schema,
+    load_artifact,
+    read_header,
+    save_artifact,
+)
 from pisces_cli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -38,6 +45,34 @@ def save_ot_map_artifact(
     return save_artifact(path, tensors, header)
 
 
+def check_ot_map_header(
+    path: str | Path,
+    *,
+    encoder_fingerprint: dict[str, Any] | None = None,
+    dim: int | None = None,
+) -> tuple[ArtifactHeader, int | None]:
+    """Refuse (UsageError, exit 2) a map of another encoder or width from its header and ``dims`` alone.
+
+    Reads only the safetensors header and the two-element ``dims`` tensor, so it takes milliseconds whatever
+    the map's size. Every key of ``encoder_fingerprint`` is compared (pass a fingerprint without
+    ``weights_sha256`` to skip hashing the encoder). Returns the header and the map's input width (None when
+    the file has no ``dims``).
+    """
+    from safetensors import safe_open
+
+    header = read_header(path)
+    check_schema(header, OT_MAP_SCHEMA, path)
+    if encoder_fingerprint is not None:
+        check_fingerprint(
+            header.fingerprints.get("encoder"), encoder_fingerprint, what="encoder", source=str(path)
+        )
+    with safe_open(str(path), framework="pt") as handle:
+        input_dim = int(handle.get_tensor("dims")[0]) if "dims" in handle.keys() else None  # noqa: SIM118
+    if dim is not None and input_dim is not None and input_dim != dim:
+        raise UsageError(f"{path}: the OT map takes {input_dim}-d embeddings but the encoder gives {dim}-d")
+    return header, input_dim
+
+
 def load_ot_map_artifact(
     path: str | Path,
     *,
@@ -47,16 +82,9 @@ def load_ot_map_artifact(
     """Load a map; refuse (UsageError, exit 2) another encoder's map or a dimension mismatch."""
     from pisces_cli.ot.maps import map_from_state
 
+    check_ot_map_header(path, encoder_fingerprint=encoder_fingerprint, dim=dim)
     tensors, header = load_artifact(path, expect_schema=OT_MAP_SCHEMA)
-    if encoder_fingerprint is not None:
-        check_fingerprint(
-            header.fingerprints.get("encoder"), encoder_fingerprint, what="encoder", source=str(path)
-        )
-    dims = tensors.pop("dims", None)
-    if dim is not None and dims is not None and int(dims[0]) != dim:
-        raise UsageError(
-            f"{path}: the OT map takes {int(dims[0])}-d embeddings but the encoder gives {dim}-d"
-        )
+    tensors.pop("dims", None)
     config = header.extra.get("map")
     if not isinstance(config, dict):
         raise UsageError(f"{path}: header has no map config (extra.map)")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pisces_cli.errors import PiscesRuntimeError
+from pisces_cli.preflight import check_stage
 
 if TYPE_CHECKING:
     from pisces_cli.config import ResolvedRecipe
@@ -70,6 +71,7 @@ def run_embed(
     from pisces_cli.stages.inputs import items_from_recipe
     from pisces_cli.stages.progress import progress_bar
 
+    check_stage("embed", resolved, output=output)
     recipe = resolved.recipe
     ctx = init_distributed()
     seed_everything(recipe.seed)

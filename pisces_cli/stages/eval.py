@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from pisces_cli.errors import PiscesRuntimeError, UsageError
 from pisces_cli.io.jsonl import iter_jsonl
+from pisces_cli.preflight import check_stage
 
 if TYPE_CHECKING:
     from pisces_cli.config import ResolvedRecipe
@@ -346,6 +347,7 @@ def run_eval(
     from pisces_cli.runtime import seed_everything
     from pisces_cli.stages.eval_metrics import METRIC_FORMULAS
 
+    check_stage("eval", resolved, videos_dir=videos_dir, output=output, ot_map=ot_map)
     recipe = resolved.recipe
     section = recipe.eval
     use_vbench = section.vbench if vbench is None else vbench

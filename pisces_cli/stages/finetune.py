@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pisces_cli.preflight import check_stage
+
 if TYPE_CHECKING:
     from pisces_cli.config import ResolvedRecipe
     from pisces_cli.training.memory import MemoryEstimate
@@ -185,6 +187,7 @@ def _run(
         if console is not None:
             print_plan(resolved, console, steps)
         return None
+    check_stage("finetune", resolved)
     is_main = dist_context().is_main
     trainer = Trainer(resolved, console=console if is_main else None, resume=not fresh, max_steps=steps)
     trainer.check_plan()

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pisces_cli.errors import UsageError
+from pisces_cli.preflight import check_stage
 
 if TYPE_CHECKING:
     import torch
@@ -83,6 +84,7 @@ def run_fit_ot(resolved: ResolvedRecipe, *, console: Any = None, resume: bool = 
     from pisces_cli.runtime import init_distributed, resolve_device, seed_everything
     from pisces_cli.stages.progress import progress_bar
 
+    check_stage("fit-ot", resolved)
     recipe = resolved.recipe
     section = recipe.fit_ot
     ctx = init_distributed()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pisces_cli.errors import UsageError
+from pisces_cli.preflight import check_stage
 
 if TYPE_CHECKING:
     import torch
@@ -219,6 +220,7 @@ def run_generate(
     from pisces_cli.runtime import barrier, init_distributed
     from pisces_cli.stages.progress import progress_bar
 
+    check_stage("generate", resolved, prompts=prompts, output=output, adapter=adapter_dir)
     section = resolved.recipe.generate
     texts = load_prompts(prompts or section.prompts)
     if limit is not None:

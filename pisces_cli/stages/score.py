@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from pisces_cli.errors import PiscesRuntimeError, UsageError
 from pisces_cli.io.jsonl import iter_jsonl
+from pisces_cli.preflight import check_stage
 from pisces_cli.runtime import cpu_threads_beside_workers
 
 if TYPE_CHECKING:
@@ -89,6 +90,7 @@ def run_score(
     from pisces_cli.stages.inputs import items_from_recipe
     from pisces_cli.stages.progress import progress_bar
 
+    check_stage("score", resolved, videos_dir=videos_dir, output=output, ot_map=ot_map)
     recipe = resolved.recipe
     section = recipe.score
     force = section.force if force is None else force

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from pisces_cli.encoders.base import (
     EncoderBackend,
+    EncoderIdentity,
     SemanticResult,
     TextFeatures,
     TokenGeometry,
@@ -28,6 +29,7 @@ from pisces_cli.encoders.base import (
 )
 from pisces_cli.encoders.fingerprint import hash_directory, hash_weight_files
 from pisces_cli.encoders.internvideo2.checkpoint import load_internvideo2
+from pisces_cli.encoders.internvideo2.config import InternVideo2Config
 from pisces_cli.encoders.internvideo2.model import CONFIG_FILE, InternVideo2Stage2
 from pisces_cli.encoders.internvideo2.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from pisces_cli.encoders.internvideo2.tokenizer import (
@@ -46,7 +48,9 @@ from pisces_cli.ot import TokenOTSettings
 KNOWN_OPTIONS = ("tokenizer_dir", "num_frames", "max_text_length", "use_checkpoint")
 
 
-def _find_tokenizer_dir(model_path: Path, tokenizer_dir: str | Path | None) -> Path:
+def find_tokenizer_dir(model_path: Path, tokenizer_dir: str | Path | None) -> Path:
+    """``tokenizer_dir`` if given, else the first of the model's folder, its ``tokenizer/`` and
+    ``bert-large-uncased/`` sub-folders that holds ``vocab.txt`` or ``tokenizer.json``."""
     if tokenizer_dir is not None:
         return Path(tokenizer_dir)
     base = model_path if model_path.is_dir() else model_path.parent
@@ -57,6 +61,28 @@ def _find_tokenizer_dir(model_path: Path, tokenizer_dir: str | Path | None) -> P
         f"internvideo2 backend: no BERT tokenizer found next to {model_path} (looked for vocab.txt in "
         f"{base}, {base / 'tokenizer'}, {base / 'bert-large-uncased'}); pass tokenizer_dir=<local bert-large-uncased>"
     )
+
+
+def checkpoint_identity(path_or_id: str | Path, *, weights_sha256: bool = True) -> EncoderIdentity:
+    """Fingerprint (model = the export directory's or ``.pt``'s name) and embedding width of a checkpoint,
+    from ``config.json`` (an export) or the 1B config (the released ``.pt``); weights are hashed, never loaded."""
+    path = Path(path_or_id)
+    if path.is_dir():
+        if not (path / CONFIG_FILE).is_file():
+            raise UsageError(
+                f"internvideo2 backend: {path}: no {CONFIG_FILE} (expected a pisces InternVideo2 export)"
+            )
+        embed_dim = InternVideo2Config.load_json(path / CONFIG_FILE).embed_dim
+    elif path.is_file():
+        embed_dim = InternVideo2Config.stage2_1b().embed_dim
+    else:
+        raise UsageError(
+            f"internvideo2 backend: {path_or_id}: not found (expected an export directory or the released .pt)"
+        )
+    fingerprint = {"backend": InternVideo2Backend.name, "model": path.name}
+    if weights_sha256:
+        fingerprint["weights_sha256"] = hash_directory(path) if path.is_dir() else hash_weight_files([path])
+    return EncoderIdentity(fingerprint, embed_dim)
 
 
 def load_backend(
@@ -91,14 +117,10 @@ def load_backend(
             f"internvideo2 backend: unknown option(s) {', '.join(sorted(options))}; known: {', '.join(KNOWN_OPTIONS)}"
         )
     path = Path(path_or_id)
+    identity = checkpoint_identity(path)
     if path.is_dir():
-        if not (path / CONFIG_FILE).is_file():
-            raise UsageError(
-                f"internvideo2 backend: {path}: no {CONFIG_FILE} (expected a pisces InternVideo2 export)"
-            )
         model = InternVideo2Stage2.from_pretrained(path, num_frames, dtype, device, use_checkpoint)
-        weights_sha256 = hash_directory(path)
-    elif path.is_file():
+    else:
         model = load_internvideo2(
             path,
             num_frames=num_frames,
@@ -106,13 +128,11 @@ def load_backend(
             device=device,
             use_checkpoint=use_checkpoint,
         )
-        weights_sha256 = hash_weight_files([path])
-    else:
-        raise UsageError(
-            f"internvideo2 backend: {path_or_id}: not found (expected an export directory or the released .pt)"
-        )
-    tokenizer = load_bert_tokenizer(_find_tokenizer_dir(path, tokenizer_dir))
-    return InternVideo2Backend(model, tokenizer, path.name, weights_sha256, max_text_length)
+    tokenizer = load_bert_tokenizer(find_tokenizer_dir(path, tokenizer_dir))
+    fingerprint = identity.fingerprint
+    return InternVideo2Backend(
+        model, tokenizer, fingerprint["model"], fingerprint["weights_sha256"], max_text_length
+    )
 
 
 class InternVideo2Backend(EncoderBackend):

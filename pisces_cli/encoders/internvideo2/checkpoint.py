@@ -34,6 +34,10 @@ strict check, exactly this set): ``vision_encoder.clip_decoder.*``, ``vision_enc
 ``text_encoder.bert.embeddings.position_ids``. Any other missing, unexpected or mis-shaped key raises
 :class:`~pisces_cli.errors.UsageError` listing them.
 
+The loader and ``pisces validate --weights`` share these rules: :func:`read_released_weights` (wrapper,
+ignore set, key mapping; memory-mapped for the preflight) and :func:`check_mapped_weights` (the strict
+key/shape comparison at the file's own frame count, before any interpolation).
+
 ``pos_embed`` frame change (internvideo2.md §1.3): CLS row kept; patch rows ``[1, T₀·g², C]`` viewed as
 ``[g², C, T₀]`` and resized linearly (``align_corners=False``) to ``T``; then, only if the grid differs,
 bicubic per frame. Computed in fp32 and cast back to the stored dtype.
@@ -53,6 +57,7 @@ from torch import Tensor
 from pisces_cli.encoders.internvideo2.config import InternVideo2Config
 from pisces_cli.encoders.internvideo2.model import CONFIG_FILE, WEIGHTS_FILE, InternVideo2Stage2
 from pisces_cli.errors import UsageError
+from pisces_cli.io.weight_check import KeyCheck, compare_shapes
 
 POS_EMBED_KEY = "vision_encoder.pos_embed"
 IGNORED_PREFIXES = (
@@ -137,6 +142,37 @@ def released_state_dict(raw: object, source: str) -> dict[str, Tensor]:
     return weights
 
 
+def expected_shapes(config: InternVideo2Config) -> dict[str, tuple[int, ...]]:
+    """Name → shape of every tensor of :class:`InternVideo2Stage2` for ``config`` (built on the meta device)."""
+    with torch.device("meta"):
+        model = InternVideo2Stage2(config)
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+
+
+def check_mapped_weights(
+    state_dict: Mapping[str, Tensor], config: InternVideo2Config, source: str
+) -> tuple[KeyCheck, int]:
+    """The strict check every load applies, on shapes only (tensors may be memory-mapped; nothing is read).
+
+    ``state_dict`` is under our names (:func:`read_released_weights` or an export). ``pos_embed``'s frame count
+    T₀ is read off the file and the model of ``config`` at T₀ frames is compared key by key (interpolation to
+    other frame counts happens after this check). Returns ``(check, T₀)``; T₀ is ``config.vision.num_frames``
+    when the file has no ``pos_embed`` (then reported missing).
+    """
+    if POS_EMBED_KEY in state_dict:
+        frames = frames_in_pos_embed(state_dict[POS_EMBED_KEY], config.vision.grid_size, source)
+    else:
+        frames = config.vision.num_frames
+    shapes = {key: tuple(value.shape) for key, value in state_dict.items()}
+    return compare_shapes(expected_shapes(config.with_num_frames(frames)), shapes), frames
+
+
+def refuse_partial_load(check: KeyCheck, source: str) -> None:
+    """Raise :class:`UsageError` listing the missing, unexpected and mis-shaped keys of a failed check."""
+    if not check.ok:
+        raise UsageError(f"{source}: refusing a partial InternVideo2 load; {check.describe(limit=10**9)}")
+
+
 def build_from_state_dict(
     config: InternVideo2Config,
     state_dict: Mapping[str, Tensor],
@@ -153,26 +189,37 @@ def build_from_state_dict(
     """
     with torch.device("meta"):
         model = InternVideo2Stage2(config, use_checkpoint=use_checkpoint)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    mismatched = sorted(
-        f"{key}: file {tuple(state_dict[key].shape)} vs model {tuple(expected[key].shape)}"
-        for key in set(expected) & set(state_dict)
-        if tuple(state_dict[key].shape) != tuple(expected[key].shape)
-    )
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"missing keys ({len(missing)}): {missing}")
-        if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {unexpected}")
-        if mismatched:
-            parts.append(f"shape mismatches ({len(mismatched)}): {mismatched}")
-        raise UsageError(f"{source}: refusing a partial InternVideo2 load; " + "; ".join(parts))
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    shapes = {key: tuple(value.shape) for key, value in state_dict.items()}
+    refuse_partial_load(compare_shapes(expected, shapes), source)
     model.load_state_dict(dict(state_dict), strict=True, assign=True)
     model = model.to(device=device, dtype=dtype)
     return model.eval().requires_grad_(False)
+
+
+def read_released_weights(path: str | os.PathLike[str], *, mmap: bool = False) -> dict[str, Tensor]:
+    """The weights of a released ``.pt`` under our names: wrapper taken, ignored keys dropped, keys mapped.
+
+    ``mmap=True`` memory-maps the file (``torch.load(mmap=True, weights_only=True)``): tensors are views of the
+    file and nothing is read until touched, so a multi-GB checkpoint is checked in milliseconds. Files in
+    torch's legacy (non-zip) format cannot be mapped and are read whole.
+    """
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise UsageError(f"{source}: InternVideo2 checkpoint not found")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except RuntimeError as error:
+        if not (mmap and "zipfile" in str(error)):
+            raise UsageError(f"{source}: cannot read as a weights-only torch checkpoint ({error})") from error
+        return read_released_weights(path, mmap=False)
+    except Exception as error:  # noqa: BLE001 - any unpickling failure is a bad input file
+        raise UsageError(f"{source}: cannot read as a weights-only torch checkpoint ({error})") from error
+    weights = released_state_dict(raw, source)
+    return {
+        map_released_key(key): value for key, value in weights.items() if not is_ignored_released_key(key)
+    }
 
 
 def load_internvideo2(
@@ -188,20 +235,9 @@ def load_internvideo2(
     ``config`` defaults to :meth:`InternVideo2Config.stage2_1b`; ``num_frames`` defaults to the checkpoint's
     frame count (4), otherwise ``pos_embed`` is interpolated to it. Refuses partial loads (see module docstring).
     """
-    path = Path(path)
-    source = str(path)
-    if not path.is_file():
-        raise UsageError(f"{source}: InternVideo2 checkpoint not found")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unpickling failure is a bad input file
-        raise UsageError(f"{source}: cannot read as a weights-only torch checkpoint ({error})") from error
-    weights = released_state_dict(raw, source)
+    mapped = read_released_weights(path)
     config = config or InternVideo2Config.stage2_1b()
-    mapped = {
-        map_released_key(key): value for key, value in weights.items() if not is_ignored_released_key(key)
-    }
-    return _load_mapped(mapped, config, num_frames, dtype, device, source, use_checkpoint)
+    return _load_mapped(mapped, config, num_frames, dtype, device, str(path), use_checkpoint)
 
 
 def _load_mapped(
@@ -213,17 +249,14 @@ def _load_mapped(
     source: str,
     use_checkpoint: bool,
 ) -> InternVideo2Stage2:
-    grid = config.vision.grid_size
-    if POS_EMBED_KEY in state_dict:
-        stored_frames = frames_in_pos_embed(state_dict[POS_EMBED_KEY], grid, source)
-        target_frames = stored_frames if num_frames is None else num_frames
-        if target_frames < 1:
-            raise UsageError(f"num_frames must be >= 1, got {target_frames}")
-        state_dict[POS_EMBED_KEY] = interpolate_pos_embed(
-            state_dict[POS_EMBED_KEY], stored_frames, target_frames, grid
-        )
-    else:
-        target_frames = num_frames or config.vision.num_frames  # the strict check reports the missing key
+    check, stored_frames = check_mapped_weights(state_dict, config, source)
+    refuse_partial_load(check, source)
+    target_frames = stored_frames if num_frames is None else num_frames
+    if target_frames < 1:
+        raise UsageError(f"num_frames must be >= 1, got {target_frames}")
+    state_dict[POS_EMBED_KEY] = interpolate_pos_embed(
+        state_dict[POS_EMBED_KEY], stored_frames, target_frames, config.vision.grid_size
+    )
     return build_from_state_dict(
         config.with_num_frames(target_frames), state_dict, dtype, device, source, use_checkpoint
     )

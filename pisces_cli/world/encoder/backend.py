@@ -22,6 +22,7 @@ from torch import Tensor
 
 from pisces_cli.encoders.base import (
     EncoderBackend,
+    EncoderIdentity,
     SemanticResult,
     TextFeatures,
     TokenGeometry,
@@ -32,11 +33,11 @@ from pisces_cli.encoders.fingerprint import hash_directory
 from pisces_cli.encoders.prior_fusion import cross_attention_semantic_reward, select_ot_layers
 from pisces_cli.errors import UsageError
 from pisces_cli.ot import TokenOTSettings
-from pisces_cli.world.encoder.checkpoint import load_world_encoder
+from pisces_cli.world.encoder.checkpoint import load_world_encoder, read_world_config
 from pisces_cli.world.encoder.model import WorldEncoder
 from pisces_cli.world.encoder.tokenizer import WordTokenizer
 
-__all__ = ["WorldEncoderBackend", "load_world_backend"]
+__all__ = ["WorldEncoderBackend", "checkpoint_identity", "load_world_backend"]
 
 
 def load_world_backend(
@@ -53,11 +54,21 @@ def load_world_backend(
     """
     if options:
         raise UsageError(f"world backend: unknown option(s) {', '.join(sorted(options))}; it takes none")
+    fingerprint = checkpoint_identity(path).fingerprint
+    model, tokenizer = load_world_encoder(path, device=device, dtype=dtype)
+    return WorldEncoderBackend(model, tokenizer, fingerprint["model"], fingerprint["weights_sha256"])
+
+
+def checkpoint_identity(path: str | Path, *, weights_sha256: bool = True) -> EncoderIdentity:
+    """Fingerprint (model = the directory's resolved name) and embedding width from ``config.json``."""
     directory = Path(path)
     if not directory.is_dir():
         raise UsageError(f"world backend: {path}: expected a world encoder checkpoint directory")
-    model, tokenizer = load_world_encoder(directory, device=device, dtype=dtype)
-    return WorldEncoderBackend(model, tokenizer, directory.resolve().name, hash_directory(directory))
+    config = read_world_config(directory)
+    fingerprint = {"backend": WorldEncoderBackend.name, "model": directory.resolve().name}
+    if weights_sha256:
+        fingerprint["weights_sha256"] = hash_directory(directory)
+    return EncoderIdentity(fingerprint, config.embed_dim)
 
 
 class WorldEncoderBackend(EncoderBackend):

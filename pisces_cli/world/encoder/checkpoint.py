@@ -28,12 +28,8 @@ def save_world_encoder(model: WorldEncoder, tokenizer: WordTokenizer, directory:
     return target
 
 
-def load_world_encoder(
-    directory: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
-) -> tuple[WorldEncoder, WordTokenizer]:
-    """Load a checkpoint written by :func:`save_world_encoder` (strict: every weight must match)."""
-    from safetensors.torch import load_file
-
+def read_world_config(directory: str | Path) -> WorldEncoderConfig:
+    """The config of a checkpoint directory, after checking its three files exist (no weights are read)."""
     root = Path(directory)
     for name in (CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE):
         if not (root / name).is_file():
@@ -46,7 +42,17 @@ def load_world_encoder(
         raise UsageError(f"world encoder: {root / CONFIG_FILE}: cannot read JSON ({exc})") from exc
     if not isinstance(data, dict) or data.pop("model_type", None) != MODEL_TYPE:
         raise UsageError(f"world encoder: {root / CONFIG_FILE}: model_type must be {MODEL_TYPE!r}")
-    config = WorldEncoderConfig.from_dict(data)
+    return WorldEncoderConfig.from_dict(data)
+
+
+def load_world_encoder(
+    directory: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
+) -> tuple[WorldEncoder, WordTokenizer]:
+    """Load a checkpoint written by :func:`save_world_encoder` (strict: every weight must match)."""
+    from safetensors.torch import load_file
+
+    root = Path(directory)
+    config = read_world_config(root)
     tokenizer = WordTokenizer.load(root / VOCAB_FILE)
     if len(tokenizer) != config.vocab_size:
         raise UsageError(

@@ -1,0 +1,460 @@
+"""`pisces validate RECIPE --weights` and the cheap preflight every stage runs: a correct tiny setup passes;
+each broken variant fails with the right row and exit code 2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from pisces_cli.artifacts import ArtifactHeader
+from pisces_cli.cli.main import main
+from pisces_cli.config import resolve_data
+from pisces_cli.encoders.internvideo2 import InternVideo2Config
+from pisces_cli.errors import UsageError
+from pisces_cli.preflight import StageInputs, Status, check_stage, run_preflight
+
+WORDS = ["a", "red", "cat", "runs"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny InternVideo2 export (+ vocab), tiny HunyuanVideo and Wan folders, an OT map fit on the encoder."""
+    from pisces_cli.backbones.tiny import save_tiny_hunyuan, save_tiny_wan
+    from pisces_cli.encoders.internvideo2.tiny import save_tiny_internvideo2
+
+    root = tmp_path_factory.mktemp("preflight")
+    save_tiny_internvideo2(root / "iv2", WORDS)
+    save_tiny_hunyuan(root / "hunyuan")
+    save_tiny_wan(root / "wan")
+    encoder_fp, dim = encoder_fingerprint(root / "iv2")
+    write_map(root / "ot_map.safetensors", dim, encoder_fp)
+    write_map(root / "ot_map_wide.safetensors", dim + 8, encoder_fp)
+    (root / "prompts.txt").write_text("a red cat runs\n", encoding="utf-8")
+    (root / "clips").mkdir()
+    return root
+
+
+def encoder_fingerprint(path: Path) -> tuple[dict, int]:
+    from pisces_cli.encoders.registry import load_encoder
+
+    encoder = load_encoder("internvideo2", str(path))
+    return encoder.fingerprint(), encoder.embed_dim
+
+
+def write_map(path: Path, dim: int, fingerprint: dict) -> None:
+    from pisces_cli.ot.maps import fit_gaussian_map
+    from pisces_cli.rewards import save_ot_map_artifact
+
+    generator = torch.Generator().manual_seed(0)
+    transport_map = fit_gaussian_map(
+        torch.randn(64, dim, generator=generator), torch.randn(64, dim, generator=generator)
+    )
+    header = ArtifactHeader(schema="", stage="test", fingerprints={"encoder": fingerprint})
+    save_ot_map_artifact(path, transport_map, dim, header)
+
+
+def recipe_data(root: Path, run: Path, **changes: dict) -> dict:
+    """A recipe over the tiny models in ``root`` writing under ``run``; ``changes`` are merged into sections."""
+    data = {
+        "output_dir": str(run),
+        "runtime": {"device": "cpu"},
+        "models": {
+            "encoder": {"backend": "internvideo2", "path": str(root / "iv2"), "num_frames": 4},
+            "generator": {"backbone": "hunyuan", "path": str(root / "hunyuan"), "dtype": "float32"},
+        },
+        "data": {"videos": str(root / "clips")},
+        "reward": {"ot_map": str(root / "ot_map.safetensors")},
+        "finetune": {
+            "data": {"prompts": str(root / "prompts.txt")},
+            "lora": {"rank": 4, "alpha": 4},
+            "num_frames": 9,
+            "height": 32,
+            "width": 32,
+        },
+        "generate": {"prompts": str(root / "prompts.txt"), "num_frames": 9, "height": 32, "width": 32},
+    }
+    return merge(data, changes)
+
+
+def merge(base: dict, changes: dict) -> dict:
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = (
+            merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
+    return out
+
+
+def write_recipe(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def validate(recipe: Path, *extra: str) -> int:
+    return main(["validate", str(recipe), "--weights", *extra])
+
+
+def rows(report, status: Status) -> dict[str, str]:
+    return {check.key: check.detail for check in report.checks if check.status is status}
+
+
+def named(report, name: str):
+    """The first row called ``name``."""
+    return next(check for check in report.checks if check.name == name)
+
+
+def preflight(root: Path, tmp_path: Path, stages=None, **changes):
+    resolved = resolve_data(recipe_data(root, tmp_path / "run", **changes), [], "test")
+    return run_preflight(resolved, **({"stages": stages} if stages else {}))
+
+
+# ----------------------------------------------------------------------------------------- correct setup
+
+
+def test_correct_tiny_setup_passes_every_check(models: Path, tmp_path: Path, capsys) -> None:
+    recipe = write_recipe(tmp_path / "recipe.yaml", recipe_data(models, tmp_path / "run"))
+    assert validate(recipe) == 0
+    out = capsys.readouterr().out
+    assert "✗" not in out and "preflight passed" in out
+    report = preflight(models, tmp_path)
+    assert report.ok
+    passed = {(check.name, check.key) for check in report.checks if check.status is Status.OK}
+    for row in [
+        ("reward encoder", "models.encoder.path"),
+        ("tokenizer", "models.encoder.tokenizer"),
+        ("OT map", "reward.ot_map"),
+        ("generator", "models.generator.path"),
+        ("generator transformer", "models.generator.path"),
+        ("generator vae", "models.generator.path"),
+        ("generator configs", "models.generator.path"),
+        ("output", "finetune.output"),
+        ("memory plan", "finetune"),
+    ]:
+        assert row in passed, row
+    # nothing was written by the probes
+    assert not (tmp_path / "run").exists()
+
+
+def test_validate_without_weights_is_schema_only_and_stage_needs_weights(
+    models: Path, tmp_path: Path
+) -> None:
+    broken = recipe_data(
+        models, tmp_path / "run", models={"encoder": {"backend": "internvideo2", "path": "/nowhere"}}
+    )
+    recipe = write_recipe(tmp_path / "recipe.yaml", broken)
+    assert main(["validate", str(recipe)]) == 0
+    assert main(["validate", str(recipe), "--stage", "embed"]) == 2
+
+
+def test_stage_option_limits_the_checks(models: Path, tmp_path: Path) -> None:
+    report = preflight(models, tmp_path, stages=("generate",))
+    keys = {check.key for check in report.checks}
+    assert "models.generator.path" in keys and "generate.output" in keys
+    assert "models.encoder.path" not in keys and "reward.ot_map" not in keys
+    with pytest.raises(UsageError, match="unknown stage"):
+        preflight(models, tmp_path, stages=("train",))
+
+
+# ----------------------------------------------------------------------------------------- broken variants
+
+
+def test_missing_encoder_file_names_its_key(models: Path, tmp_path: Path, capsys) -> None:
+    data = recipe_data(models, tmp_path / "run")
+    data["models"]["encoder"]["path"] = str(tmp_path / "InternVideo2-stage2_1b-224p-f4.pt")
+    assert validate(write_recipe(tmp_path / "r.yaml", data)) == 2
+    out = capsys.readouterr().out
+    assert "models.encoder.path" in out and "not found" in out
+    report = run_preflight(resolve_data(data, [], "t"))
+    assert "models.encoder.path" in rows(report, Status.FAIL)
+
+
+def test_missing_tokenizer_and_generator_files(models: Path, tmp_path: Path) -> None:
+    data = recipe_data(models, tmp_path / "run")
+    data["models"]["encoder"]["tokenizer"] = str(tmp_path / "bert-large-uncased")
+    data["models"]["generator"]["path"] = str(tmp_path / "no-such-folder")
+    failed = rows(run_preflight(resolve_data(data, [], "t")), Status.FAIL)
+    assert "models.encoder.tokenizer" in failed
+    assert "not found" in failed["models.generator.path"]
+
+
+def test_missing_vae_weights_fail_the_component(models: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "hunyuan"
+    shutil.copytree(models / "hunyuan", folder)
+    (folder / "vae" / "diffusion_pytorch_model.safetensors").unlink()
+    report = preflight(models, tmp_path, models={"generator": {"backbone": "hunyuan", "path": str(folder)}})
+    failed = [check for check in report.failed if check.name == "generator vae"]
+    assert failed and "no safetensors weights" in failed[0].detail
+
+
+@pytest.fixture(scope="module")
+def released(models: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Released-layout ``.pt`` files of the tiny model: intact, with a renamed key, with a wrong shape."""
+    from test_iv2_checkpoint import released_layout
+
+    from pisces_cli.encoders.internvideo2 import InternVideo2Stage2
+
+    root = tmp_path_factory.mktemp("released")
+    model = InternVideo2Stage2.from_pretrained(models / "iv2")
+    files = {}
+    for name in ("good", "renamed", "misshaped"):
+        weights = released_layout(model)
+        if name == "renamed":
+            weights["vision_encoder.blocks.1.attn.qkv.weights"] = weights.pop(
+                "vision_encoder.blocks.1.attn.qkv.weight"
+            )
+        if name == "misshaped":
+            weights["itm_head.weight"] = torch.zeros(3, weights["itm_head.weight"].shape[1])
+        files[name] = root / f"{name}.pt"
+        torch.save({"module": weights}, files[name])
+    return files
+
+
+@pytest.fixture
+def tiny_is_released(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The released .pt is read with the 1B config; here the tiny config stands in for it."""
+    monkeypatch.setattr(
+        InternVideo2Config, "stage2_1b", classmethod(lambda cls, num_frames=4: cls.tiny(num_frames))
+    )
+
+
+def released_recipe(models: Path, run: Path, checkpoint: Path) -> dict:
+    data = recipe_data(models, run, reward={"ot_map": None})
+    data["models"]["encoder"].update(path=str(checkpoint), tokenizer=str(models / "iv2"))
+    return data
+
+
+def test_released_checkpoint_is_checked_memory_mapped(
+    models: Path, released: dict[str, Path], tmp_path: Path, tiny_is_released: None
+) -> None:
+    report = run_preflight(resolve_data(released_recipe(models, tmp_path, released["good"]), [], "t"))
+    detail = rows(report, Status.OK)["models.encoder.path"]
+    assert "released checkpoint" in detail and "match the model" in detail
+
+
+def test_wrong_key_in_a_pt_is_listed(
+    models: Path, released: dict[str, Path], tmp_path: Path, tiny_is_released: None, capsys
+) -> None:
+    recipe = write_recipe(tmp_path / "r.yaml", released_recipe(models, tmp_path / "run", released["renamed"]))
+    assert validate(recipe, "--stage", "embed") == 2
+    failed = rows(run_preflight(resolve_data(yaml.safe_load(recipe.read_text()), [], "t")), Status.FAIL)
+    detail = failed["models.encoder.path"]
+    assert "missing keys (1): ['vision_encoder.blocks.1.attn.qkv.weight']" in detail
+    assert "unexpected keys (1): ['vision_encoder.blocks.1.attn.qkv.weights']" in detail
+    assert "✗" in capsys.readouterr().out
+
+
+def test_wrong_shape_in_a_pt_is_listed(
+    models: Path, released: dict[str, Path], tmp_path: Path, tiny_is_released: None
+) -> None:
+    data = released_recipe(models, tmp_path / "run", released["misshaped"])
+    failed = rows(run_preflight(resolve_data(data, [], "t"), stages=("score",)), Status.FAIL)
+    assert "itm_head.weight: file (3, 32) vs model (2, 32)" in failed["models.encoder.path"]
+
+
+def test_diffusers_folder_of_another_model(models: Path, tmp_path: Path, capsys) -> None:
+    data = recipe_data(models, tmp_path / "run")
+    data["models"]["generator"]["path"] = str(models / "wan")
+    assert validate(write_recipe(tmp_path / "r.yaml", data), "--stage", "generate") == 2
+    assert "WanPipeline" in capsys.readouterr().out
+    failed = rows(run_preflight(resolve_data(data, [], "t"), stages=("generate",)), Status.FAIL)
+    assert "is a WanPipeline but models.generator.backbone=hunyuan" in failed["models.generator.path"]
+
+
+def edited_copy(source: Path, target: Path, component: str, **changes) -> Path:
+    """A copy of a diffusers folder with ``changes`` written into one component's config.json."""
+    shutil.copytree(source, target)
+    config_path = target / component / "config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), **changes}))
+    return target
+
+
+def test_transformer_weights_of_another_size(models: Path, tmp_path: Path) -> None:
+    folder = edited_copy(models / "hunyuan", tmp_path / "hunyuan", "transformer", num_layers=2)
+    report = preflight(models, tmp_path, stages=("generate",), models={"generator": {"path": str(folder)}})
+    failed = [check for check in report.failed if check.name == "generator transformer"]
+    assert failed and "missing keys" in failed[0].detail and "transformer_blocks.1." in failed[0].detail
+
+
+def test_component_configs_that_disagree(models: Path, tmp_path: Path) -> None:
+    folder = edited_copy(models / "wan", tmp_path / "wan", "text_encoder", d_model=48)
+    report = preflight(
+        models, tmp_path, stages=("generate",), models={"generator": {"backbone": "wan", "path": str(folder)}}
+    )
+    failed = [check for check in report.failed if check.name == "generator configs"]
+    assert failed and "text_dim 32 != text_encoder d_model 48" in failed[0].detail
+
+
+def test_ot_map_of_another_width(models: Path, tmp_path: Path, capsys) -> None:
+    data = recipe_data(models, tmp_path / "run", reward={"ot_map": str(models / "ot_map_wide.safetensors")})
+    assert validate(write_recipe(tmp_path / "r.yaml", data), "--stage", "score") == 2
+    capsys.readouterr()
+    failed = rows(run_preflight(resolve_data(data, [], "t"), stages=("score",)), Status.FAIL)
+    assert "takes 24-d embeddings but the encoder gives 16-d" in failed["reward.ot_map"]
+
+
+def test_ot_map_of_another_encoder(models: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other.safetensors"
+    fingerprint, dim = encoder_fingerprint(models / "iv2")
+    write_map(other, dim, {**fingerprint, "weights_sha256": "0" * 64})
+    data = recipe_data(models, tmp_path / "run", reward={"ot_map": str(other)})
+    cheap = rows(run_preflight(resolve_data(data, [], "t"), stages=("score",), deep=False), Status.OK)
+    assert "reward.ot_map" in cheap  # the cheap check compares backend and model name only
+    failed = rows(run_preflight(resolve_data(data, [], "t"), stages=("score",)), Status.FAIL)
+    assert "weights_sha256" in failed["reward.ot_map"]
+
+
+def test_unwritable_output(models: Path, tmp_path: Path, capsys) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    data = recipe_data(models, blocker / "run")
+    assert validate(write_recipe(tmp_path / "r.yaml", data), "--stage", "fit-ot") == 2
+    capsys.readouterr()
+    failed = rows(run_preflight(resolve_data(data, [], "t"), stages=("embed",)), Status.FAIL)
+    assert "is a file" in failed["embed.output"]
+
+
+def test_read_only_folder_is_unwritable(models: Path, tmp_path: Path) -> None:
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        report = preflight(models, tmp_path, stages=("embed",), embed={"output": str(locked / "emb")})
+        assert "cannot create files" in rows(report, Status.FAIL)["embed.output"]
+    finally:
+        locked.chmod(0o755)
+
+
+def test_disk_estimate_larger_than_the_free_space(models: Path, tmp_path: Path, monkeypatch) -> None:
+    from pisces_cli.preflight import outputs
+
+    monkeypatch.setattr(outputs, "free_bytes", lambda folder: 1024)
+    failed = rows(preflight(models, tmp_path, stages=("fit-ot",)), Status.FAIL)
+    assert "to write" in failed["fit_ot.output"] and "1 KiB free" in failed["fit_ot.output"]
+
+
+# ----------------------------------------------------------------------------------------- hub ids, devices
+
+
+def fake_hub_cache(cache: Path, repo: str, source: Path) -> None:
+    """The layout huggingface_hub keeps: models--org--name/{refs/main, snapshots/<commit>/...}."""
+    repo_dir = cache / f"models--{repo.replace('/', '--')}"
+    commit = "0" * 40
+    shutil.copytree(source, repo_dir / "snapshots" / commit)
+    (repo_dir / "refs").mkdir(parents=True)
+    (repo_dir / "refs" / "main").write_text(commit)
+
+
+def test_hub_id_cached_offline_and_uncached(
+    models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hub"
+    fake_hub_cache(cache, "tiny-org/tiny-hunyuan", models / "hunyuan")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cached = preflight(
+        models, tmp_path, stages=("generate",), models={"generator": {"path": "tiny-org/tiny-hunyuan"}}
+    )
+    assert cached.ok and "hub cache" in named(cached, "generator").detail
+    missing = {"generator": {"path": "tiny-org/absent"}}
+    offline = rows(preflight(models, tmp_path, stages=("generate",), models=missing), Status.FAIL)
+    assert "HF_HUB_OFFLINE is set" in offline["models.generator.path"]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "0")
+    online = preflight(models, tmp_path, stages=("generate",), models=missing)
+    assert online.ok and "will download" in rows(online, Status.WARN)["models.generator.path"]
+
+
+def test_gpus_against_the_world_size_and_memory(
+    models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pisces_cli.preflight import devices
+
+    monkeypatch.setattr(devices, "visible_gpus", lambda: [("Fake GPU", 80 * 2**30)] * 4)
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    failed = rows(preflight(models, tmp_path, stages=("finetune",), runtime={"device": "auto"}), Status.FAIL)
+    assert "4 GPU(s) visible" in failed["runtime.device"] and "LOCAL_WORLD_SIZE=8" in failed["runtime.device"]
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    monkeypatch.setattr(devices, "visible_gpus", lambda: [("Fake GPU", 1024)] * 4)
+    failed = rows(preflight(models, tmp_path, stages=("finetune",), runtime={"device": "auto"}), Status.FAIL)
+    assert "runtime.device" not in failed and "per GPU" in failed["finetune"]
+    monkeypatch.setattr(devices, "visible_gpus", lambda: [])
+    report = preflight(models, tmp_path, stages=("finetune",), runtime={"device": "cuda"})
+    assert "no CUDA device visible" in rows(report, Status.FAIL)["runtime.device"]
+
+
+# ----------------------------------------------------------------------------------------- cheap stage check
+
+
+def test_every_stage_names_the_key_of_a_missing_file(models: Path, tmp_path: Path) -> None:
+    from pisces_cli.stages.embed import run_embed
+    from pisces_cli.stages.generate import run_generate
+    from pisces_cli.stages.score import run_score
+
+    data = recipe_data(models, tmp_path / "run")
+    data["models"]["encoder"]["path"] = "pretrained/InternVideo2-stage2_1b-224p-f4.pt"
+    with pytest.raises(
+        UsageError, match=r"✗ models.encoder.path: pretrained/InternVideo2-stage2_1b-224p-f4.pt not found"
+    ):
+        run_embed(resolve_data(data, [], "t"))
+    data = recipe_data(models, tmp_path / "run", reward={"ot_map": str(tmp_path / "absent.safetensors")})
+    with pytest.raises(UsageError, match="reward.ot_map: .*absent.safetensors does not exist"):
+        run_score(resolve_data(data, [], "t"), str(models / "clips"))
+    with pytest.raises(UsageError, match="--ot-map: .*absent.safetensors does not exist"):
+        run_score(resolve_data(recipe_data(models, tmp_path / "run"), [], "t"), str(models / "clips"),
+                  ot_map=str(tmp_path / "absent.safetensors"))  # fmt: skip
+    data = recipe_data(models, tmp_path / "run", models={"generator": {"path": str(models / "wan")}})
+    with pytest.raises(UsageError, match="models.generator.path: .* is a WanPipeline"):
+        run_generate(resolve_data(data, [], "t"))
+    assert not (tmp_path / "run").exists()  # refused before writing anything
+
+
+def test_cheap_check_passes_on_the_correct_setup(models: Path, tmp_path: Path) -> None:
+    resolved = resolve_data(recipe_data(models, tmp_path / "run"), [], "t")
+    for stage in ("embed", "score", "finetune", "generate", "eval"):
+        check_stage(stage, resolved, videos_dir=str(models / "clips") if stage in ("score", "eval") else None)
+    with pytest.raises(UsageError, match="fit_ot.embeddings: .* is not a folder"):
+        check_stage("fit-ot", resolved)
+    assert StageInputs().output is None
+
+
+def test_encoder_identity_equals_the_loaded_fingerprint(models: Path, tmp_path: Path) -> None:
+    from pisces_cli.encoders.registry import encoder_identity, load_encoder
+    from pisces_cli.encoders.tiny_clip import save_tiny_clip
+
+    save_tiny_clip(tmp_path / "clip", "clip", words=WORDS)
+    for backend, path in (("internvideo2", models / "iv2"), ("clip", tmp_path / "clip")):
+        loaded = load_encoder(backend, str(path))
+        identity = encoder_identity(backend, str(path), weights_sha256=True)
+        assert identity.fingerprint == loaded.fingerprint()
+        assert identity.embed_dim == loaded.embed_dim
+        cheap = encoder_identity(backend, str(path))
+        assert cheap.fingerprint == {k: v for k, v in loaded.fingerprint().items() if k != "weights_sha256"}
+
+
+def test_loading_the_encoder_from_a_recipe_names_the_key_of_a_missing_file(
+    models: Path, tmp_path: Path
+) -> None:
+    from pisces_cli.rewards.build import load_encoder_from_recipe
+
+    data = recipe_data(models, tmp_path / "run", models={"encoder": {"path": "pretrained/absent.pt"}})
+    with pytest.raises(UsageError, match=r"^models.encoder.path: pretrained/absent.pt not found"):
+        load_encoder_from_recipe(resolve_data(data, [], "t").recipe, torch.device("cpu"))
+    data = recipe_data(
+        models, tmp_path / "run", models={"encoder": {"tokenizer": "pretrained/bert-large-uncased"}}
+    )
+    with pytest.raises(
+        UsageError, match=r"^models.encoder.tokenizer: pretrained/bert-large-uncased is not a folder"
+    ):
+        load_encoder_from_recipe(resolve_data(data, [], "t").recipe, torch.device("cpu"))
