@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from pisces_cli.cli.common import console, load, overrides_argument, recipe_option
+from pisces_cli.rendering import print_table
 
 
 def embed(
@@ -87,7 +88,7 @@ def _print_metrics(title: str, metrics: dict[str, float]) -> None:
     table.add_column("value", justify="right")
     for name, value in metrics.items():
         table.add_row(name, f"{value:.4f}")
-    console.print(table)
+    print_table(console, table)
 
 
 def _print_score_table(summary) -> None:
@@ -104,7 +105,7 @@ def _print_score_table(summary) -> None:
         table.add_row(
             column, f"{stat['mean']:.4f}", f"[{stat['ci_low']:.4f}, {stat['ci_high']:.4f}]", str(stat["n"])
         )
-    console.print(table)
+    print_table(console, table)
     console.print(f"[green]wrote[/] {summary.output}/scores.jsonl, scores.csv, summary.json")
 
 
@@ -273,7 +274,7 @@ def _print_eval_table(summary) -> None:
         table.add_row(
             name, f"{stat['mean']:.4f}", f"[{stat['ci_low']:.4f}, {stat['ci_high']:.4f}]", str(stat["n"])
         )
-    console.print(table)
+    print_table(console, table)
     if summary.vbench:
         console.print(
             f"VBench ({summary.vbench['mode']}): total {summary.vbench['total']:.2f}, "
@@ -307,7 +308,7 @@ def eval_aggregate(
     from pisces_cli.evaluation.vbench_aggregate import render_vbench_table
 
     console.print(f"input scale: {result.input_scale} (detected)")
-    console.print(render_vbench_table(result))
+    print_table(console, render_vbench_table(result))
     if output:
         console.print(f"[green]wrote[/] {output}")
 
@@ -365,7 +366,7 @@ def print_comparison(summary) -> None:
             f"[{m.ci_low:+.4f}, {m.ci_high:+.4f}]",
             f"{m.win_rate:.3f}",
         )
-    console.print(table)
+    print_table(console, table)
 
 
 def register_eval(app: typer.Typer) -> None:
