@@ -21,7 +21,9 @@ LONG_PATH = "/data/experiments/2026-05-01/a-rather-long-run-name/pisces-scores/w
 
 def console_at(width: int, *, terminal: bool) -> tuple[Console, io.StringIO]:
     buffer = io.StringIO()
-    console = Console(file=buffer, width=width, force_terminal=terminal, color_system=None, soft_wrap=not terminal)
+    console = Console(
+        file=buffer, width=width, force_terminal=terminal, color_system=None, soft_wrap=not terminal
+    )
     return console, buffer  # soft_wrap off a terminal, as the CLI console (cli/common.py)
 
 
@@ -94,10 +96,20 @@ def test_tables_at_80_columns_never_cut_a_number_or_a_path(monkeypatch, terminal
     monkeypatch.setattr(stage_commands, "console", console)
     stage_commands._print_score_table(score_summary())
     stage_commands.print_comparison(comparison_summary())
-    stage_commands._print_metrics("fit-ot (neural)", {"mknn_before_with_a_long_name": 0.65123, "spearman": -0.4201})
+    stage_commands._print_metrics(
+        "fit-ot (neural)", {"mknn_before_with_a_long_name": 0.65123, "spearman": -0.4201}
+    )
     text = buffer.getvalue()
     assert "…" not in text
-    for number in ("-0.3012", "[-0.3457, -0.2568]", "1234", "+0.0111", "[-0.0043, +0.0265]", "0.562", "-0.4201"):
+    for number in (
+        "-0.3012",
+        "[-0.3457, -0.2568]",
+        "1234",
+        "+0.0111",
+        "[-0.0043, +0.0265]",
+        "0.562",
+        "-0.4201",
+    ):
         assert number in text, number
     flat = text.replace("\n", "").replace("│", "").replace(" ", "")
     assert LONG_PATH.replace(" ", "") in flat
@@ -158,7 +170,9 @@ def test_progress_bar_not_on_a_terminal_prints_one_whole_line():
             advance(1, loss_T=-0.30123456, path=LONG_PATH)
     lines = buffer.getvalue().splitlines()
     assert len(lines) == 1
-    assert re.match(r"generate: 12/12 in \d+:\d\d:\d\d  loss_T=-0\.3012  path=" + re.escape(LONG_PATH), lines[0])
+    assert re.match(
+        r"generate: 12/12 in \d+:\d\d:\d\d  loss_T=-0\.3012  path=" + re.escape(LONG_PATH), lines[0]
+    )
 
 
 def test_progress_bar_on_an_80_column_terminal_keeps_counts_and_times_whole():
