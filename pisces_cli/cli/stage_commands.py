@@ -34,16 +34,22 @@ def fit_ot(
         None, "--import", help="Convert the reference implementation's released map (.pt) instead of fitting."
     ),
     fresh: bool = typer.Option(False, "--fresh", help="Ignore saved training state and start over."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Replace the outputs of an earlier fit in fit_ot.output (refused when they are of another method).",
+    ),
 ) -> None:
     """Fit the distributional OT map (neural | gaussian | identity) and write ot_map.safetensors + report."""
     resolved = load(recipe, overrides)
     from pisces_cli.stages.fit_ot import run_fit_ot, run_import
 
     if import_file is not None:
-        summary = run_import(resolved, str(import_file), console=console)
+        summary = run_import(resolved, str(import_file), console=console, force=force)
     else:
-        summary = run_fit_ot(resolved, console=console, resume=not fresh)
-    _print_metrics(f"fit-ot ({summary.method})", summary.metrics)
+        summary = run_fit_ot(resolved, console=console, resume=not fresh, force=force)
+    title = f"fit-ot ({summary.method}) — on the report split, {summary.report_size} held-out pairs"
+    _print_metrics(title, summary.metrics)
     console.print(f"[green]wrote[/] {summary.output / 'ot_map.safetensors'}")
 
 
