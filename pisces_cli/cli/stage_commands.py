@@ -263,6 +263,19 @@ def eval_run(
     _print_eval_table(summary)
 
 
+#: what a metric's value covers, printed after its name in the eval and compare tables.
+METRIC_LABELS = {"temporal_flickering": " (static videos)", "dynamic_degree": " (proxy)"}
+
+
+def _print_vbench_differences(metrics: list[str]) -> None:
+    """One line per shown metric that is named after a VBench dimension but computed differently."""
+    from pisces_cli.stages.eval_metrics import VBENCH_DIFFERENCES
+
+    for metric in metrics:
+        if metric in VBENCH_DIFFERENCES:
+            console.print(f"[dim]vs VBench, {metric}: {VBENCH_DIFFERENCES[metric]}[/]", highlight=False)
+
+
 def _print_eval_table(summary) -> None:
     from rich.table import Table
 
@@ -272,15 +285,15 @@ def _print_eval_table(summary) -> None:
     table.add_column("95% CI", justify="right")
     table.add_column("n", justify="right")
     for metric, stat in summary.aggregate.items():
+        name = metric + METRIC_LABELS.get(metric, "")
         if stat.get("mean") is None:
-            table.add_row(metric, "–", "", str(stat.get("n", 0)))
+            table.add_row(name, "–", "", str(stat.get("n", 0)))
             continue
-        name = metric + (" (static videos)" if metric == "temporal_flickering" else "")
-        name += " (proxy)" if metric == "dynamic_degree" else ""
         table.add_row(
             name, f"{stat['mean']:.4f}", f"[{stat['ci_low']:.4f}, {stat['ci_high']:.4f}]", str(stat["n"])
         )
     print_table(console, table)
+    _print_vbench_differences(list(summary.aggregate))
     if summary.vbench:
         console.print(
             f"VBench ({summary.vbench['mode']}): total {summary.vbench['total']:.2f}, "
@@ -345,6 +358,7 @@ def eval_compare(
         str(run_a), str(run_b), output=output, metric=metric, n_boot=bootstrap, seed=seed, strip_count=strips
     )
     print_comparison(summary)
+    _print_vbench_differences(list(summary.vbench_differences))
     for note in summary.notes:
         console.print(f"[yellow]note:[/] {note}")
     console.print(f"[green]wrote[/] {summary.output}/compare.json, compare.html")
@@ -364,7 +378,7 @@ def print_comparison(summary) -> None:
         )
     for m in comparison.metrics:
         table.add_row(
-            m.metric,
+            m.metric + METRIC_LABELS.get(m.metric, ""),
             str(m.n),
             f"{m.mean_a:.4f}",
             f"{m.mean_b:.4f}",
