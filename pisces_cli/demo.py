@@ -233,6 +233,8 @@ def _internvideo2_leg(step: DemoStep, root: Path, raw: dict[str, Any], console: 
 def print_summary(console: Any, steps: list[DemoStep], root: Path, total_s: float) -> None:
     from rich.table import Table
 
+    from pisces_cli.rendering import print_table
+
     table = Table(title=f"pisces demo — {total_s:.0f} s")
     table.add_column("step", style="bold cyan")
     table.add_column("s", justify="right")
@@ -240,5 +242,5 @@ def print_summary(console: Any, steps: list[DemoStep], root: Path, total_s: floa
     table.add_column("wrote")
     for step in steps:
         table.add_row(step.name, f"{step.seconds:.1f}", step.result, "\n".join(step.paths))
-    console.print(table)
+    print_table(console, table)
     console.print(f"re-run any stage by hand: [bold]pisces <stage> --recipe {root / 'recipe.yaml'}[/]")

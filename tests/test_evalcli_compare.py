@@ -71,21 +71,33 @@ def test_known_difference(runs: Path):
     document = json.loads((out / "compare.json").read_text())
     assert document["label_a"] == "A" and document["label_b"] == "B" and document["item_kind"] == "prompt"
     metrics = {m["metric"]: m for m in document["metrics"]}
-    flicker = metrics["temporal_flickering"]
+    flicker = metrics["frame_stability"]
     diffs = [flicker_by_hand(runs / "B", p) - flicker_by_hand(runs / "A", p) for p in PROMPTS]
     assert flicker["n"] == 5
     assert flicker["diff"] == pytest.approx(np.mean(diffs), abs=1e-6)
     assert flicker["ci_low"] <= flicker["diff"] <= flicker["ci_high"]
     assert flicker["win_rate"] == pytest.approx(2 / 5)  # B wins the two prompts where A flickers
     # per-prompt pairs are the means over the prompt's two videos
-    items = document["items"]["temporal_flickering"]
+    items = document["items"]["frame_stability"]
     for prompt, diff in zip(PROMPTS, diffs, strict=True):
         a_score, b_score = items[prompt]
         assert b_score - a_score == pytest.approx(diff, abs=1e-6)
+    # temporal_flickering means what it means in `eval`: a prompt's value averages its static videos only,
+    # and a prompt is compared when both runs have a static video for it
+    static_prompts = []
+    for run, column in (("A", 0), ("B", 1)):
+        rows = json.loads((runs / run / "pisces-eval/eval.json").read_text())["videos"]
+        static_prompts.append({r["prompt"] for r in rows if r["static_proxy"]})
+        for prompt, pair in document["items"]["temporal_flickering"].items():
+            static = [r["frame_stability"] for r in rows if r["prompt"] == prompt and r["static_proxy"]]
+            assert pair[column] == pytest.approx(np.mean(static))
+    assert set(document["items"]["temporal_flickering"]) == static_prompts[0] & static_prompts[1]
+    assert any(note.startswith("temporal_flickering: compared on the") for note in document["notes"])
+    assert "RAFT" in document["vbench_differences"]["temporal_flickering"]
     # no clip moves: dynamic degree is 0 everywhere, a tie (win rate ½) with a zero-width CI
     degree = metrics["dynamic_degree"]
     assert degree["diff"] == 0 and degree["ci_low"] == degree["ci_high"] == 0 and degree["win_rate"] == 0.5
-    assert document["strip_metric"] == "temporal_flickering"
+    assert document["strip_metric"] == "temporal_flickering"  # the first metric both runs give
     assert any("manifest" in note for note in document["notes"])
 
 
@@ -141,3 +153,43 @@ def test_disjoint_prompts_exit_2(runs: Path, tmp_path: Path):
     clips.write_folder(folder, {"another prompt-0": clips.static_clip(3)})
     assert main(["eval", str(folder), "-r", str(runs / "pixels.yaml")]) == 0
     assert main(["eval", "compare", str(runs / "A"), str(folder)]) == 2
+
+
+def test_no_static_video_means_no_flickering_value_in_eval_and_in_compare(tmp_path: Path, capsys):
+    """The case of one name with two meanings: eval found no static video, so compare reports no flickering."""
+    recipe = tmp_path / "pixels.yaml"
+    recipe.write_text("eval: {rewards: false, consistency: false}\nruntime: {num_workers: 0}\n")
+    for name, seed in (("M1", 0), ("M2", 50)):
+        frames = {f"{prompt}-0": clips.moving_clip(seed + p) for p, prompt in enumerate(PROMPTS[:3])}
+        clips.write_folder(tmp_path / name, frames)
+        assert main(["eval", str(tmp_path / name), "-r", str(recipe)]) == 0
+    out = capsys.readouterr().out
+    assert "no video passed the static-filter proxy" in out
+    assert "vs VBench, temporal_flickering:" in out and "RAFT" in out
+    aggregate = json.loads((tmp_path / "M1/pisces-eval/eval.json").read_text())["aggregate"]
+    assert aggregate["temporal_flickering"]["n"] == 0 and aggregate["temporal_flickering"]["mean"] is None
+    assert aggregate["frame_stability"]["n"] == 3
+    assert main(["eval", "compare", str(tmp_path / "M1"), str(tmp_path / "M2"), "--bootstrap", "50"]) == 0
+    document = json.loads((tmp_path / "M2/pisces-eval/compare/compare.json").read_text())
+    names = {m["metric"] for m in document["metrics"]}
+    assert "temporal_flickering" not in names and "frame_stability" in names
+
+
+def test_version_1_eval_outputs_are_read_in_todays_meaning(runs: Path, tmp_path: Path):
+    """An eval.json written before frame_stability existed gave temporal_flickering for every video."""
+    for name in ("A", "B"):
+        document = json.loads((runs / name / "pisces-eval/eval.json").read_text())
+        document["version"] = 1
+        for row in document["videos"]:
+            row["temporal_flickering"] = row.pop("frame_stability")
+            row["static"] = row.pop("static_proxy")
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "eval.json").write_text(json.dumps(document))
+    old, new = tmp_path / "old", tmp_path / "new"
+    assert (
+        main(["eval", "compare", str(tmp_path / "A"), str(tmp_path / "B"), "-o", str(old), "--strips", "0"])
+        == 0
+    )
+    assert main(["eval", "compare", str(runs / "A"), str(runs / "B"), "-o", str(new), "--strips", "0"]) == 0
+    read = [json.loads((folder / "compare.json").read_text()) for folder in (old, new)]
+    assert read[0]["metrics"] == read[1]["metrics"] and read[0]["items"] == read[1]["items"]

@@ -180,3 +180,73 @@ def test_plots_are_written(tmp_path: Path) -> None:
     paths = write_plots(tmp_path, agreement, accuracy)
     assert [p.name for p in paths] == ["agreement.png", "generation.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
+
+
+def _interval(estimate: float, low: float, high: float) -> dict[str, float]:
+    return {"estimate": estimate, "low": low, "high": high, "n": 50}
+
+
+def test_findings_take_every_number_from_the_results_and_word_them_by_the_ci() -> None:
+    from pisces_cli.world.experiment_report import findings_markdown, token_prior_effect
+
+    labels, scores = _synthetic_rows()
+    agreement = reward_agreement(labels, scores, n_boot=200, seed=0)
+    with_prior = np.array([r["semantic"] for r in scores["token_ot"]])
+    without = np.array([r["semantic"] for r in scores["no_token_ot"]])
+    prior = agreement["token_prior"]
+    assert prior == token_prior_effect({"semantic (partial OT)": with_prior, "semantic (no OT)": without})
+    assert prior["mean_abs_change"] == pytest.approx(np.abs(with_prior - without).mean())
+    assert prior["max_abs_change"] == pytest.approx(np.abs(with_prior - without).max())
+    assert prior["semantic_std"] == pytest.approx(np.std(with_prior, ddof=1))
+    gain = agreement["ot_gain"]["quality (OT map) − quality (no OT)"]["quality"]
+    accuracy = {
+        "metrics": {
+            arm: {m: _interval(0.1 * k, 0.0, 0.2) for m in ("color", "shape", "count", "direction", "all_four",
+                                                            "prompt_fidelity", "quality")}
+            for k, arm in enumerate(("base", "pisces", "no_ot"))
+        },  # fmt: skip
+        "vs_base": {
+            "pisces": {
+                **{m: _interval(0.0, -0.05, 0.05) for m in ("shape", "direction", "all_four", "prompt_fidelity")},
+                "color": _interval(0.117, 0.031, 0.211),
+                "count": _interval(-0.141, -0.234, -0.047),
+                "quality": _interval(0.047, 0.026, 0.068),
+            },
+        },
+        "between_arms": {
+            "pisces − no_ot": {"prompt_fidelity": _interval(-0.017, -0.05, 0.02), "quality": _interval(-0.063, -0.08, -0.04)}
+        },
+    }  # fmt: skip
+    text = findings_markdown(agreement, accuracy)
+    assert text.startswith("## What this shows")
+    assert f"{gain['estimate']:+.3f} [{gain['low']:+.3f}, {gain['high']:+.3f}]" in text
+    assert f"by {prior['mean_abs_change']:.3f} on average (at most {prior['max_abs_change']:.3f})" in text
+    assert f"standard deviation across clips is {prior['semantic_std']:.3f}" in text
+    # the semantic reward follows prompt fidelity exactly with the prior and randomly without: "raises"
+    assert "Partial token OT raises the semantic reward's agreement" in text
+    assert "pisces − base: prompt fidelity +0.000 [-0.050, +0.050] (no significant difference)" in text
+    assert (
+        "attributes whose CI excludes 0: color +0.117 [+0.031, +0.211], count -0.141 [-0.234, -0.047]."
+        in text
+    )
+    assert (
+        "pisces − no_ot (same prompts and seeds): prompt fidelity -0.017 [-0.050, +0.020] (no significant "
+        in text
+    )
+    assert "quality -0.063 [-0.080, -0.040] (worse)" in text
+    assert "Direction accuracy is at most 0.200 in every arm." in text
+    assert findings_markdown(None, None) == ""
+
+
+def test_generation_accuracy_compares_pisces_with_no_ot_on_the_same_files() -> None:
+    def rows(values: dict[str, float]) -> list[dict]:
+        return [{"file": f, "quality": q, "prompt_fidelity": 0.5} for f, q in values.items()]
+
+    labels = {
+        "base": rows({"a": 0.5, "b": 0.5, "c": 0.5}),
+        "pisces": rows({"a": 0.6, "b": 0.7, "c": 0.9}),
+        "no_ot": rows({"c": 0.2, "b": 0.7}),  # no video for "a", another order: pairing is by file
+    }
+    out = generation_accuracy(labels, n_boot=50, seed=0)
+    assert out["between_arms"]["pisces − no_ot"]["quality"]["estimate"] == pytest.approx((0.0 + 0.7) / 2)
+    assert "| pisces − no_ot |" in generation_markdown(out)

@@ -32,6 +32,11 @@ def test_every_step_runs_once_and_writes_the_report(quick_run) -> None:
         assert (root / name).is_file(), name
     report = (root / "report.md").read_text()
     assert "## Claim 1" in report and "## Claim 2" in report and "Verdict" in report
+    # the findings are written by the report code from results.json, with the machine and the timings
+    assert "## What this shows" in report and "Machine: " in report and "`pisces world run` took" in report
+    results = json.loads((root / "results.json").read_text())
+    prior = results["agreement"]["token_prior"]
+    assert f"changes the semantic reward by {prior['mean_abs_change']:.3f} on average" in report
 
 
 def test_claim1_scores_every_heldout_clip_with_and_without_ot(quick_run) -> None:

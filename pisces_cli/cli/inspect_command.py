@@ -9,6 +9,7 @@ import typer
 
 from pisces_cli.cli.common import console
 from pisces_cli.errors import UsageError
+from pisces_cli.rendering import print_table
 
 
 def inspect(
@@ -68,7 +69,7 @@ def _print_header(header, shapes, show_recipe: bool) -> None:
         table.add_row(
             escape(name), "×".join(map(str, shape)) or "scalar", dtype, escape(header.tensors.get(name, ""))
         )
-    console.print(table)
+    print_table(console, table)
     if header.metrics:
         console.print(escape("  metrics: " + json.dumps(header.metrics, default=str)))
     if header.extra:

@@ -8,6 +8,9 @@ import sys
 import typer
 
 from pisces_cli.cli import env_command, inspect_command, recipe_commands
+from pisces_cli.cli.common import hide_flag_value_types
+
+hide_flag_value_types()
 
 app = typer.Typer(
     name="pisces",
@@ -22,6 +25,29 @@ app = typer.Typer(
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from pisces_cli import __version__
+
+        typer.echo(f"pisces {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        "-V",
+        help="Print the pisces version and exit.",
+        callback=_print_version,
+        is_eager=True,
+    ),
+) -> None:
+    pass
+
 
 app.command("ls", rich_help_panel="Recipes")(recipe_commands.ls)
 app.command("cp", rich_help_panel="Recipes")(recipe_commands.cp)

@@ -9,6 +9,7 @@ import typer
 
 from pisces_cli.cli.common import console, load, overrides_argument
 from pisces_cli.errors import UsageError
+from pisces_cli.rendering import print_table
 
 
 def ls() -> None:
@@ -22,7 +23,7 @@ def ls() -> None:
     table.add_column("description")
     for name, description, _path in list_bundled():
         table.add_row(name, description)
-    console.print(table)
+    print_table(console, table)
     console.print("copy one to edit: [bold]pisces cp NAME DEST[/]   resolved view: [bold]pisces cat NAME[/]")
 
 

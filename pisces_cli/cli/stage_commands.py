@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from pisces_cli.cli.common import console, load, overrides_argument, recipe_option
+from pisces_cli.rendering import print_table
 
 
 def embed(
@@ -33,16 +34,22 @@ def fit_ot(
         None, "--import", help="Convert the reference implementation's released map (.pt) instead of fitting."
     ),
     fresh: bool = typer.Option(False, "--fresh", help="Ignore saved training state and start over."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Replace the outputs of an earlier fit in fit_ot.output (refused when they are of another method).",
+    ),
 ) -> None:
     """Fit the distributional OT map (neural | gaussian | identity) and write ot_map.safetensors + report."""
     resolved = load(recipe, overrides)
     from pisces_cli.stages.fit_ot import run_fit_ot, run_import
 
     if import_file is not None:
-        summary = run_import(resolved, str(import_file), console=console)
+        summary = run_import(resolved, str(import_file), console=console, force=force)
     else:
-        summary = run_fit_ot(resolved, console=console, resume=not fresh)
-    _print_metrics(f"fit-ot ({summary.method})", summary.metrics)
+        summary = run_fit_ot(resolved, console=console, resume=not fresh, force=force)
+    title = f"fit-ot ({summary.method}) — on the report split, {summary.report_size} held-out pairs"
+    _print_metrics(title, summary.metrics)
     console.print(f"[green]wrote[/] {summary.output / 'ot_map.safetensors'}")
 
 
@@ -87,7 +94,7 @@ def _print_metrics(title: str, metrics: dict[str, float]) -> None:
     table.add_column("value", justify="right")
     for name, value in metrics.items():
         table.add_row(name, f"{value:.4f}")
-    console.print(table)
+    print_table(console, table)
 
 
 def _print_score_table(summary) -> None:
@@ -104,7 +111,7 @@ def _print_score_table(summary) -> None:
         table.add_row(
             column, f"{stat['mean']:.4f}", f"[{stat['ci_low']:.4f}, {stat['ci_high']:.4f}]", str(stat["n"])
         )
-    console.print(table)
+    print_table(console, table)
     console.print(f"[green]wrote[/] {summary.output}/scores.jsonl, scores.csv, summary.json")
 
 
@@ -256,6 +263,19 @@ def eval_run(
     _print_eval_table(summary)
 
 
+#: what a metric's value covers, printed after its name in the eval and compare tables.
+METRIC_LABELS = {"temporal_flickering": " (static videos)", "dynamic_degree": " (proxy)"}
+
+
+def _print_vbench_differences(metrics: list[str]) -> None:
+    """One line per shown metric that is named after a VBench dimension but computed differently."""
+    from pisces_cli.stages.eval_metrics import VBENCH_DIFFERENCES
+
+    for metric in metrics:
+        if metric in VBENCH_DIFFERENCES:
+            console.print(f"[dim]vs VBench, {metric}: {VBENCH_DIFFERENCES[metric]}[/]", highlight=False)
+
+
 def _print_eval_table(summary) -> None:
     from rich.table import Table
 
@@ -265,15 +285,15 @@ def _print_eval_table(summary) -> None:
     table.add_column("95% CI", justify="right")
     table.add_column("n", justify="right")
     for metric, stat in summary.aggregate.items():
+        name = metric + METRIC_LABELS.get(metric, "")
         if stat.get("mean") is None:
-            table.add_row(metric, "–", "", str(stat.get("n", 0)))
+            table.add_row(name, "–", "", str(stat.get("n", 0)))
             continue
-        name = metric + (" (static videos)" if metric == "temporal_flickering" else "")
-        name += " (proxy)" if metric == "dynamic_degree" else ""
         table.add_row(
             name, f"{stat['mean']:.4f}", f"[{stat['ci_low']:.4f}, {stat['ci_high']:.4f}]", str(stat["n"])
         )
-    console.print(table)
+    print_table(console, table)
+    _print_vbench_differences(list(summary.aggregate))
     if summary.vbench:
         console.print(
             f"VBench ({summary.vbench['mode']}): total {summary.vbench['total']:.2f}, "
@@ -307,7 +327,7 @@ def eval_aggregate(
     from pisces_cli.evaluation.vbench_aggregate import render_vbench_table
 
     console.print(f"input scale: {result.input_scale} (detected)")
-    console.print(render_vbench_table(result))
+    print_table(console, render_vbench_table(result))
     if output:
         console.print(f"[green]wrote[/] {output}")
 
@@ -338,6 +358,7 @@ def eval_compare(
         str(run_a), str(run_b), output=output, metric=metric, n_boot=bootstrap, seed=seed, strip_count=strips
     )
     print_comparison(summary)
+    _print_vbench_differences(list(summary.vbench_differences))
     for note in summary.notes:
         console.print(f"[yellow]note:[/] {note}")
     console.print(f"[green]wrote[/] {summary.output}/compare.json, compare.html")
@@ -357,7 +378,7 @@ def print_comparison(summary) -> None:
         )
     for m in comparison.metrics:
         table.add_row(
-            m.metric,
+            m.metric + METRIC_LABELS.get(m.metric, ""),
             str(m.n),
             f"{m.mean_a:.4f}",
             f"{m.mean_b:.4f}",
@@ -365,7 +386,7 @@ def print_comparison(summary) -> None:
             f"[{m.ci_low:+.4f}, {m.ci_high:+.4f}]",
             f"{m.win_rate:.3f}",
         )
-    console.print(table)
+    print_table(console, table)
 
 
 def register_eval(app: typer.Typer) -> None:

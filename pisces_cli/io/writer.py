@@ -7,7 +7,7 @@ If libx264 is missing, the first available of ``mpeg4`` / ``libopenh264`` is use
 :class:`UserWarning` says so. The file appears atomically: it is written to a temporary
 file in the same folder, fsynced, then ``os.replace``-d onto the target.
 
-:func:`vbench_filename` builds ``{prompt}-{index}.mp4`` (VBench §6) made filesystem-safe.
+:func:`vbench_filename` builds ``{prompt}-{index}.mp4`` (VBench's names, docs/vbench.md §6) made filesystem-safe.
 Callers should also record a file-name → prompt map (e.g. ``prompts.jsonl``), since a
 sanitised or truncated name no longer spells the exact prompt.
 """

@@ -13,6 +13,7 @@ __all__ = [
     "encoder_num_frames",
     "encoder_options",
     "load_encoder_from_recipe",
+    "load_map_for_encoder",
     "quiet_model_loading",
 ]
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 
     from pisces_cli.config import Recipe
     from pisces_cli.encoders.base import EncoderBackend
+    from pisces_cli.ot.maps import TransportMap
     from pisces_cli.rewards.module import PiscesReward
 
 
@@ -73,6 +75,29 @@ def encoder_num_frames(recipe: Recipe, encoder: EncoderBackend) -> int:
     return recipe.data.num_frames or recipe.models.encoder.num_frames or encoder.preprocessing.num_frames or 8
 
 
+def load_map_for_encoder(
+    path: str | Path, encoder: EncoderBackend, *, what: str = "reward.ot_map"
+) -> tuple[TransportMap, dict[str, Any]]:
+    """Load the OT map artifact at ``path`` for ``encoder``; returns it with a description (path, method, metrics).
+
+    ``what`` names the setting the path came from in the error messages. A missing file, or a map fit on
+    another encoder or of another dimension, is refused (UsageError, exit 2).
+    """
+    from pisces_cli.rewards.ot_map_artifact import load_ot_map_artifact
+
+    if not Path(path).is_file():
+        raise UsageError(f"{what}: {path} does not exist (run `pisces fit-ot` or set {what}=null)")
+    ot_map, header = load_ot_map_artifact(
+        path, encoder_fingerprint=encoder.fingerprint(), dim=encoder.embed_dim
+    )
+    info = {
+        "ot_map": str(path),
+        "method": header.extra.get("map", {}).get("method"),
+        "metrics": header.metrics,
+    }
+    return ot_map, info
+
+
 def build_reward(
     recipe: Recipe,
     encoder: EncoderBackend,
@@ -87,24 +112,12 @@ def build_reward(
     dimension, is refused (UsageError, exit 2).
     """
     from pisces_cli.rewards.module import PiscesReward, token_ot_settings_from_recipe
-    from pisces_cli.rewards.ot_map_artifact import load_ot_map_artifact
 
     path = ot_map_path if ot_map_path is not None else recipe.reward.ot_map
     ot_map = None
     info: dict[str, Any] = {"ot_map": None}
     if use_ot_map and path:
-        if not Path(path).is_file():
-            raise UsageError(
-                f"reward.ot_map: {path} does not exist (run `pisces fit-ot` or set reward.ot_map=null)"
-            )
-        ot_map, header = load_ot_map_artifact(
-            path, encoder_fingerprint=encoder.fingerprint(), dim=encoder.embed_dim
-        )
-        info = {
-            "ot_map": str(path),
-            "method": header.extra.get("map", {}).get("method"),
-            "metrics": header.metrics,
-        }
+        ot_map, info = load_map_for_encoder(path, encoder)
     reward = PiscesReward(
         encoder,
         ot_map=ot_map,

@@ -17,6 +17,7 @@ text path and every OT plan are detached), so ``finetune`` can backpropagate the
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -31,13 +32,23 @@ if TYPE_CHECKING:
 REWARD_COMPONENTS = ("quality", "semantic")
 
 
-@dataclass
-class RewardOutput:
-    """Per-video rewards of a batch (all ``[B]``).
+#: the reward columns a :class:`RewardOutput` maps by name, in this order (absent ones are skipped).
+REWARD_COLUMNS = ("quality", "semantic", "quality_no_ot", "total", "semantic_no_ot")
 
-    ``quality`` and ``semantic`` keep gradients to the pixels; ``quality_no_ot`` and
-    ``semantic_no_ot`` are detached diagnostics. ``plan`` is the detached ``[B, L, M]`` token plan
-    (for reports) and ``token_strings`` the caption tokens its rows refer to.
+
+@dataclass(eq=False)
+class RewardOutput(Mapping[str, torch.Tensor]):
+    """Per-video rewards of a batch, each ``[B]``; also a read-only mapping of name → tensor.
+
+    As a mapping it holds ``quality``, ``semantic`` (absent when its weight is 0 and no no-OT semantic
+    reward was asked for), ``quality_no_ot``, ``total`` and, when computed, ``semantic_no_ot``, so
+    ``out["total"]``, ``dict(out)`` and ``{k: v.mean() for k, v in out.items()}`` work.
+
+    ``quality``, ``semantic`` and ``total`` keep gradients to the pixels when the pixels require grad;
+    ``quality_no_ot`` and ``semantic_no_ot`` are detached diagnostics. The attributes that are not
+    mapping keys are for reports: ``plan`` is the detached ``[B, L, M]`` token plan, ``token_strings``
+    the caption tokens its rows refer to, ``lexical_mask`` ``[B, L]`` which of them are words,
+    ``geometry`` the video-token layout and ``diagnostics`` the solver's convergence numbers.
     """
 
     quality: torch.Tensor
@@ -51,21 +62,34 @@ class RewardOutput:
     geometry: Any = None
     diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)
 
+    def _named(self) -> dict[str, torch.Tensor]:
+        values = {name: getattr(self, name) for name in REWARD_COLUMNS}
+        return {name: value for name, value in values.items() if value is not None}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        named = self._named()
+        if name not in named:
+            raise KeyError(f"{name!r} is not in this reward output (it holds {', '.join(named)})")
+        return named[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._named())
+
+    def __len__(self) -> int:
+        return len(self._named())
+
+    def __eq__(self, other: object) -> bool:  # tensors have no single truth value: identity, as object
+        return self is other
+
+    __hash__ = object.__hash__
+
     def components(self) -> dict[str, torch.Tensor]:
         """The weighted components by name (what training logs and sums)."""
-        out = {"quality": self.quality}
-        if self.semantic is not None:
-            out["semantic"] = self.semantic
-        return out
+        return {name: self[name] for name in REWARD_COMPONENTS if name in self}
 
     def columns(self) -> dict[str, torch.Tensor]:
         """Every reported value by column name, detached."""
-        out = {"quality": self.quality, "quality_no_ot": self.quality_no_ot, "total": self.total}
-        if self.semantic is not None:
-            out["semantic"] = self.semantic
-        if self.semantic_no_ot is not None:
-            out["semantic_no_ot"] = self.semantic_no_ot
-        return {k: v.detach() for k, v in out.items()}
+        return {name: value.detach() for name, value in self.items()}
 
 
 class PiscesReward:

@@ -8,8 +8,9 @@ For every video of VIDEOS_DIR (the ``generate`` output, or any folder with a pro
   same reward module and frame sampling as ``pisces score``;
 - ``subject_consistency`` / ``background_consistency`` from the encoder's per-frame features (VBench's
   first-frame + previous-frame cosine formula);
-- ``temporal_flickering`` (VBench's pixel formula; its dataset value uses static videos only) and a
-  ``dynamic_degree`` proxy (Farnebäck flow with VBench's threshold rule).
+- ``frame_stability`` (VBench's flicker formula on every video), ``temporal_flickering`` (the same, only
+  for the videos the static-filter proxy calls static, as VBench scores it) and a ``dynamic_degree`` proxy
+  (Farnebäck flow with VBench's threshold rule).
 
 With ``--vbench`` (or ``eval.vbench: true``) the installed ``vbench`` package is run too and its output
 aggregated exactly (:mod:`pisces_cli.stages.eval_vbench`); when the package or a weight file is missing
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
 
 EVAL_FILE = "eval.json"
 EVAL_SCHEMA = "pisces.eval"
+#: 2: per-video ``temporal_flickering`` is null unless static, ``frame_stability`` and ``static_proxy`` added.
+EVAL_VERSION = 2
 DEFAULT_OUTPUT = "pisces-eval"
 METRIC_ORDER = (
     "quality",
@@ -48,6 +51,7 @@ METRIC_ORDER = (
     "subject_consistency",
     "background_consistency",
     "temporal_flickering",
+    "frame_stability",
     "dynamic_degree",
 )
 
@@ -176,8 +180,9 @@ def _add_pixel_metrics(row: dict[str, Any], source: str, section: Any) -> None:
     if section.flicker or section.dynamic_degree:
         metrics = pixel_metrics(frames, info.fps, flicker=section.flicker, dynamic=section.dynamic_degree)
         if section.flicker:
-            row["temporal_flickering"] = metrics.temporal_flickering
-            row["static"] = metrics.static
+            row["temporal_flickering"] = metrics.temporal_flickering  # null unless static: VBench's protocol
+            row["frame_stability"] = metrics.frame_stability
+            row["static_proxy"] = metrics.static
         if section.dynamic_degree:
             row["dynamic_degree"] = metrics.dynamic_degree
             row["flow_top5_px"] = metrics.flow_top5_px
@@ -303,8 +308,9 @@ def _pixel_row(row: dict[str, Any], source: str, section: Any) -> None:
 def aggregate_rows(rows: list[dict[str, Any]], n_boot: int, seed: int) -> dict[str, dict[str, Any]]:
     """Per metric: ``mean`` with its 95 % percentile-bootstrap CI and ``n`` over the videos without error.
 
-    ``temporal_flickering`` is averaged over the static videos only (VBench's protocol); its entry also
-    gives ``mean_all_videos``. Metrics no video has are left out.
+    A video's null counts as not having the metric: ``temporal_flickering`` is null for videos the static
+    proxy calls moving, so its mean is over the static videos (VBench's protocol; ``n_not_static`` counts
+    the others) and it is listed with ``n = 0`` when none is static. Other metrics no video has are left out.
     """
     from pisces_cli.evaluation.stats import bootstrap_ci
 
@@ -312,17 +318,14 @@ def aggregate_rows(rows: list[dict[str, Any]], n_boot: int, seed: int) -> dict[s
     out: dict[str, dict[str, Any]] = {}
     for metric in METRIC_ORDER:
         values = [float(r[metric]) for r in good if isinstance(r.get(metric), int | float)]
-        if not values:
-            continue
         entry: dict[str, Any] = {}
         if metric == "temporal_flickering":
-            static = [
-                float(r[metric]) for r in good if isinstance(r.get(metric), int | float) and r.get("static")
-            ]
-            entry.update(
-                mean_all_videos=sum(values) / len(values), n_all_videos=len(values), n_static=len(static)
-            )
-            values = static
+            judged = [r for r in good if isinstance(r.get("static_proxy"), bool)]
+            if not judged:
+                continue
+            entry["n_not_static"] = sum(1 for r in judged if not r["static_proxy"])
+        elif not values:
+            continue
         if values:
             ci = bootstrap_ci(values, n_boot=n_boot, seed=seed)
             entry.update(mean=ci.estimate, ci_low=ci.low, ci_high=ci.high, n=ci.n)
@@ -389,7 +392,10 @@ def run_eval(
         row.update({k: v for k, v in seeds.get(row["video"], {}).items() if k not in row})
     aggregate = aggregate_rows(rows, section.bootstrap_samples, recipe.seed)
     if "temporal_flickering" in aggregate and aggregate["temporal_flickering"]["n"] == 0:
-        notes.append("no video passed the static filter proxy: temporal_flickering has no dataset value")
+        notes.append(
+            "temporal_flickering: no video passed the static-filter proxy, so it has no dataset value "
+            "(frame_stability gives the same formula on every video)"
+        )
     failed = sum(1 for r in rows if r.get("error") is not None)
     vbench_result = None
     if vbench_plan is not None:
@@ -400,7 +406,7 @@ def run_eval(
     metrics = [m for m in METRIC_ORDER if m in aggregate]
     document = {
         "schema": EVAL_SCHEMA,
-        "version": 1,
+        "version": EVAL_VERSION,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "videos_dir": str(root.resolve()),
         "recipe_hash": resolved.hash,

@@ -6,13 +6,18 @@ bootstrap 95 % CI and B's win rate over prompts
 (:func:`pisces_cli.evaluation.compare_report.compare_runs`). Writes ``compare.json`` and ``compare.html``
 (bar chart of the differences with CIs, A-vs-B scatter per metric, frame strips of the largest wins and
 losses on ``--metric``).
+
+A metric means here what it means in ``eval``: a prompt's value is the mean of its videos' values, nulls
+left out, so ``temporal_flickering`` is compared over the static videos only (VBench's protocol), exactly
+like ``eval``'s dataset value, and ``frame_stability`` over every video. Eval outputs of version 1 (whose
+per-video ``temporal_flickering`` was given for every video) are read in today's meaning.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,9 +52,12 @@ class EvalRun:
 
 @dataclass
 class CompareSummary:
+    """``vbench_differences``: metric → how it differs from VBench's definition, for the compared metrics."""
+
     output: Path
     comparison: Comparison
     notes: list[str]
+    vbench_differences: dict[str, str] = field(default_factory=dict)
 
 
 def load_eval_run(spec: str | Path) -> EvalRun:
@@ -74,8 +82,36 @@ def load_eval_run(spec: str | Path) -> EvalRun:
         raise UsageError(f"{path}: not valid JSON ({error})") from error
     if not isinstance(document, dict) or document.get("schema") != EVAL_SCHEMA:
         raise UsageError(f"{path}: not a pisces eval output (expected schema {EVAL_SCHEMA!r})")
+    _upgrade_version_1(document)
     label = path.parent.parent.name if path.parent.name == DEFAULT_OUTPUT else path.parent.name
     return EvalRun(path, label or str(path), document)
+
+
+def _upgrade_version_1(document: dict[str, Any]) -> None:
+    """Give a version-1 ``eval.json`` today's meanings (see the module docstring), in place."""
+    if document.get("version", 1) != 1:
+        return
+    for row in document.get("videos", []):
+        if "temporal_flickering" in row and "static" in row:
+            row["frame_stability"] = row["temporal_flickering"]
+            row["static_proxy"] = row.pop("static")
+            if not row["static_proxy"]:
+                row["temporal_flickering"] = None
+
+
+def compared_metrics(run_a: EvalRun, run_b: EvalRun) -> list[str]:
+    """The metrics (in ``eval``'s order) that both runs give for at least one video."""
+    from pisces_cli.stages.eval import METRIC_ORDER
+
+    def given(run: EvalRun) -> set[str]:
+        return {m for row in run.rows for m in METRIC_ORDER if _is_number(row.get(m))}
+
+    shared = given(run_a) & given(run_b)
+    return [m for m in METRIC_ORDER if m in shared]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def per_prompt_scores(run: EvalRun, metrics: list[str]) -> dict[str, dict[str, float]]:
@@ -88,7 +124,7 @@ def per_prompt_scores(run: EvalRun, metrics: list[str]) -> dict[str, dict[str, f
         bucket = sums.setdefault(prompt, {})
         for metric in metrics:
             value = row.get(metric)
-            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            if _is_number(value):
                 bucket.setdefault(metric, []).append(float(value))
     return {p: {m: sum(v) / len(v) for m, v in by_metric.items()} for p, by_metric in sums.items()}
 
@@ -163,25 +199,39 @@ def run_compare(
     (default: ``compare/`` next to B's ``eval.json``)."""
     from pisces_cli.atomic import atomic_write_text
     from pisces_cli.evaluation.compare_report import compare_runs, write_compare_html
-    from pisces_cli.stages.eval import METRIC_ORDER
+    from pisces_cli.stages.eval_metrics import VBENCH_DIFFERENCES
 
     run_a, run_b = load_eval_run(spec_a), load_eval_run(spec_b)
     if run_a.label == run_b.label:
         run_a.label, run_b.label = f"A ({run_a.label})", f"B ({run_b.label})"
-    metrics = [
-        m
-        for m in METRIC_ORDER
-        if m in run_a.document.get("aggregate", {}) and m in run_b.document.get("aggregate", {})
-    ]
+    metrics = compared_metrics(run_a, run_b)
     if not metrics:
         raise UsageError(f"{run_a.path} and {run_b.path} share no metric")
     scores_a, scores_b = per_prompt_scores(run_a, metrics), per_prompt_scores(run_b, metrics)
+    shared = [p for p in scores_a if p in scores_b]
+    paired = [m for m in metrics if any(m in scores_a[p] and m in scores_b[p] for p in shared)]
+    if not paired:
+        raise UsageError(f"{run_a.path} and {run_b.path} share no metric on a common prompt")
     comparison = compare_runs(
-        scores_a, scores_b, label_a=run_a.label, label_b=run_b.label, n_boot=n_boot, seed=seed
+        scores_a,
+        scores_b,
+        metrics=paired,
+        label_a=run_a.label,
+        label_b=run_b.label,
+        n_boot=n_boot,
+        seed=seed,
     )
     strip_metric = metric or ("total" if "total" in metrics else comparison.metrics[0].metric)
     comparison.metric(strip_metric)  # UsageError for an unknown --metric
     notes = setting_differences(run_a, run_b)
+    notes += [f"{m}: not compared, no prompt has a value in both runs" for m in metrics if m not in paired]
+    if "temporal_flickering" in paired:
+        count = comparison.metric("temporal_flickering").n
+        notes.append(
+            f"temporal_flickering: compared on the {count} prompt(s) with a static video in both runs "
+            "(as in `pisces eval`); frame_stability compares every video"
+        )
+    differences = {m: VBENCH_DIFFERENCES[m] for m in paired if m in VBENCH_DIFFERENCES}
     if comparison.only_in_a or comparison.only_in_b:
         notes.append(
             f"{len(comparison.only_in_a)} prompts only in {run_a.label}, {len(comparison.only_in_b)} only in "
@@ -196,6 +246,7 @@ def run_compare(
         item_kind="prompt",
         strip_metric=strip_metric,
         notes=notes,
+        vbench_differences=differences,
     )
     from pisces_cli.stages.eval import json_safe
 
@@ -208,4 +259,4 @@ def run_compare(
         strip_count=strip_count,
         title=f"pisces eval compare: {run_b.label} vs {run_a.label}",
     )
-    return CompareSummary(out_dir, comparison, notes)
+    return CompareSummary(out_dir, comparison, notes, differences)

@@ -9,9 +9,15 @@ Two sources:
   patch tokens ``[T, Dv]`` (every patch counts equally, so the background dominates). Both use VBench's
   formula (:func:`pisces_cli.evaluation.temporal.consistency_score`) but not VBench's DINO / CLIP
   models: they are encoder-feature analogues, comparable between runs with the same encoder only.
-- **Native pixels** (every decoded frame): ``temporal_flickering`` (VBench's formula), a static flag
-  (a Farnebäck proxy of VBench's RAFT static filter) and ``dynamic_degree`` (a Farnebäck proxy of
-  VBench's RAFT rule, :func:`pisces_cli.evaluation.temporal.dynamic_degree_proxy`).
+- **Native pixels** (every decoded frame): ``frame_stability`` (VBench's flicker formula on every video),
+  ``temporal_flickering`` (the same value, kept only for the videos a Farnebäck proxy of VBench's RAFT
+  static filter calls static: VBench scores flicker on static videos only) and ``dynamic_degree`` (a
+  Farnebäck proxy of VBench's RAFT rule, :func:`pisces_cli.evaluation.temporal.dynamic_degree_proxy`).
+
+One name, one meaning: a metric's per-video value, its dataset value in ``eval`` and its per-prompt value in
+``eval compare`` are the same quantity (``temporal_flickering`` is null for a video that is not static,
+everywhere). :data:`VBENCH_DIFFERENCES` says, for each metric named after a VBench dimension, how it differs
+from VBench's definition; ``eval`` and ``eval compare`` print it.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ if TYPE_CHECKING:
 
 REWARD_METRICS = ("quality", "semantic", "quality_no_ot", "total")
 FEATURE_METRICS = ("subject_consistency", "background_consistency")
-PIXEL_METRICS = ("temporal_flickering", "dynamic_degree")
+PIXEL_METRICS = ("temporal_flickering", "frame_stability", "dynamic_degree")
 
 METRIC_FORMULAS: dict[str, str] = {
     "quality": "cos(E_v(v), T(n(E_t(c)))): video embedding vs OT-mapped caption embedding (PISCES quality reward)",
@@ -45,10 +51,15 @@ METRIC_FORMULAS: dict[str, str] = {
         "Dataset value: pair-weighted mean"
     ),
     "temporal_flickering": (
-        "1 - mean_t MAE(frame_t, frame_{t+1}) / 255 over every native uint8 frame (VBench formula). "
-        "Dataset value: mean over STATIC videos only (static = Farnebäck proxy of VBench's static filter, "
-        "flow at a short side <= 256 px), "
-        "as VBench scores it on static-filtered videos"
+        "1 - mean_t MAE(frame_t, frame_{t+1}) / 255 over every native uint8 frame (VBench formula), for STATIC "
+        "videos only (static = Farnebäck proxy of VBench's RAFT static filter, flow at a short side <= 256 px); "
+        "null for a video that is not static, as VBench scores flicker on static-filtered videos only. "
+        "Dataset value: mean over the static videos"
+    ),
+    "frame_stability": (
+        "1 - mean_t MAE(frame_t, frame_{t+1}) / 255 over every native uint8 frame, for EVERY video (VBench's "
+        "flicker formula without its static filter: motion lowers it as much as flicker; not a VBench "
+        "dimension). Dataset value: mean over all videos"
     ),
     "dynamic_degree": (
         "PROXY: VBench's rule with OpenCV Farnebäck flow instead of RAFT: frames[::max(1, round(fps/8))]; per "
@@ -56,6 +67,18 @@ METRIC_FORMULAS: dict[str, str] = {
         "m > 6·min(H, W)/256, else 0; flow on frames downscaled to a short side <= 256 px (threshold and "
         "magnitudes in those pixels). Dataset value: fraction of dynamic videos"
     ),
+}
+
+
+#: how each metric named after a VBench dimension differs from VBench's definition (printed by eval and compare).
+VBENCH_DIFFERENCES: dict[str, str] = {
+    "subject_consistency": "VBench's formula on the reward encoder's frame features, not VBench's DINO features",
+    "background_consistency": "VBench's formula on the reward encoder's patch features, not VBench's CLIP features",
+    "temporal_flickering": (
+        "VBench's formula on the videos a Farnebäck-flow proxy of VBench's RAFT static filter calls static "
+        "(VBench filters with RAFT, so the static set can differ); frame_stability is the same formula on every video"
+    ),
+    "dynamic_degree": "VBench's rule with OpenCV Farnebäck flow instead of RAFT (a proxy)",
 }
 
 
@@ -127,7 +150,8 @@ class PixelMetrics:
     """Native-pixel metrics of one video.
 
     Attributes:
-        temporal_flickering: VBench's flicker score in [0, 1] (1 = identical consecutive frames).
+        temporal_flickering: ``frame_stability`` when the video is static (by the proxy), else None.
+        frame_stability: VBench's flicker formula in [0, 1] (1 = identical consecutive frames), any video.
         static: the Farnebäck static-filter proxy's verdict.
         dynamic_degree: 0 or 1 (Farnebäck proxy).
         flow_top5_px: per kept pair, mean of the top-5 % flow magnitudes in pixels of the flow frames
@@ -136,6 +160,7 @@ class PixelMetrics:
     """
 
     temporal_flickering: float | None
+    frame_stability: float | None
     static: bool | None
     dynamic_degree: int | None
     flow_top5_px: list[float]
@@ -205,14 +230,15 @@ def pixel_metrics(frames: np.ndarray, fps: float, *, flicker: bool, dynamic: boo
     from pisces_cli.evaluation.temporal import dynamic_degree_proxy, temporal_flickering_score
 
     if frames.shape[0] < 2:
-        return PixelMetrics(None, None, None, [], None)
+        return PixelMetrics(None, None, None, None, [], None)
     small = flow_frames(frames) if flicker or dynamic else frames
-    flicker_score = static = None
+    stability = static = None
     if flicker:
-        flicker_score = temporal_flickering_score(frames)
+        stability = temporal_flickering_score(frames)
         static = is_static_proxy(small)
     degree, magnitudes, threshold = None, [], None
     if dynamic:
         result = dynamic_degree_proxy(small, fps)
         degree, magnitudes, threshold = result.is_dynamic, result.pair_magnitudes.tolist(), result.threshold
-    return PixelMetrics(flicker_score, static, degree, [round(m, 4) for m in magnitudes], threshold)
+    flickering = stability if static else None
+    return PixelMetrics(flickering, stability, static, degree, [round(m, 4) for m in magnitudes], threshold)

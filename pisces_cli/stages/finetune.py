@@ -109,6 +109,7 @@ def _lora_pattern_without_weights(family: str, targets: list[str]) -> str:
 def print_plan(resolved: ResolvedRecipe, console: Any, max_steps: int) -> None:
     from rich.table import Table
 
+    from pisces_cli.rendering import print_table
     from pisces_cli.runtime import dist_context
 
     table = Table(title="pisces finetune — plan (dry run: nothing loaded)", show_header=False)
@@ -116,7 +117,7 @@ def print_plan(resolved: ResolvedRecipe, console: Any, max_steps: int) -> None:
     table.add_column("value")
     for key, value in plan_rows(resolved, dist_context().world_size, max_steps):
         table.add_row(key, value)
-    console.print(table)
+    print_table(console, table)
     memory = estimate(resolved)
     if memory.parts:
         mem_table = Table(title="estimated peak memory per process (GiB)")
@@ -124,7 +125,7 @@ def print_plan(resolved: ResolvedRecipe, console: Any, max_steps: int) -> None:
         mem_table.add_column("GiB", justify="right")
         for name, value in memory.rows():
             mem_table.add_row(name, f"{value:.3f}")
-        console.print(mem_table)
+        print_table(console, mem_table)
     for note in memory.notes:
         console.print(f"[dim]note: {note}[/]")
     console.print("[dim]formulas: pisces_cli/training/memory.py (module docstring)[/]")

@@ -1,16 +1,21 @@
 """``pisces fit-ot``: fit, judge and ship the distributional OT map T (text → real-video embeddings).
 
-Reads the ``pisces.embeddings`` artifact written by ``embed`` (``text_cls``, ``video_cls``), splits a
-held-out set (seeded), fits ``neural`` / ``gaussian`` / ``identity`` in the recipe's normalisation
-convention, and writes into ``fit_ot.output``:
+Reads the ``pisces.embeddings`` artifact written by ``embed`` (``text_cls``, ``video_cls``) and splits the
+pairs three ways (seeded, :func:`split_pairs`): a training split, a *selection* split that picks the neural
+checkpoint to ship (``fit_ot.select``), and a *report* split whose metrics are the ones reported, so a
+reported number never comes from the rows that chose the map. It fits ``neural`` / ``gaussian`` /
+``identity`` in the recipe's normalisation convention and writes into ``fit_ot.output``:
 
-- ``ot_map.safetensors`` (schema ``pisces.ot_map``: method, dims, normalisation, held-out metrics,
-  the encoder fingerprint of the data) — the map the reward uses;
+- ``ot_map.safetensors`` (schema ``pisces.ot_map``: method, dims, normalisation, report-split metrics,
+  selection-split metrics, the split sizes, the encoder fingerprint of the data) — the map the reward uses;
 - for ``neural``: ``ot_map_best_mknn.safetensors``, ``ot_map_best_spearman.safetensors``,
   ``ot_map_last.safetensors`` and the resumable training state in ``state/``;
 - ``report.md`` with PNG plots (metric curves; pairwise-distance densities before/after).
 
 ``--import FILE.pt`` converts the reference implementation's released map instead.
+
+One folder holds one fit: a fit (or an import) into a folder holding the outputs of another method is
+refused, and with ``--force`` the earlier outputs are removed first, so a folder never mixes two fits.
 """
 
 from __future__ import annotations
@@ -29,26 +34,120 @@ if TYPE_CHECKING:
 
 EMBEDDINGS_SCHEMA = "pisces.embeddings"
 
+#: every file and folder ``fit-ot`` writes into ``fit_ot.output`` (what ``--force`` removes; nothing else).
+FIT_OUTPUTS = (
+    "ot_map.safetensors",
+    "ot_map_best_mknn.safetensors",
+    "ot_map_best_spearman.safetensors",
+    "ot_map_last.safetensors",
+    "report.md",
+    "curves.png",
+    "distances.png",
+    "state",
+)
+#: outputs only a neural fit writes (they identify an interrupted one that has no ``ot_map.safetensors`` yet).
+_NEURAL_ONLY = ("state", "ot_map_last.safetensors", "ot_map_best_mknn.safetensors", "curves.png")
+SPLIT_RULE = (
+    "seeded permutation of the N embedded pairs; the first H = min(val_max, max(6, round(val_fraction * N)), "
+    "N - 2) rows are held out: the first floor(H / 2) form the selection split (it picks the shipped neural "
+    "checkpoint), the others the report split (its metrics are the ones reported); the remaining rows train"
+)
+
 
 @dataclass
 class FitSummary:
+    """``metrics``: the shipped map's metrics on the report split (``report_size`` held-out pairs)."""
+
     output: Path
     method: str
     metrics: dict[str, float]
     train_size: int
-    val_size: int
+    report_size: int
     step: int | None = None
 
 
-def split_train_val(n: int, fraction: float, cap: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded permutation split: ``V = min(cap, max(2, round(fraction·n)))`` held-out rows."""
+@dataclass(frozen=True)
+class FitSplits:
+    """Row indices ``[n]`` of the three splits of the embedded pairs (see :data:`SPLIT_RULE`)."""
+
+    train: torch.Tensor
+    selection: torch.Tensor
+    report: torch.Tensor
+
+    def describe(self, seed: int) -> dict[str, Any]:
+        """What the artifact header records about the splits (sizes, seed, rule)."""
+        return {
+            "seed": seed,
+            "train": len(self.train),
+            "selection": len(self.selection),
+            "report": len(self.report),
+            "rule": SPLIT_RULE,
+        }
+
+
+def split_pairs(n: int, fraction: float, cap: int, seed: int) -> FitSplits:
+    """Split ``n`` pairs into train / selection / report by :data:`SPLIT_RULE` (needs at least 8 pairs)."""
     import torch
 
-    if n < 4:
-        raise UsageError(f"fit-ot needs at least 4 embedded pairs, found {n}")
-    val = min(cap, max(2, round(fraction * n)), n - 2)
+    if n < 8:
+        raise UsageError(
+            f"fit-ot needs at least 8 embedded pairs (2 to train, 3 to select the map, 3 to report its "
+            f"metrics), found {n}"
+        )
+    held = min(cap, max(6, round(fraction * n)), n - 2)
+    if held < 6:
+        raise UsageError(f"fit_ot.val_max is {cap}; at least 6 pairs must be held out (3 select, 3 report)")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return order[val:], order[:val]
+    half = held // 2
+    return FitSplits(train=order[held:], selection=order[:half], report=order[half:held])
+
+
+def _fit_kind(out_dir: Path) -> str | None:
+    """Whose outputs ``out_dir`` holds: a method name, ``import``, ``unknown``, or None when it holds none."""
+    from pisces_cli.artifacts import read_header
+
+    present = [name for name in FIT_OUTPUTS if (out_dir / name).exists()]
+    if not present:
+        return None
+    if (out_dir / "ot_map.safetensors").is_file():
+        extra = read_header(out_dir / "ot_map.safetensors").extra
+        if "imported_from" in extra:
+            return "import"
+        method = extra.get("method") or extra.get("map", {}).get("method")
+        if method:
+            return str(method)
+    if any(name in present for name in _NEURAL_ONLY):
+        return "neural"
+    return "unknown"
+
+
+def claim_output_folder(out_dir: Path, kind: str, *, force: bool) -> None:
+    """Make ``out_dir`` ready for the outputs of a ``kind`` fit (a method name, or ``import``).
+
+    Outputs of another kind are refused (UsageError, exit 2) unless ``force``; with ``force`` every earlier
+    output is removed first. Either way the folder never mixes two fits' maps, plots and state. Only the
+    names in :data:`FIT_OUTPUTS` are touched; other files in the folder are left alone.
+    """
+    import shutil
+
+    previous = _fit_kind(out_dir)
+    if previous is None or (previous == kind and not force):
+        return
+    present = [name for name in FIT_OUTPUTS if (out_dir / name).exists()]
+    if not force:
+        earlier = "an import" if previous == "import" else f"a {previous} fit"
+        new = "an import" if kind == "import" else f"a {kind} fit"
+        raise UsageError(
+            f"fit_ot.output: {out_dir} holds the outputs of {earlier} ({', '.join(present)}); {new} there "
+            "would leave a folder mixing two fits. Pass --force to replace them, or set fit_ot.output to "
+            "another folder"
+        )
+    for name in present:
+        target = out_dir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
 
 
 def _header(
@@ -67,8 +166,30 @@ def _header(
     )
 
 
-def run_fit_ot(resolved: ResolvedRecipe, *, console: Any = None, resume: bool = True) -> FitSummary:
-    """Fit the map of ``resolved`` and write the artifacts (see module docstring)."""
+def _data_key(keys: list[str], splits: FitSplits, encoder_fp: dict[str, Any] | None) -> dict[str, Any]:
+    """What a resumed neural fit must share with its saved state: the encoder and the rows of its splits."""
+    import hashlib
+
+    def digest(index: torch.Tensor) -> str:
+        rows = "\n".join(keys[i] for i in index.tolist())
+        return hashlib.sha256(rows.encode()).hexdigest()[:16]
+
+    return {
+        "encoder": encoder_fp or {},
+        "train_rows": digest(splits.train),
+        "selection_rows": digest(splits.selection),
+    }
+
+
+def run_fit_ot(
+    resolved: ResolvedRecipe, *, console: Any = None, resume: bool = True, force: bool = False
+) -> FitSummary:
+    """Fit the map of ``resolved`` and write the artifacts (see the module docstring).
+
+    ``resume``: continue a neural fit from ``state/`` (same settings, encoder and split rows only).
+    ``force``: replace the outputs of an earlier fit in ``fit_ot.output`` (needed when they are of another
+    method or an import).
+    """
     from pisces_cli.artifacts import load_sharded
     from pisces_cli.ot.maps import (
         IdentityMap,
@@ -81,7 +202,7 @@ def run_fit_ot(resolved: ResolvedRecipe, *, console: Any = None, resume: bool = 
         write_fit_report,
     )
     from pisces_cli.rewards.ot_map_artifact import save_ot_map_artifact
-    from pisces_cli.runtime import init_distributed, resolve_device, seed_everything
+    from pisces_cli.runtime import barrier, init_distributed, resolve_device, seed_everything
     from pisces_cli.stages.progress import progress_bar
 
     check_stage("fit-ot", resolved)
@@ -102,18 +223,29 @@ def run_fit_ot(resolved: ResolvedRecipe, *, console: Any = None, resume: bool = 
             f"{emb_dir}: text_cls {tuple(x_all.shape)} and video_cls {tuple(y_all.shape)} differ"
         )
     encoder_fp = header.fingerprints.get("encoder")
-    train_idx, val_idx = split_train_val(x_all.shape[0], section.val_fraction, section.val_max, recipe.seed)
-    x_train, y_train = x_all[train_idx], y_all[train_idx]
-    x_val, y_val = x_all[val_idx], y_all[val_idx]
+    splits = split_pairs(x_all.shape[0], section.val_fraction, section.val_max, recipe.seed)
+    if ctx.is_main:
+        claim_output_folder(out_dir, section.method, force=force)
+    barrier()
+    x_train, y_train = x_all[splits.train], y_all[splits.train]
+    x_sel, y_sel = x_all[splits.selection], y_all[splits.selection]
+    x_rep, y_rep = x_all[splits.report], y_all[splits.report]
     dim = int(x_all.shape[1])
     norm = section.normalize
-    extra_common = {
-        "train_size": len(train_idx),
-        "val_size": len(val_idx),
+    knn_k = section.neural.knn_k
+    extra_common: dict[str, Any] = {
+        "splits": splits.describe(recipe.seed),
         "embeddings": str(emb_dir),
         "normalization": norm,
         "embed_dim": dim,
     }
+
+    def metrics_on(x: torch.Tensor, y: torch.Tensor, tmap: Any) -> dict[str, float]:
+        """Mutual kNN before/after and distance Spearman of ``tmap`` on one held-out split."""
+        return map_metrics(
+            normalize_embeddings(x, norm), normalize_embeddings(y, norm), tmap.apply(x), k=knn_k
+        )
+
     history: list[dict[str, Any]] = []
     step = None
     if section.method == "neural":
@@ -147,25 +279,28 @@ def run_fit_ot(resolved: ResolvedRecipe, *, console: Any = None, resume: bool = 
                     "loss_T": losses.get("loss_map", float("nan")),
                     "loss_f": losses.get("loss_potential", float("nan")),
                 }
-                if metrics:
-                    fields.update({k: v for k, v in metrics.items() if k in ("mknn_after", "spearman")})
+                if metrics:  # the selection split's metrics (the report split is never looked at here)
+                    fields.update(
+                        {f"sel_{k}": v for k, v in metrics.items() if k in ("mknn_after", "spearman")}
+                    )
                 advance(step_now - last["step"], **fields)
                 last["step"] = step_now
 
             result = fit_neural_map(
                 x_train.to(device),
                 y_train.to(device),
-                x_val.to(device),
-                y_val.to(device),
+                x_sel.to(device),
+                y_sel.to(device),
                 config,
                 out_dir / "state",
                 resume=resume,
                 on_progress=on_progress,
                 eval_every=neural.eval_every,
                 device=device,
+                data_key=_data_key(keys, splits, encoder_fp),
             )
         if not ctx.is_main:
-            return FitSummary(out_dir, "neural", {}, len(train_idx), len(val_idx), result.step)
+            return FitSummary(out_dir, "neural", {}, len(splits.train), len(splits.report), result.step)
         history, step = result.history, result.step
         candidates = {"last": result.transport_map}
         for metric in ("mknn_after", "spearman"):
@@ -173,29 +308,28 @@ def run_fit_ot(resolved: ResolvedRecipe, *, console: Any = None, resume: bool = 
                 candidates[metric] = load_map(result.best[metric]["path"])
         for name, tmap in candidates.items():
             label = {"last": "last", "mknn_after": "best_mknn", "spearman": "best_spearman"}[name]
-            m = map_metrics(
-                normalize_embeddings(x_val, norm),
-                normalize_embeddings(y_val, norm),
-                tmap.apply(x_val),
-                k=neural.knn_k,
-            )
+            extra = {
+                **extra_common,
+                "method": "neural",
+                "candidate": name,
+                "step": step,
+                "selection_metrics": metrics_on(x_sel, y_sel, tmap),
+            }
             save_ot_map_artifact(
                 out_dir / f"ot_map_{label}.safetensors",
                 tmap,
                 dim,
-                _header(resolved, encoder_fp, m, {**extra_common, "selected_by": name, "step": step}),
+                _header(resolved, encoder_fp, metrics_on(x_rep, y_rep, tmap), extra),
             )
         chosen_name = section.select if section.select in candidates else "last"
         transport_map = candidates[chosen_name]
         extra_common["selected_by"] = chosen_name
+        extra_common["selection_metrics"] = metrics_on(x_sel, y_sel, transport_map)
     elif section.method == "gaussian":
         transport_map = fit_gaussian_map(x_train, y_train, normalization=norm, ridge=section.gaussian.ridge)
     else:
         transport_map = IdentityMap(norm)
-    knn_k = section.neural.knn_k
-    tx_val = transport_map.apply(x_val)
-    x_val_n, y_val_n = normalize_embeddings(x_val, norm), normalize_embeddings(y_val, norm)
-    metrics = map_metrics(x_val_n, y_val_n, tx_val, k=knn_k)
+    metrics = metrics_on(x_rep, y_rep, transport_map)
     save_ot_map_artifact(
         out_dir / "ot_map.safetensors",
         transport_map,
@@ -203,16 +337,27 @@ def run_fit_ot(resolved: ResolvedRecipe, *, console: Any = None, resume: bool = 
         _header(resolved, encoder_fp, metrics, {**extra_common, "method": section.method, "step": step}),
     )
     write_fit_report(
-        out_dir, history, x_val_n, y_val_n, tx_val, metrics, title=f"OT map fit report ({section.method})"
+        out_dir,
+        history,
+        normalize_embeddings(x_rep, norm),
+        normalize_embeddings(y_rep, norm),
+        transport_map.apply(x_rep),
+        metrics,
+        title=f"OT map fit report ({section.method})",
+        splits=splits.describe(recipe.seed),
+        selection_metrics=extra_common.get("selection_metrics"),
     )
-    return FitSummary(out_dir, section.method, metrics, len(train_idx), len(val_idx), step)
+    return FitSummary(out_dir, section.method, metrics, len(splits.train), len(splits.report), step)
 
 
-def run_import(resolved: ResolvedRecipe, source: str, *, console: Any = None) -> FitSummary:
+def run_import(
+    resolved: ResolvedRecipe, source: str, *, console: Any = None, force: bool = False
+) -> FitSummary:
     """Convert the reference implementation's released map (a ``.pt``) into ``ot_map.safetensors``.
 
     The map is tied to ``models.encoder`` (its fingerprint is recorded) and uses ``fit_ot.normalize``
     as its input convention — ``l2`` reproduces how the reference applies its map at reward time.
+    ``force``: replace the outputs of an earlier fit in ``fit_ot.output`` (refused otherwise).
     """
     from pisces_cli.ot.maps import NeuralMap, import_reference_map
     from pisces_cli.rewards.build import load_encoder_from_recipe
@@ -235,6 +380,7 @@ def run_import(resolved: ResolvedRecipe, source: str, *, console: Any = None) ->
     else:
         raise UsageError("--import needs models.encoder.path set, so the imported map is tied to its encoder")
     out = Path(recipe.fit_ot.output) / "ot_map.safetensors"
+    claim_output_folder(out.parent, "import", force=force)
     save_ot_map_artifact(
         out,
         transport_map,

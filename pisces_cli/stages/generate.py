@@ -245,7 +245,7 @@ def run_generate(
             pixels = sample_videos(adapter, [j.prompt for j in chunk], [j.seed for j in chunk], section)
             for job, video in zip(chunk, pixels):
                 write_mp4(folder / job.file, video, section.fps, crf=section.crf)
-                advance(video=job.file[:40])
+                advance(video=job.file)
             if dist.is_main:
                 _write_index(folder, settings, jobs, resolved)
     barrier()

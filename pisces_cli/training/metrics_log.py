@@ -27,6 +27,30 @@ CONSOLE_COLUMNS = {
 CONSOLE_ROWS = 8
 
 
+def _number(value: Any) -> str:
+    """A metric for the console: 4 significant digits, never shortened further."""
+    return f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
+
+
+class _LiveView:
+    """The live console view: the table when it fits the terminal, else one line per row (never cut)."""
+
+    def __init__(self, logger: MetricsLogger) -> None:
+        self.logger = logger
+
+    def __rich_console__(self, console: Any, options: Any) -> Any:
+        from rich.text import Text
+
+        from pisces_cli.rendering import fits
+
+        table = self.logger.table()
+        if fits(console, table, options.max_width):
+            yield table
+            return
+        for line in self.logger.lines():
+            yield Text(line, overflow="fold")
+
+
 def _clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
@@ -84,7 +108,11 @@ class MetricsLogger:
         self._file.flush()
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        """Record the metrics of optimizer step ``step``."""
+        """Record the metrics of optimizer step ``step``.
+
+        Metrics without a console column (e.g. GRPO's pre-training sanity check, logged at step 0) are
+        printed as one line instead of adding an empty row to the console table.
+        """
         if not self.enabled:
             return
         self._write({"step": step, "time": round(time.time(), 3), **metrics})
@@ -94,6 +122,11 @@ class MetricsLogger:
                     self._tensorboard.add_scalar(f"train/{name}", value, step)
         if self._wandb is not None:
             self._wandb.log({f"train/{k}": v for k, v in metrics.items()}, step=step)
+        if not any(column in metrics for column in CONSOLE_COLUMNS):
+            if self.console is not None:
+                details = "  ".join(f"{k}={_number(v)}" for k, v in metrics.items())
+                self.console.print(f"step {step}: {details}", highlight=False, markup=False, soft_wrap=True)
+            return
         self.rows = (self.rows + [(step, metrics)])[-CONSOLE_ROWS:]
         self._refresh()
 
@@ -108,7 +141,10 @@ class MetricsLogger:
 
     # ------------------------------------------------------------------------------------------ console
     def table(self):
+        """The last :data:`CONSOLE_ROWS` logged steps as a rich table (numbers to 4 significant digits)."""
         from rich.table import Table
+
+        from pisces_cli.rendering import prepare_table
 
         columns = [c for c in CONSOLE_COLUMNS if any(c in row for _, row in self.rows)]
         table = Table(title="pisces finetune", expand=False)
@@ -116,24 +152,35 @@ class MetricsLogger:
         for column in columns:
             table.add_column(CONSOLE_COLUMNS[column], justify="right")
         for step, row in self.rows:
-            cells = []
-            for column in columns:
-                value = row.get(column)
-                cells.append("" if value is None else f"{value:.4g}")
-            table.add_row(str(step), *cells)
-        return table
+            table.add_row(
+                str(step), *["" if row.get(column) is None else _number(row[column]) for column in columns]
+            )
+        return prepare_table(table)
+
+    def lines(self) -> list[str]:
+        """The same rows as :meth:`table`, one ``step N: loss=… L_cd=…`` line each (for narrow terminals)."""
+        return [
+            f"step {step}: "
+            + "  ".join(
+                f"{label}={_number(row[column])}"
+                for column, label in CONSOLE_COLUMNS.items()
+                if column in row
+            )
+            for step, row in self.rows
+        ]
 
     def start_live(self) -> None:
-        if self.console is None or self._live is not None:
+        """Show the table live on a terminal; elsewhere (a log file, a pipe) it is printed once by :meth:`close`."""
+        if self.console is None or self._live is not None or not self.console.is_terminal:
             return
         from rich.live import Live
 
-        self._live = Live(self.table(), console=self.console, refresh_per_second=2, transient=False)
+        self._live = Live(_LiveView(self), console=self.console, refresh_per_second=2, transient=False)
         self._live.start()
 
     def _refresh(self) -> None:
         if self._live is not None:
-            self._live.update(self.table())
+            self._live.refresh()
 
     def close(self) -> None:
         if not self.enabled:
@@ -142,6 +189,10 @@ class MetricsLogger:
             self._live.stop()
             self._live = None
             self.console.print()
+        elif self.console is not None and self.rows:
+            from pisces_cli.rendering import print_table
+
+            print_table(self.console, self.table())
         self._file.close()
         if self._tensorboard is not None:
             self._tensorboard.close()

@@ -121,6 +121,7 @@ class ExperimentResult:
     agreement: dict[str, Any] | None = None
     accuracy: dict[str, Any] | None = None
     report: Path | None = None
+    seconds: float = 0.0  # this call, from its start to the written report (what report.md and the CLI say)
 
 
 # ------------------------------------------------------------------------------------------ seeds
@@ -264,6 +265,7 @@ def run_world_experiment(
 
     from pisces_cli.atomic import atomic_write_json, atomic_write_text
 
+    started = time.perf_counter()
     unknown = set(parts) - {"rewards", "finetune"}
     if unknown or not parts:
         raise UsageError(f"parts: expected a non-empty subset of rewards, finetune; got {sorted(parts)}")
@@ -277,7 +279,6 @@ def run_world_experiment(
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(root / "recipe.yaml", header + runner.resolved.to_yaml())
     torch.set_num_threads(settings.threads)
-    started = time.perf_counter()
 
     _data_steps(runner)
     from pisces_cli.world.experiment_parts import finetune_part, rewards_part
@@ -308,6 +309,7 @@ def run_world_experiment(
 
     atomic_write_text(root / "report.md", report_markdown(runner, total))
     result.report = root / "report.md"
+    result.seconds = total
     return result
 
 

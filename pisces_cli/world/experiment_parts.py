@@ -6,12 +6,12 @@ Both parts run the ordinary stages in-process (``run_embed``, ``run_fit_ot``, ``
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pisces_cli.errors import PiscesRuntimeError
 from pisces_cli.world.experiment_data import label_folder, read_jsonl
+from pisces_cli.world.experiment_report import verdict_word
 
 if TYPE_CHECKING:
     from pisces_cli.world.experiment import _Runner
@@ -129,15 +129,27 @@ def _count(summary: Any) -> str:
 
 
 def report_markdown(runner: _Runner, seconds: float) -> str:
-    """``report.md``: settings, step log, the two claims' tables and an honest verdict line each."""
-    from pisces_cli.world.experiment_report import agreement_markdown, generation_markdown
+    """``report.md``: settings, step log, the two claims' tables, an honest verdict line each, and the
+    findings in sentences (:func:`~pisces_cli.world.experiment_report.findings_markdown`)."""
+    import platform
+
+    from pisces_cli import __version__
+    from pisces_cli.world.experiment_report import agreement_markdown, findings_markdown, generation_markdown
 
     result = runner.result
+    steps_total = sum(s.seconds for s in result.steps)
+    earlier = any(s.skipped for s in result.steps)
+    timing = f"The steps took {steps_total:.0f} s in all" + (
+        f" (some in earlier calls); this call of `pisces world run` took {seconds:.0f} s."
+        if earlier
+        else f"; `pisces world run` took {seconds:.0f} s."
+    )
     lines = [
         "# PISCES world experiment",
         "",
-        f"Recipe `{runner.root / 'recipe.yaml'}` (hash {runner.resolved.hash}), seed {runner.recipe.seed}. "
-        f"Steps took {sum(s.seconds for s in result.steps):.0f} s in all (this call: {seconds:.0f} s).",
+        f"Recipe `{runner.root / 'recipe.yaml'}` (hash {runner.resolved.hash}), seed {runner.recipe.seed}, "
+        f"pisces {__version__}. {timing}",
+        f"Machine: {machine_description()}, torch threads {runner.settings.threads} (Python {platform.python_version()}).",
         "",
         "| step | s | result |",
         "|---|---|---|",
@@ -153,6 +165,9 @@ def report_markdown(runner: _Runner, seconds: float) -> str:
         lines += ["", "## Claim 2: fine-tuning with PISCES rewards", ""]
         lines.append(generation_markdown(result.accuracy))
         lines += ["", _claim2_verdict(result.accuracy)]
+    findings = findings_markdown(result.agreement, result.accuracy)
+    if findings:
+        lines += ["", findings]
     plots = [
         f"`{name}`"
         for name, data in (("agreement.png", result.agreement), ("generation.png", result.accuracy))
@@ -162,27 +177,32 @@ def report_markdown(runner: _Runner, seconds: float) -> str:
     return "\n".join(lines)
 
 
-def _verdict_word(interval: dict[str, float]) -> str:
-    low, high = interval["low"], interval["high"]
-    if not (math.isfinite(low) and math.isfinite(high)):
-        return "undetermined"
-    if low > 0:
-        return "better"
-    if high < 0:
-        return "worse"
-    return "no significant difference"
+def machine_description() -> str:
+    """CPU model and core count (Linux ``/proc/cpuinfo``; else the platform's processor string)."""
+    import os
+    import platform
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} logical CPUs"
 
 
 def _claim1_verdict(agreement: dict[str, Any]) -> str:
     parts = []
     for name, row in agreement["ot_gain"].items():
         target = "quality" if name.startswith("quality") else "prompt_fidelity"
-        parts.append(f"{name} on oracle {target}: {_verdict_word(row[target])}")
+        parts.append(f"{name} on oracle {target}: {verdict_word(row[target])}")
     return "Verdict (95 % CI of the paired difference): " + ("; ".join(parts) or "n/a") + "."
 
 
 def _claim2_verdict(accuracy: dict[str, Any]) -> str:
     parts = []
     for arm, row in accuracy["vs_base"].items():
-        parts.append(f"{arm} vs base, prompt fidelity: {_verdict_word(row['prompt_fidelity'])}")
+        parts.append(f"{arm} vs base, prompt fidelity: {verdict_word(row['prompt_fidelity'])}")
     return "Verdict (95 % CI of the paired difference): " + ("; ".join(parts) or "n/a") + "."

@@ -99,16 +99,64 @@ def reward_agreement(
             }
             for name, values in columns.items()
         }
-    return {"rho": rho, "ot_gain": gain, "n": len(files), "by_kind": by_kind}
+    return {
+        "rho": rho,
+        "ot_gain": gain,
+        "n": len(files),
+        "by_kind": by_kind,
+        "token_prior": token_prior_effect(columns),
+    }
+
+
+def token_prior_effect(columns: dict[str, np.ndarray]) -> dict[str, float] | None:
+    """How much the token-OT prior moves the semantic reward, against how much that reward varies.
+
+    ``{"n", "mean_abs_change", "max_abs_change", "semantic_std"}``: mean and largest ``|semantic (partial OT) −
+    semantic (no OT)|`` over the clips with both, and the standard deviation (ddof 1) of the semantic reward
+    with the prior across those clips. None when either column is missing.
+    """
+    with_prior, without = columns.get("semantic (partial OT)"), columns.get("semantic (no OT)")
+    if with_prior is None or without is None:
+        return None
+    keep = np.isfinite(with_prior) & np.isfinite(without)
+    if keep.sum() < 2:
+        return None
+    change = np.abs(with_prior[keep] - without[keep])
+    return {
+        "n": int(keep.sum()),
+        "mean_abs_change": float(change.mean()),
+        "max_abs_change": float(change.max()),
+        "semantic_std": float(np.std(with_prior[keep], ddof=1)),
+    }
+
+
+#: Arms compared with each other in claim 2: (arm, reference arm) → ``arm − reference``, paired by file.
+ARM_PAIRS: tuple[tuple[str, str], ...] = (("pisces", "no_ot"),)
+
+
+def _paired_by_file(
+    reference: list[dict[str, Any]], arm: list[dict[str, Any]], n_boot: int, seed: int
+) -> dict[str, dict[str, float]]:
+    """``arm − reference`` per metric over the files both judged (same prompt and seed)."""
+    ref = {r["file"]: r for r in reference}
+    mine = {r["file"]: r for r in arm}
+    files = [f for f in mine if f in ref]
+    out = {}
+    for metric in GENERATION_METRICS:
+        a = np.asarray([_as_float(ref[f].get(metric)) for f in files])
+        b = np.asarray([_as_float(mine[f].get(metric)) for f in files])
+        out[metric] = paired_mean_difference_ci(a, b, n_boot=n_boot, seed=seed).to_dict()
+    return out
 
 
 def generation_accuracy(
     labels: dict[str, list[dict[str, Any]]], *, base: str = "base", n_boot: int, seed: int
 ) -> dict[str, Any]:
-    """Per-arm oracle accuracy per attribute and scores with CIs, and each arm − ``base`` (paired by file).
+    """Per-arm oracle accuracy per attribute and scores with CIs, each arm − ``base`` and the arm pairs of
+    :data:`ARM_PAIRS` (all paired by file).
 
     ``labels``: arm name → rows of its ``labels.jsonl``. Returns ``{"metrics": {arm: {metric: Interval}},
-    "vs_base": {arm: {metric: Interval}}}`` (Interval dicts).
+    "vs_base": {arm: {metric: Interval}}, "between_arms": {"a − b": {metric: Interval}}}`` (Interval dicts).
     """
     metrics: dict[str, dict[str, dict[str, float]]] = {}
     vs_base: dict[str, dict[str, dict[str, float]]] = {}
@@ -120,14 +168,13 @@ def generation_accuracy(
             metrics[arm][metric] = mean_ci(values, n_boot=n_boot, seed=seed).to_dict()
         if arm == base or not base_rows:
             continue
-        vs_base[arm] = {}
-        files = [r["file"] for r in rows if r["file"] in base_rows]
-        mine = {r["file"]: r for r in rows}
-        for metric in GENERATION_METRICS:
-            a = np.asarray([_as_float(base_rows[f].get(metric)) for f in files])
-            b = np.asarray([_as_float(mine[f].get(metric)) for f in files])
-            vs_base[arm][metric] = paired_mean_difference_ci(a, b, n_boot=n_boot, seed=seed).to_dict()
-    return {"metrics": metrics, "vs_base": vs_base}
+        vs_base[arm] = _paired_by_file(labels[base], rows, n_boot, seed)
+    between = {
+        f"{arm} − {reference}": _paired_by_file(labels[reference], labels[arm], n_boot, seed)
+        for arm, reference in ARM_PAIRS
+        if arm in labels and reference in labels
+    }
+    return {"metrics": metrics, "vs_base": vs_base, "between_arms": between}
 
 
 def _as_float(value: Any) -> float:
@@ -193,16 +240,97 @@ def generation_markdown(accuracy: dict[str, Any]) -> str:
     for arm, row in metrics.items():
         n = max(int(v["n"]) for v in row.values())
         lines.append(f"| {arm} | {n} | " + " | ".join(_fmt(row[m]) for m in GENERATION_METRICS) + " |")
-    if accuracy["vs_base"]:
-        lines += ["", "Paired difference arm − base (same prompts and seeds):", ""]
-        lines += [
-            "| arm | " + " | ".join(GENERATION_METRICS) + " |",
-            "|---|" + "---|" * len(GENERATION_METRICS),
-        ]
-        for arm, row in accuracy["vs_base"].items():
+    for key, caption, first in (
+        ("vs_base", "Paired difference arm − base (same prompts and seeds):", "arm"),
+        ("between_arms", "Paired difference between arms (same prompts and seeds):", "arms"),
+    ):
+        if not accuracy.get(key):
+            continue
+        lines += ["", caption, "", f"| {first} | " + " | ".join(GENERATION_METRICS) + " |"]
+        lines.append("|---|" + "---|" * len(GENERATION_METRICS))
+        for name, row in accuracy[key].items():
             lines.append(
-                f"| {arm} | " + " | ".join(_fmt(row[m], signed=True) for m in GENERATION_METRICS) + " |"
+                f"| {name} | " + " | ".join(_fmt(row[m], signed=True) for m in GENERATION_METRICS) + " |"
             )
+    return "\n".join(lines)
+
+
+def verdict_word(interval: dict[str, float]) -> str:
+    """``better`` / ``worse`` when the 95 % CI of a difference excludes 0, else ``no significant difference``."""
+    low, high = interval["low"], interval["high"]
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "undetermined"
+    if low > 0:
+        return "better"
+    if high < 0:
+        return "worse"
+    return "no significant difference"
+
+
+def _moves(interval: dict[str, float], up: str = "raises", down: str = "lowers") -> str:
+    word = verdict_word(interval)
+    return {"better": up, "worse": down}.get(word, "does not significantly change")
+
+
+def findings_markdown(agreement: dict[str, Any] | None, accuracy: dict[str, Any] | None) -> str:
+    """``## What this shows``: the claims' figures in sentences, every number taken from the results.
+
+    The wording that depends on a result (raises / lowers / does not change) follows the 95 % CI of the
+    paired difference, so the text cannot say more than the numbers do.
+    """
+    lines = ["## What this shows", ""]
+    if agreement is not None:
+        rho, gain = agreement["rho"], agreement["ot_gain"]
+        quality_gain = gain.get("quality (OT map) − quality (no OT)")
+        if quality_gain is not None:
+            mapped, plain = rho["quality (OT map)"], rho["quality (no OT)"]
+            lines.append(
+                f"- The OT map {_moves(quality_gain['quality'])} the quality reward's agreement with the oracle's "
+                f"quality: ρ {_fmt(plain['quality'])} without the map, {_fmt(mapped['quality'])} with it (paired "
+                f"difference {_fmt(quality_gain['quality'], signed=True)}). Its agreement with prompt fidelity: ρ "
+                f"{_fmt(plain['prompt_fidelity'])} → {_fmt(mapped['prompt_fidelity'])} (difference "
+                f"{_fmt(quality_gain['prompt_fidelity'], signed=True)})."
+            )
+        semantic_gain = gain.get("semantic (partial OT) − semantic (no OT)")
+        if semantic_gain is not None:
+            text = (
+                f"- Partial token OT {_moves(semantic_gain['prompt_fidelity'])} the semantic reward's agreement "
+                f"with prompt fidelity (paired difference {_fmt(semantic_gain['prompt_fidelity'], signed=True)})."
+            )
+            prior = agreement.get("token_prior")
+            if prior:
+                text += (
+                    f" Over these {prior['n']} clips the token prior changes the semantic reward by "
+                    f"{prior['mean_abs_change']:.3f} on average (at most {prior['max_abs_change']:.3f}), while "
+                    f"the reward's standard deviation across clips is {prior['semantic_std']:.3f}."
+                )
+            lines.append(text)
+    if accuracy is not None:
+        for arm, row in accuracy["vs_base"].items():
+            clear = [
+                f"{metric} {_fmt(row[metric], signed=True)}"
+                for metric in (*ORACLE_ATTRIBUTES, "all_four")
+                if verdict_word(row[metric]) in ("better", "worse")
+            ]
+            lines.append(
+                f"- {arm} − base: prompt fidelity {_fmt(row['prompt_fidelity'], signed=True)} "
+                f"({verdict_word(row['prompt_fidelity'])}), quality {_fmt(row['quality'], signed=True)} "
+                f"({verdict_word(row['quality'])}); attributes whose CI excludes 0: "
+                + (", ".join(clear) if clear else "none")
+                + "."
+            )
+        for pair, row in accuracy.get("between_arms", {}).items():
+            lines.append(
+                f"- {pair} (same prompts and seeds): prompt fidelity {_fmt(row['prompt_fidelity'], signed=True)} "
+                f"({verdict_word(row['prompt_fidelity'])}), quality {_fmt(row['quality'], signed=True)} "
+                f"({verdict_word(row['quality'])})."
+            )
+        direction = [row["direction"]["estimate"] for row in accuracy["metrics"].values()]
+        finite = [value for value in direction if math.isfinite(value)]
+        if finite:
+            lines.append(f"- Direction accuracy is at most {max(finite):.3f} in every arm.")
+    if len(lines) == 2:
+        return ""
     return "\n".join(lines)
 
 

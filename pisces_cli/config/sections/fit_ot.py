@@ -43,8 +43,10 @@ class GaussianOTSection:
 class FitOTSection:
     """Fit, judge and ship an OT map from the embeddings written by ``embed``.
 
-    ``select`` picks which neural checkpoint ships as ``ot_map.safetensors``: the best held-out mutual
-    kNN (default), the best distance Spearman, or the last step; all three are written.
+    ``val_fraction`` of the pairs (at most ``val_max``, at least 6) are held out and halved: the selection
+    split, on which ``select`` picks the neural checkpoint that ships as ``ot_map.safetensors`` (the best
+    mutual kNN, the default; the best distance Spearman; or the last step; all three are written), and the
+    report split, whose metrics are the ones reported.
     """
 
     method: Literal["neural", "gaussian", "identity"] = "neural"

@@ -1,7 +1,7 @@
 """Configuration of the native InternVideo2-Stage2 model (vision ViT, BERT text/fusion encoder, heads).
 
-Sizes follow /work/shared/docs/internvideo2.md: :meth:`InternVideo2Config.stage2_1b` is the released
-``InternVideo2-stage2_1b-224p-f4`` model (§1.1, §2.1), :meth:`InternVideo2Config.tiny` the test model (§6).
+Sizes (docs/internvideo2.md §1.1, §2.1): :meth:`InternVideo2Config.stage2_1b` is the released
+``InternVideo2-stage2_1b-224p-f4`` model, :meth:`InternVideo2Config.tiny` the test model (docs/internvideo2.md §6).
 The config is stored next to the weights as JSON (``config.json``).
 """
 

@@ -1,7 +1,7 @@
 """InternVideo2 vision encoder (``PretrainInternVideo2`` at inference) in plain PyTorch.
 
 Module and parameter names equal the released checkpoint's names under ``vision_encoder.`` (see
-``checkpoint.py``). Facts from /work/shared/docs/internvideo2.md §1:
+``checkpoint.py``). The architecture (docs/internvideo2.md §1):
 
 * patch embedding: ``Conv3d(3, C, (1, p, p), stride (1, p, p))``, tokens frame-major then row-major,
   a learned ``cls_token`` first, then ``pos_embed`` (video) or ``img_pos_embed`` (T == 1) added to all tokens;

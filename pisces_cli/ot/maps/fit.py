@@ -132,6 +132,7 @@ def fit_neural_map(
     on_progress: ProgressCallback | None = None,
     eval_every: int = DEFAULT_EVAL_EVERY,
     device: torch.device | str | None = None,
+    data_key: dict[str, Any] | None = None,
 ) -> FitResult:
     """Train a Neural OT map from cached embeddings to ``config.max_steps`` outer steps.
 
@@ -146,6 +147,9 @@ def fit_neural_map(
             ``metrics`` is given at evaluation steps.
         eval_every: outer steps between evaluations + checkpoints (also at the final step).
         device: training device (default: current CUDA device under NCCL, else ``x_train.device``).
+        data_key: what identifies the data (e.g. the encoder and digests of the rows of ``x_train`` and
+            ``x_val``); saved with the state, and a resume whose key differs is refused, since the saved
+            weights, history and best checkpoints belong to other data.
 
     Returns:
         :class:`FitResult`. History entries hold window means of the per-step losses.
@@ -172,6 +176,7 @@ def fit_neural_map(
     saved = load_last_state(state_dir) if resume else None
     if saved is not None:
         tensors, meta = saved
+        _check_data_key(state_dir, meta.get("data"), data_key)
         trainer.load_state(tensors, meta)
         history = list(meta.get("history", []))
         best = dict(meta.get("best", {}))
@@ -206,7 +211,11 @@ def fit_neural_map(
                     }
                 )
                 _update_best(state_dir, best, step, step_metrics, current_map)
-                _save_last(state_dir, trainer, {"history": history, "best": best, "world_size": world_size})
+                _save_last(
+                    state_dir,
+                    trainer,
+                    {"history": history, "best": best, "world_size": world_size, "data": data_key},
+                )
             if distributed:
                 dist.barrier()
         if rank == 0 and on_progress is not None:
@@ -220,6 +229,21 @@ def fit_neural_map(
         best=best if rank == 0 else {},
         history=history if rank == 0 else [],
         state_dir=state_dir,
+    )
+
+
+def _check_data_key(state_dir: Path, saved: dict[str, Any] | None, current: dict[str, Any] | None) -> None:
+    """Refuse to resume ``state_dir`` when it was trained on other data than ``current`` describes."""
+    if current is None or saved == current:
+        return
+    if saved is None:
+        differing = "the saved state does not record its data (written by an older pisces)"
+    else:
+        names = sorted(k for k in {*saved, *current} if saved.get(k) != current.get(k))
+        differing = "it differs in " + ", ".join(names)
+    raise UsageError(
+        f"cannot resume {state_dir}: it was trained on other data or splits ({differing}); "
+        "re-run with --fresh to start the fit over"
     )
 
 

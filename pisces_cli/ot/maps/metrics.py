@@ -1,4 +1,4 @@
-"""Held-out metrics of a transport map (method.md §2.5, with the Spearman fix of §9.9).
+"""Held-out metrics of a transport map (docs/method.md §2.5; the Spearman fix: docs/method.md §9.9).
 
 * :func:`mutual_knn` — neighbourhood agreement between two aligned clouds, in [0, 1].
 * :func:`distance_spearman` — how well T preserves the geometry of X, in [−1, 1].

@@ -104,6 +104,9 @@ def write_fit_report(
     tx_val: torch.Tensor,
     metrics: dict[str, float],
     title: str = "OT map fit report",
+    *,
+    splits: dict[str, Any] | None = None,
+    selection_metrics: dict[str, float] | None = None,
 ) -> Path:
     """Write ``out_dir/report.md`` with ``curves.png`` and ``distances.png``; returns the report path.
 
@@ -111,14 +114,30 @@ def write_fit_report(
         history: :attr:`FitResult.history` (may be empty, e.g. for ``gaussian``/``identity`` maps).
         x_val, y_val, tx_val: held-out text ``[V, D]``, video ``[V, D]`` and mapped text ``T(x_val)``,
             all in the map's normalisation convention.
-        metrics: final metrics (e.g. :func:`~pisces_cli.ot.maps.metrics.map_metrics`).
+        metrics: final metrics (e.g. :func:`~pisces_cli.ot.maps.metrics.map_metrics`) on ``x_val``.
+        splits: sizes and rule of the train / selection / report splits (``x_val`` is the report split).
+        selection_metrics: the same metrics on the selection split (the one that chose the checkpoint).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     x_cpu, y_cpu, tx_cpu = (cloud.detach().float().cpu() for cloud in (x_val, y_val, tx_val))
     lines = [f"# {title}", "", f"Held-out pairs: {x_cpu.shape[0]}, embedding dim: {x_cpu.shape[1]}", ""]
-    lines += ["## Metrics", "", "| metric | value |", "|---|---|"]
-    lines += [f"| {name} | {value:.4f} |" for name, value in metrics.items()]
+    if splits:
+        lines += [
+            f"Splits: {splits['train']} pairs train, {splits['selection']} select the checkpoint, "
+            f"{splits['report']} report the metrics below (seed {splits['seed']}; {splits['rule']}).",
+            "",
+        ]
+    if selection_metrics:
+        lines += ["## Metrics", "", "| metric | report split | selection split |", "|---|---|---|"]
+        lines += [
+            f"| {name} | {value:.4f} | {selection_metrics.get(name, float('nan')):.4f} |"
+            for name, value in metrics.items()
+        ]
+        lines += ["", "The report split never took part in training or in choosing the checkpoint."]
+    else:
+        lines += ["## Metrics", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {name} | {value:.4f} |" for name, value in metrics.items()]
     lines += [
         "",
         "mknn: mean fraction of the k cosine nearest neighbours shared within text and within video "
@@ -128,7 +147,7 @@ def write_fit_report(
     ]
     if history:
         _plot_curves(history, out_dir / "curves.png")
-        lines += ["## Training curves", "", "![curves](curves.png)", ""]
+        lines += ["## Training curves (metrics on the selection split)", "", "![curves](curves.png)", ""]
         last = history[-1]
         lines += [f"Last evaluation at step {last['step']}.", ""]
     means = _plot_distances(x_cpu, y_cpu, tx_cpu, out_dir / "distances.png")

@@ -1,0 +1,118 @@
+"""docs/recipes.md documents every recipe key with the schema's type and default; docs/vbench.md lists every
+weight file `eval --vbench` checks; docs/artifacts.md names every schema pisces writes."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+from pisces_cli.config.recipe import Recipe
+
+ROOT = Path(__file__).parents[1]
+ROW = re.compile(r"^\| `([\w.]+)` \| (.*?) \| `(.*?)` \| (.+) \|$")
+
+
+def type_text(tp: Any) -> str:
+    """The type as docs/recipes.md writes it (see its §1)."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return "any"
+    if origin is Literal:
+        return " \\| ".join(str(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        inner = " or ".join(type_text(a) for a in args)
+        return inner + (" or null" if len(args) < len(get_args(tp)) else "")
+    if origin in (list, tuple):
+        return "list of " + type_text(get_args(tp)[0])
+    if origin is dict:
+        return "mapping"
+    return {str: "string", int: "int", float: "float", bool: "bool"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def default_text(value: Any) -> str:
+    """The default as docs/recipes.md writes it (YAML-like)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(default_text(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {default_text(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, str):
+        return value if value else '""'
+    return repr(value)
+
+
+def schema_keys(cls: type, instance: Any, prefix: str = "") -> dict[str, tuple[str, str]]:
+    """Every leaf key of the recipe schema → (type, default), defaults taken from a default ``Recipe()``."""
+    out = {}
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        tp, value = hints[field.name], getattr(instance, field.name)
+        if dataclasses.is_dataclass(tp):
+            out.update(schema_keys(tp, value, prefix + field.name + "."))
+        else:
+            out[prefix + field.name] = (type_text(tp), default_text(value))
+    return out
+
+
+def documented_rows() -> dict[str, tuple[str, str, str]]:
+    rows = {}
+    for line in (ROOT / "docs" / "recipes.md").read_text(encoding="utf-8").splitlines():
+        match = ROW.match(line)
+        if match:
+            key, tp, default, meaning = match.groups()
+            assert key not in rows, f"docs/recipes.md documents {key} twice"
+            rows[key] = (tp, default, meaning)
+    return rows
+
+
+def test_recipes_reference_documents_every_key_with_its_type_and_default():
+    schema = schema_keys(Recipe, Recipe())
+    rows = documented_rows()
+    missing = sorted(set(schema) - set(rows))
+    assert not missing, f"docs/recipes.md lacks rows for {missing}: add `| key | type | default | meaning |`"
+    unknown = sorted(set(rows) - set(schema))
+    assert not unknown, f"docs/recipes.md documents keys the schema does not have: {unknown}"
+    wrong = [
+        f"{key}: documented {rows[key][:2]}, schema {schema[key]}"
+        for key in schema
+        if (rows[key][0], rows[key][1]) != schema[key]
+    ]
+    assert not wrong, "docs/recipes.md disagrees with the schema:\n" + "\n".join(wrong)
+    assert all(len(meaning) >= 8 for _, _, meaning in rows.values()), "every key needs a meaning"
+
+
+def test_vbench_doc_lists_every_weight_file_eval_checks():
+    from pisces_cli.stages.eval_vbench import WEIGHTS
+
+    text = (ROOT / "docs" / "vbench.md").read_text(encoding="utf-8")
+    for dimension, files in WEIGHTS.items():
+        assert dimension in text, dimension
+        for name in files:
+            assert f"`{name}`" in text, name
+
+
+def test_vbench_doc_states_the_aggregation_constants_of_the_code():
+    from pisces_cli.evaluation.vbench_aggregate import VBENCH_DIMENSIONS
+
+    text = (ROOT / "docs" / "vbench.md").read_text(encoding="utf-8")
+    for spec in VBENCH_DIMENSIONS:
+        row = f"| {spec.key} | {spec.group[0].upper()} | {spec.min_raw!r} | {spec.max_raw!r} | {spec.weight:g} |"
+        assert row in text, row
+
+
+def test_vbench_doc_states_every_difference_the_commands_print():
+    from pisces_cli.stages.eval_metrics import VBENCH_DIFFERENCES
+
+    section = (
+        (ROOT / "docs" / "vbench.md").read_text(encoding="utf-8").split("### 2.4", 1)[1].split("\n## ", 1)[0]
+    )
+    for metric in VBENCH_DIFFERENCES:
+        assert f"| {metric} |" in section, metric
