@@ -56,12 +56,23 @@ def score(
         None, "--output", "-o", help="Output folder (default: VIDEOS_DIR/pisces-scores)."
     ),
     ot_map: str = typer.Option(None, "--ot-map", help="OT map artifact (default: reward.ot_map)."),
-    force: bool = typer.Option(None, "--force/--no-force", help="Rescore videos already scored."),
+    force: bool = typer.Option(
+        None, "--force/--no-force", help="Rescore every video into this folder, whatever it holds."
+    ),
     report: bool = typer.Option(None, "--report/--no-report", help="Also write report.html."),
     limit: int = typer.Option(None, "--limit", help="Score only the first N videos."),
+    retry_failed: bool = typer.Option(
+        False, "--retry-failed", help="Try videos that failed in an earlier run again."
+    ),
+    prompts_from_names: bool = typer.Option(
+        None,
+        "--prompts-from-names",
+        help="A video without a prompt file takes its file name as prompt (data.prompts_from_names).",
+    ),
 ) -> None:
     """Score every video of a folder: quality (OT), semantic (token OT), quality_no_ot, total."""
     resolved = load(recipe, overrides)
+    from pisces_cli.runtime import dist_context
     from pisces_cli.stages.score import run_score
 
     summary = run_score(
@@ -72,9 +83,12 @@ def score(
         force=force,
         report=report,
         limit=limit,
+        retry_failed=retry_failed,
+        prompts_from_names=prompts_from_names,
         console=console,
     )
-    _print_score_table(summary)
+    if dist_context().is_main:
+        _print_score_table(summary)
 
 
 def _print_metrics(title: str, metrics: dict[str, float]) -> None:

@@ -2,9 +2,15 @@
 
 Sections: the run's settings and a summary table (mean and 95 % bootstrap CI per score column, with
 quality − quality_no_ot, what the OT map changed); histograms of the score columns; then for each
-video (up to ``max_videos``) a strip of its sampled frames and, for the caption words that the
-token-level partial-OT plan moves the most mass from, the plan rows drawn as heatmaps over each frame's
-patches ("which word went where"); then a table of every video's scores and a table of failures.
+video (up to ``max_videos``) a strip of the frames the encoder was given (same sampling rule) with the
+crop box it saw outlined and, for the caption words that the token-level partial-OT plan moves the
+most mass from, the plan rows drawn as heatmaps over that crop box ("which word went where"); then a
+table of every video's scores and a table of failures.
+
+``score`` keeps each scored video's word heatmaps in ``heatmaps.jsonl`` beside ``scores.jsonl``
+(:func:`encode_words`: the top words' plan mass per frame and patch, each word stored as 8-bit levels
+of its own maximum — the report draws every word scaled to its maximum, so nothing visible is lost), so
+the report is rebuilt complete on every run from files alone.
 
 Sub-word tokens are merged back into words before ranking (CLIP BPE ``</w>`` ends a word, WordPiece
 ``##`` continues one, SentencePiece ``▁`` / GPT-2 ``Ġ`` start one); a word's heatmap is the sum of its
@@ -34,6 +40,9 @@ COLUMN_NOTES = {
     "total": "w_q · quality + w_s · semantic",
 }
 MAX_TABLE_ROWS = 1000
+#: words per video kept in heatmaps.jsonl and drawn in the report
+REPORT_TOP_WORDS = 3
+CROP_OUTLINE_COLOR = "#00e5ff"
 
 _CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px auto;max-width:1180px;color:#1d2330;
@@ -79,17 +88,86 @@ def _pyplot() -> Any:
     return plt
 
 
-def _frames_for(path: Path, num_frames: int) -> tuple[np.ndarray | None, list[int]]:
-    """Uniformly sampled frames ``[T, H, W, 3]`` uint8 of ``path`` and their indices (None, [] if unreadable)."""
-    from pisces_cli.io.video import read_clip, uniform_indices
+@dataclass(frozen=True)
+class FrameView:
+    """How the encoder saw each video: the frame choice and the resize + crop (from the run's settings).
+
+    Attributes:
+        num_frames: frames per clip; frame_rate: resampling fps (None: ``sampling``'s rule).
+        sampling: ``uniform`` or ``middle``; size: encoder input side; crop: ``center`` or ``random``.
+    """
+
+    num_frames: int
+    frame_rate: float | None = None
+    sampling: str = "uniform"
+    size: int = 224
+    crop: str = "center"
+
+    def crop_box(self, height: int, width: int) -> tuple[float, float, float, float] | None:
+        """The encoder's crop in source pixels ``(x0, y0, x1, y1)``; None for a random crop (not recorded)."""
+        if self.crop != "center":
+            return None
+        from pisces_cli.io.preprocess import crop_window
+
+        return crop_window(height, width, self.size, "center").source_box()
+
+
+def heatmap_extent(box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+    """``imshow`` extent ``(left, right, bottom, top)`` that lays a patch grid exactly over ``box``."""
+    x0, y0, x1, y1 = box
+    return (x0, x1, y1, y0)
+
+
+def _frames_for(path: Path, view: FrameView) -> tuple[np.ndarray | None, list[int]]:
+    """The frames ``[T, H, W, 3]`` uint8 the encoder was given and their indices (None, [] if unreadable)."""
+    from pisces_cli.io.dataset import frame_selector
+    from pisces_cli.io.video import read_clip
 
     try:
-        frames, _info, indices = read_clip(
-            path, lambda total, fps: uniform_indices(total, min(num_frames, total))
-        )
+        selector = frame_selector(view.num_frames, view.frame_rate, view.sampling)  # type: ignore[arg-type]
+        frames, _info, indices = read_clip(path, selector)
     except Exception:
         return None, []
     return frames, list(indices)
+
+
+def encode_words(words: list[WordMap]) -> list[dict[str, Any]]:
+    """JSON form of a video's word heatmaps: per word its text, mass share, peak, shape and 8-bit levels.
+
+    Each heatmap ``[T, gh, gw]`` is stored as ``round(255 · h / peak)`` (base64 of uint8 bytes) with
+    ``peak = max(h)``; :func:`decode_words` inverts it to within ``peak / 510``.
+    """
+    out = []
+    for word in words:
+        maps = np.asarray(word.heatmaps, dtype=np.float64)
+        peak = float(maps.max()) if maps.size else 0.0
+        levels = np.zeros(maps.shape, np.uint8)
+        if peak > 0:
+            levels = np.clip(np.rint(maps / peak * 255.0), 0, 255).astype(np.uint8)
+        out.append(
+            {
+                "word": word.word,
+                "share": round(float(word.mass_share), 6),
+                "peak": peak,
+                "shape": [int(n) for n in maps.shape],
+                "levels": base64.b64encode(levels.tobytes()).decode("ascii"),
+            }
+        )
+    return out
+
+
+def decode_words(records: list[dict[str, Any]]) -> list[WordMap]:
+    """Inverse of :func:`encode_words` (malformed entries are dropped)."""
+    words = []
+    for record in records:
+        try:
+            shape = tuple(int(n) for n in record["shape"])
+            levels = np.frombuffer(base64.b64decode(record["levels"]), dtype=np.uint8).reshape(shape)
+            maps = levels.astype(np.float64) / 255.0 * float(record["peak"])
+            words.append(WordMap(str(record["word"]), maps, float(record["share"])))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return words
 
 
 def token_heatmaps(plan: np.ndarray, geometry: Any, rows: list[int]) -> np.ndarray:
@@ -159,13 +237,21 @@ def top_words(entry: dict[str, Any], top_k: int) -> list[WordMap]:
     return [w for w in words[:top_k] if w.mass_share > 0]
 
 
-def _video_figure(frames: np.ndarray | None, indices: list[int], words: list[WordMap]) -> str:
-    """Frame strip (row 0) and one heatmap row per word; row labels on the left."""
+def video_figure(frames: np.ndarray | None, indices: list[int], words: list[WordMap], view: FrameView) -> Any:
+    """Frame strip (row 0, the crop box outlined) and one heatmap row per word over that box; or None.
+
+    Each word's patch grid is drawn over the region the encoder saw (:meth:`FrameView.crop_box`), on
+    the full frame for context. Without a known box (random crop) or without frames the heatmap is
+    drawn alone.
+    """
+    from matplotlib.patches import Rectangle
+
     plt = _pyplot()
     n_frames = frames.shape[0] if frames is not None else (words[0].heatmaps.shape[0] if words else 1)
     n_rows = (1 if frames is not None else 0) + len(words)
     if n_rows == 0:
-        return ""
+        return None
+    box = view.crop_box(*frames.shape[1:3]) if frames is not None else None
     fig, axes = plt.subplots(n_rows, n_frames, figsize=(1.15 * n_frames + 1.4, 1.2 * n_rows), squeeze=False)
     for ax in axes.flat:
         ax.set_xticks([])
@@ -177,6 +263,11 @@ def _video_figure(frames: np.ndarray | None, indices: list[int], words: list[Wor
         for col in range(n_frames):
             axes[0][col].imshow(frames[col])
             axes[0][col].set_title(f"frame {indices[col]}" if col < len(indices) else "", fontsize=8)
+            if box is not None:
+                x0, y0, x1, y1 = box
+                axes[0][col].add_patch(
+                    Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=CROP_OUTLINE_COLOR, lw=1.2)
+                )
         axes[0][0].set_ylabel("frames", rotation=0, ha="right", va="center", fontsize=10)
         row = 1
     for word in words:
@@ -185,17 +276,19 @@ def _video_figure(frames: np.ndarray | None, indices: list[int], words: list[Wor
         for col in range(n_frames):
             ax = axes[row][col]
             t = min(col * maps.shape[0] // max(n_frames, 1), maps.shape[0] - 1)
-            if frames is not None:
+            if frames is not None and box is not None:
                 height, width = frames.shape[1:3]
                 ax.imshow(frames[col], alpha=0.45)
-                ax.imshow(maps[t], cmap="magma", alpha=0.7, vmin=0, vmax=vmax, extent=(0, width, height, 0))
+                ax.imshow(maps[t], cmap="magma", alpha=0.7, vmin=0, vmax=vmax, extent=heatmap_extent(box))
+                ax.set_xlim(-0.5, width - 0.5)
+                ax.set_ylim(height - 0.5, -0.5)
             else:
                 ax.imshow(maps[t], cmap="magma", vmin=0, vmax=vmax)
         label = f"“{word.word}”\n{100 * word.mass_share:.0f}% of mass"
         axes[row][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=10)
         row += 1
     fig.subplots_adjust(wspace=0.04, hspace=0.12)
-    return _png(fig)
+    return fig
 
 
 def _histograms(rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -232,7 +325,8 @@ def _settings_table(summary: dict[str, Any] | None) -> str:
                     f"sha256 {str(encoder.get('weights_sha256', ''))[:12]}"),
         ("OT map", map_text),
         ("weights", ", ".join(f"{k} {v:g}" for k, v in weights.items() if isinstance(v, (int, float)))),
-        ("frames per video", f"{summary.get('num_frames', '?')} (crop: {summary.get('crop', '?')})"),
+        ("frames per video", f"{summary.get('num_frames', '?')} (crop: {summary.get('crop', '?')}; "
+                             "the crop box is outlined on the frames)"),
     ]  # fmt: skip
     cells = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in items)
     return f"<table class='settings'>{cells}</table>"
@@ -290,23 +384,26 @@ def write_score_report(
     path: Path,
     videos_root: Path,
     rows: list[dict[str, Any]],
-    plans: dict[str, dict[str, Any]],
+    words: dict[str, list[WordMap]],
     stats: dict[str, dict[str, float]],
     *,
-    num_frames: int,
+    view: FrameView,
     max_videos: int = 48,
-    top_k: int = 3,
+    top_k: int = REPORT_TOP_WORDS,
     summary: dict[str, Any] | None = None,
 ) -> Path:
     """Write the self-contained HTML report; returns its path.
+
+    The page depends only on its inputs (no dates, no run-specific names), so two runs over the same
+    files write byte-identical reports.
 
     Args:
         path: the ``report.html`` to write (atomically).
         videos_root: folder the ``rows``' ``video`` keys are relative to (frames are re-read from there).
         rows: score rows (``video``, ``prompt``, score columns, ``error``).
-        plans: per video key: ``plan [L, M]`` (tensor or array), ``tokens [L]``, ``lexical [L]``, ``geometry``.
+        words: per video key, its top words' heatmaps (:func:`top_words` / :func:`decode_words`).
         stats: per column ``mean``, ``ci_low``, ``ci_high``, ``n``.
-        num_frames: frames to show per video (sampled uniformly).
+        view: the frame choice and crop the encoder used (frames and crop box are drawn from it).
         max_videos: videos drawn with figures (every video is in the table).
         top_k: words with heatmaps per video.
         summary: the run's ``summary.json`` content; read from ``path``'s folder when None and present.
@@ -334,21 +431,29 @@ def write_score_report(
         parts.append(f"<h2>Distributions</h2><img alt='histograms of {', '.join(columns)}' "
                      f"src='{_histograms(rows, columns)}'>")  # fmt: skip
     parts.append(
-        "<h2>Videos</h2><p class='muted'>Top row: the sampled frames. Rows below: for the caption words whose "
-        "tokens the token-level partial-OT plan moves the most mass from, where that mass goes over each frame's "
-        "patches (brighter = more mass; each row scaled to its own maximum).</p>"
+        "<h2>Videos</h2><p class='muted'>Top row: the frames the encoder was given, with the crop it saw "
+        "outlined. Rows below: for the caption words whose tokens the token-level partial-OT plan moves the "
+        "most mass from, where that mass goes over the patches of that crop (brighter = more mass; each row "
+        "scaled to its own maximum).</p>"
     )
     shown = [r for r in rows if r.get("error") is None][:max_videos]
     for row in shown:
         key = row["video"]
-        frames, indices = _frames_for(videos_root / key, num_frames)
-        words = top_words(plans.get(key) or {}, top_k)
-        figure = _video_figure(frames, indices, words)
+        frames, indices = _frames_for(videos_root / key, view)
+        video_words = list(words.get(key) or [])[:top_k]
+        fig = video_figure(frames, indices, video_words, view)
+        figure = _png(fig) if fig is not None else ""
         chips = "".join(f"<span>{html.escape(c)} {_fmt(row.get(c))}</span>" for c in columns)
         image = f"<img alt='frames and word heatmaps of {html.escape(key)}' src='{figure}'>" if figure else ""
-        note = (
-            "" if words else "<p class='muted'>No token plan for this video (scored in an earlier run).</p>"
-        )
+        notes = []
+        if not video_words:
+            notes.append("No word heatmaps: this run computed no token plan (semantic reward off) "
+                         "or the plan moved no mass.")  # fmt: skip
+        if frames is None:
+            notes.append("The video could not be re-read for its frames.")
+        elif view.crop != "center" and video_words:
+            notes.append("Random crop: the box the encoder saw is not recorded; heatmaps drawn alone.")
+        note = "".join(f"<p class='muted'>{html.escape(n)}</p>" for n in notes)
         parts.append(
             f"<div class='video'><div class='title'>{html.escape(key)}</div>"
             f"<div class='prompt'>“{html.escape(str(row.get('prompt') or ''))}”</div>"
