@@ -46,6 +46,18 @@ def fit_ot(
     console.print(f"[green]wrote[/] {summary.output / 'ot_map.safetensors'}")
 
 
+def retry_failed_option() -> bool:
+    return typer.Option(False, "--retry-failed", help="Try videos that failed in an earlier run again.")
+
+
+def prompts_from_names_option() -> bool:
+    return typer.Option(
+        None,
+        "--prompts-from-names",
+        help="A video without a prompt file takes its file name as prompt (data.prompts_from_names).",
+    )
+
+
 def score(
     videos_dir: Path = typer.Argument(
         ..., help="Folder of videos with prompts (prompts.jsonl/.csv, NAME.txt or VBench names)."
@@ -61,14 +73,8 @@ def score(
     ),
     report: bool = typer.Option(None, "--report/--no-report", help="Also write report.html."),
     limit: int = typer.Option(None, "--limit", help="Score only the first N videos."),
-    retry_failed: bool = typer.Option(
-        False, "--retry-failed", help="Try videos that failed in an earlier run again."
-    ),
-    prompts_from_names: bool = typer.Option(
-        None,
-        "--prompts-from-names",
-        help="A video without a prompt file takes its file name as prompt (data.prompts_from_names).",
-    ),
+    retry_failed: bool = retry_failed_option(),
+    prompts_from_names: bool = prompts_from_names_option(),
 ) -> None:
     """Score every video of a folder: quality (OT), semantic (token OT), quality_no_ot, total."""
     resolved = load(recipe, overrides)
@@ -255,6 +261,11 @@ def eval_run(
         None, "--vbench/--no-vbench", help="Also run the installed vbench package (default: eval.vbench)."
     ),
     limit: int = typer.Option(None, "--limit", help="Evaluate only the first N videos."),
+    force: bool = typer.Option(
+        False, "--force", help="Evaluate every video again into this folder, whatever it holds."
+    ),
+    retry_failed: bool = retry_failed_option(),
+    prompts_from_names: bool = prompts_from_names_option(),
 ) -> None:
     """Rewards, no-OT cosine, consistency, flicker and dynamic-degree proxy per video → eval.json.
 
@@ -262,12 +273,23 @@ def eval_run(
     run, aggregate or compare).
     """
     resolved = load(recipe, overrides)
+    from pisces_cli.runtime import dist_context
     from pisces_cli.stages.eval import run_eval
 
     summary = run_eval(
-        resolved, str(videos_dir), output=output, ot_map=ot_map, vbench=vbench, limit=limit, console=console
+        resolved,
+        str(videos_dir),
+        output=output,
+        ot_map=ot_map,
+        vbench=vbench,
+        limit=limit,
+        force=force,
+        retry_failed=retry_failed,
+        prompts_from_names=prompts_from_names,
+        console=console,
     )
-    _print_eval_table(summary)
+    if dist_context().is_main:
+        _print_eval_table(summary)
 
 
 def _print_eval_table(summary) -> None:

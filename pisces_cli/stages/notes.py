@@ -80,3 +80,21 @@ def note_skipped(console: Any, skipped: list[SkippedFile], summary_file: Path) -
         highlight=False,
         soft_wrap=True,
     )
+
+
+def tell(
+    console: Any,
+    plan: Any,
+    skipped: list[SkippedFile],
+    rows: list[dict[str, Any]],
+    failed_list: Path | None,
+    summary_file: Path,
+    verb: str,
+) -> None:
+    """The end-of-run notes: videos redone because they changed, skipped entries, failures."""
+    if console is None:
+        return
+    if plan.changed:
+        console.print(f"{verb} {plan.changed} videos whose prompt or file changed", highlight=False)
+    note_skipped(console, skipped, summary_file)
+    note_failures(console, rows, failed_list)

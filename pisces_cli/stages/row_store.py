@@ -160,3 +160,22 @@ def plan_rows(
 def ordered_rows(items: list[VideoItem], rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """The rows of ``items`` (those that have one) in the items' order."""
     return [rows[item.key] for item in items if item.key in rows]
+
+
+def merged_rows(
+    listed: list[VideoItem], items: list[VideoItem], plan: RowPlan, stored: dict[str, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The table to publish, in listing order: this run's ``items`` (item errors made now, the rest from
+    ``stored``), plus stored rows of listed videos beyond the run's items (``--limit``) that still match
+    their prompt and file."""
+    from pisces_cli.stages.run_key import row_matches, video_identity
+
+    rows = {r["video"]: r for r in plan.item_errors}
+    in_run = {it.key for it in items}
+    for item in listed:
+        row = stored.get(item.key)
+        if row is None or item.key in rows:
+            continue
+        if item.key in in_run or (item.error is None and row_matches(row, item, video_identity(item))):
+            rows[item.key] = row
+    return ordered_rows(listed, rows)

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pisces_cli.errors import PiscesRuntimeError, UsageError
+from pisces_cli.errors import PiscesRuntimeError
 from pisces_cli.io.jsonl import iter_jsonl
 from pisces_cli.runtime import cpu_threads_beside_workers
 
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from pisces_cli.config import Recipe, ResolvedRecipe
 
 SCORE_COLUMNS = ("quality", "semantic", "quality_no_ot", "semantic_no_ot", "total")
-SETTINGS_SCHEMA = "pisces.score"
+SETTINGS_SCHEMA = "pisces.score.settings"
 
 __all__ = ["SCORE_COLUMNS", "ScoreSummary", "cpu_threads_beside_workers", "read_scores", "run_score"]
 
@@ -117,95 +117,51 @@ def run_score(
     console: Any = None,
 ) -> ScoreSummary:
     """Score every video of ``videos_dir`` (see the module docstring)."""
-    from pisces_cli.atomic import atomic_write_json
     from pisces_cli.runtime import barrier, init_distributed, seed_everything
     from pisces_cli.stages import run_key as keys
-    from pisces_cli.stages.inputs import listing_from_recipe
-    from pisces_cli.stages.row_store import RowStore, plan_rows
+    from pisces_cli.stages.progress import progress_bar
+    from pisces_cli.stages.resume import folder_inputs, start_resume
+    from pisces_cli.stages.row_store import RowStore
 
     recipe = resolved.recipe
     section = recipe.score
     force = section.force if force is None else force
-    root = Path(videos_dir)
-    if not root.is_dir():
-        raise UsageError(f"VIDEOS_DIR: {videos_dir} is not a folder")
-    out_dir = Path(output or section.output or root / "pisces-scores")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"--output: {out_dir} is a file, not a folder")
     ctx = init_distributed()
     console = console if ctx.is_main else None
-    listing = listing_from_recipe(recipe, str(root), exclude=[out_dir], prompts_from_names=prompts_from_names)
-    items = listing.items[:limit] if limit is not None else listing.items
-    if not items:
-        raise UsageError(f"VIDEOS_DIR: no videos found in {videos_dir} (mp4, webm, mov, mkv, gif)")
+    inputs = folder_inputs(recipe, videos_dir, output or section.output, "pisces-scores", limit=limit,
+                           prompts_from_names=prompts_from_names)  # fmt: skip
+    root, out_dir, listing, items = inputs.root, inputs.out_dir, inputs.listing, inputs.items
 
-    # the run key, before any model is loaded
-    key = score_key(recipe, ot_map)
-    signature = keys.encoder_file_signature(recipe)
     scores = RowStore(out_dir, "scores", rank=ctx.rank, world_size=ctx.world_size)
     heatmaps = RowStore(out_dir, "heatmaps", rank=ctx.rank, world_size=ctx.world_size)
-    settings = keys.read_settings(out_dir)
-    has_rows = scores.exists() and not force
-    ways_out = keys.folder_ways_out()
-    if has_rows:
-        keys.refuse_other_key(
-            out_dir, settings, key, schema=SETTINGS_SCHEMA, rows="score rows", ways_out=ways_out
-        )
-    barrier()
-    if ctx.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for store in (scores, heatmaps):
-            store.clear() if force else store.fold_in()
-    barrier()
-    plan = plan_rows(items, scores.read() if has_rows else {}, retry_failed=retry_failed)
-    known_model = keys.stored_model_part(settings, signature) if has_rows else None
-    mine = plan.todo[ctx.rank :: ctx.world_size]
-    needs_model = bool(plan.todo) or (
-        known_model is None and any(r.get("error") is None for r in plan.kept.values())
-    )
-    nothing_to_do = not needs_model and not plan.todo
-
-    info = dict(settings or {}) if has_rows else {}
+    key = score_key(recipe, ot_map)  # before any model is loaded
+    resume = start_resume(
+        out_dir, [scores, heatmaps], items, key, schema=SETTINGS_SCHEMA, rows_name="score rows",
+        signature=keys.encoder_file_signature(recipe), force=force, retry_failed=retry_failed,
+    )  # fmt: skip
+    needs_model = resume.needs_model()
+    mine = resume.mine()
     new_rows: list[dict[str, Any]] = []
-    from pisces_cli.stages.progress import progress_bar
-
     with progress_bar(console if needs_model else None, "score", total=len(mine)) as advance:
+        scorer = None
+        model_part, info = resume.known_model, resume.stored_info()
         if needs_model:
             advance(0, phase="loading model")
             model_part, info, scorer = _load_scorer(resolved, ot_map, keys)
-            if has_rows:
-                keys.refuse_other_key(out_dir, settings, key, schema=SETTINGS_SCHEMA, rows="score rows",
-                                      ways_out=ways_out, model_part=model_part)  # fmt: skip
-        else:
-            model_part, scorer = known_model, None
-        run_key = {**key, keys.MODEL_PART: model_part}
-        if ctx.is_main:
-            atomic_write_json(
-                out_dir / keys.SETTINGS_FILE,
-                {
-                    "schema": SETTINGS_SCHEMA,
-                    "version": 1,
-                    "run_key": run_key,
-                    "encoder_files": signature,
-                    "encoder": info.get("encoder"),
-                    "ot_map": _ot_map_info(info, key, recipe, ot_map),
-                    "recipe_hash": resolved.hash,
-                },  # fmt: skip
-            )
-        barrier()
+            resume.check_model(model_part)
+        info["ot_map"] = _ot_map_info(info, key, recipe, ot_map)
+        run_key = resume.write_settings(model_part, info)
         if scorer is not None and mine:
             advance(0, phase="scoring")
             seed_everything(recipe.seed)
-            new_rows = scorer.score(mine, plan, scores, heatmaps, advance)
+            new_rows = scorer.score(mine, resume.plan, scores, heatmaps, advance)
         barrier()
         if not ctx.is_main:
             failed = sum(1 for r in new_rows if r.get("error") is not None)
-            return ScoreSummary(out_dir, len(new_rows) - failed, failed, len(plan.kept), {}, new_rows)
+            return ScoreSummary(out_dir, len(new_rows) - failed, failed, len(resume.plan.kept), {}, new_rows)
         advance(0, phase="writing tables")
-        return _publish(
-            resolved, root, out_dir, listing, items, plan, scores, heatmaps, run_key,
-            report=report, console=console, world_size=ctx.world_size, nothing_to_do=nothing_to_do,
-        )  # fmt: skip
+        return _publish(resolved, root, listing, items, resume, scores, heatmaps, run_key, info,
+                        report=report, console=console)  # fmt: skip
 
 
 def _ot_map_info(
@@ -313,51 +269,35 @@ def _load_scorer(
 def _publish(
     resolved: ResolvedRecipe,
     root: Path,
-    out_dir: Path,
     listing: Any,
     items: list,
-    plan: Any,
+    resume: Any,
     scores: Any,
     heatmaps: Any,
     run_key: dict[str, Any],
+    info: dict[str, Any],
     *,
     report: bool | None,
     console: Any,
-    world_size: int,
-    nothing_to_do: bool,
 ) -> ScoreSummary:
     """Rank 0 after every rank finished: merge the rows into the tables, summary, failures and report."""
     from pisces_cli.atomic import atomic_write_json, atomic_write_text
     from pisces_cli.stages import notes
-    from pisces_cli.stages.row_store import ordered_rows
-    from pisces_cli.stages.run_key import read_settings, row_matches, video_identity
+    from pisces_cli.stages.row_store import merged_rows
 
     recipe = resolved.recipe
     section = recipe.score
-    merged = scores.read()
-    now = {r["video"]: r for r in plan.item_errors}
-    # this run's videos, then rows of videos beyond --limit that still match their prompt and file
-    in_run = {it.key for it in items}
-    for item in listing.items:
-        row = merged.get(item.key)
-        if item.key in in_run:
-            if item.key not in now and row is not None:
-                now[item.key] = row
-        elif row is not None and item.error is None and row_matches(row, item, video_identity(item)):
-            now[item.key] = row
-    all_rows = ordered_rows(listing.items, now)
+    out_dir, plan = resume.out_dir, resume.plan
+    all_rows = merged_rows(listing.items, items, plan, scores.read())
     scores.publish(all_rows)
     maps = heatmaps.read()
-    good = [r["video"] for r in all_rows if r.get("error") is None]
-    heatmaps.publish([maps[k] for k in good if k in maps])
+    heatmaps.publish([maps[r["video"]] for r in all_rows if r.get("error") is None and r["video"] in maps])
     atomic_write_text(out_dir / "scores.csv", _to_csv(all_rows))
     failed_list = notes.write_failed_list(out_dir, all_rows)
     stats = summarize(all_rows, section.bootstrap_samples, recipe.seed)
     failed = sum(1 for r in all_rows if r.get("error") is not None)
     scored = len(all_rows) - failed
-    settings = read_settings(out_dir) or {}
     model = run_key.get("encoder_model") or {}
-    todo = len(plan.todo)
     summary = {
         "videos": len(all_rows),
         "scored": scored,
@@ -365,12 +305,12 @@ def _publish(
         "skipped_already_scored": len(plan.kept),
         "rescored_changed": plan.changed,
         "retried_failed": plan.retried,
-        "world_size": world_size,
-        "per_rank": [len(range(r, todo, world_size)) for r in range(world_size)],
+        "world_size": resume.ctx.world_size,
+        "per_rank": resume.per_rank(),
         "skipped_files": notes.skipped_summary(listing.skipped),
         "columns": stats,
-        "encoder": settings.get("encoder"),
-        "ot_map": settings.get("ot_map"),
+        "encoder": info.get("encoder"),
+        "ot_map": info.get("ot_map"),
         "recipe_hash": resolved.hash,
         "num_frames": model.get("num_frames"),
         "crop": recipe.reward.crop,
@@ -380,9 +320,18 @@ def _publish(
     atomic_write_json(out_dir / "summary.json", summary)
     report = section.report if report is None else report
     if report or (out_dir / "report.html").is_file():
-        _write_report(root, out_dir, all_rows, stats, run_key, recipe)
+        _write_report(root, out_dir, all_rows, stats, run_key)
+    nothing_to_do = not plan.todo and not resume.needs_model()
     if console is not None:
-        _tell(console, out_dir, listing, plan, all_rows, failed_list, nothing_to_do, report)
+        if nothing_to_do:
+            rebuilt = " (report rebuilt)" if report else ""
+            console.print(
+                f"nothing to do: all {len(plan.kept)} videos are already scored with these settings{rebuilt}",
+                highlight=False,
+            )
+        notes.tell(
+            console, plan, listing.skipped, all_rows, failed_list, out_dir / "summary.json", "rescored"
+        )
     if scored == 0:
         raise PiscesRuntimeError(
             f"score: every one of {len(all_rows)} videos failed (see {failed_list or out_dir / 'scores.jsonl'})"
@@ -393,9 +342,7 @@ def _publish(
     )  # fmt: skip
 
 
-def _write_report(
-    root: Path, out_dir: Path, rows: list[dict[str, Any]], stats: dict, run_key: dict, recipe: Recipe
-) -> None:
+def _write_report(root: Path, out_dir: Path, rows: list[dict[str, Any]], stats: dict, run_key: dict) -> None:
     from pisces_cli.stages.row_store import RowStore
     from pisces_cli.stages.score_report import FrameView, decode_words, write_score_report
 
@@ -411,30 +358,6 @@ def _write_report(
         key: decode_words(r.get("words") or []) for key, r in RowStore(out_dir, "heatmaps").read().items()
     }
     write_score_report(out_dir / "report.html", root, rows, words, stats, view=view)
-
-
-def _tell(
-    console: Any,
-    out_dir: Path,
-    listing: Any,
-    plan: Any,
-    rows: list[dict[str, Any]],
-    failed_list: Path | None,
-    nothing_to_do: bool,
-    report: bool,
-) -> None:
-    from pisces_cli.stages import notes
-
-    if nothing_to_do:
-        rebuilt = " (report rebuilt)" if report else ""
-        console.print(
-            f"nothing to do: all {len(plan.kept)} videos are already scored with these settings{rebuilt}",
-            highlight=False,
-        )
-    if plan.changed:
-        console.print(f"rescored {plan.changed} videos whose prompt or file changed", highlight=False)
-    notes.note_skipped(console, listing.skipped, out_dir / "summary.json")
-    notes.note_failures(console, rows, failed_list)
 
 
 def _finite(value: float) -> float | None:
