@@ -14,16 +14,22 @@ def embed(
     overrides: list[str] = overrides_argument(),
     output: str = typer.Option(None, "--output", "-o", help="Output folder (default: embed.output)."),
     limit: int = typer.Option(None, "--limit", help="Embed only the first N items."),
+    force: bool = typer.Option(
+        False, "--force", help="Start the output folder over (its shards were made with other settings)."
+    ),
 ) -> None:
     """Write sharded video/caption embeddings (text_cls, video_cls) — what fit-ot trains on."""
     resolved = load(recipe, overrides)
+    from pisces_cli.runtime import dist_context
     from pisces_cli.stages.embed import run_embed
 
-    summary = run_embed(resolved, output=output, limit=limit, console=console)
-    console.print(
-        f"[green]embedded[/] {summary.embedded} new items of {summary.total} "
-        f"({summary.failed} failed, {summary.skipped_shards} shards already done) → {summary.output}"
-    )
+    summary = run_embed(resolved, output=output, limit=limit, force=force, console=console)
+    if dist_context().is_main and not summary.nothing_to_do:
+        console.print(
+            f"[green]embedded[/] {summary.embedded} new items of {summary.total} "
+            f"({summary.failed} failed, {summary.skipped_shards} shards already done) → {summary.output}",
+            soft_wrap=True,
+        )
 
 
 def fit_ot(

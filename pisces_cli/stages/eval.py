@@ -224,25 +224,13 @@ class _Evaluator:
             return self._pixel_rows(todo, plan, append, advance)
         import torch
 
-        from pisces_cli.io.dataset import make_loader
-        from pisces_cli.io.preprocess import Preprocessing
         from pisces_cli.runtime import cpu_threads_beside_workers
         from pisces_cli.stages.eval_metrics import frame_features
+        from pisces_cli.stages.inputs import encoder_loader
 
         recipe = self.resolved.recipe
-        prep = self.encoder.preprocessing
-        loader = make_loader(
-            todo,
-            num_frames=self.num_frames,
-            frame_rate=recipe.data.fps,
-            preprocessing=Preprocessing(
-                size=prep.size, mean=prep.mean, std=prep.std, interpolation=prep.interpolation
-            ),
-            batch_size=section.batch_size,
-            num_workers=recipe.runtime.num_workers,
-            crop=recipe.reward.crop,
-            seed=recipe.seed,
-        )
+        loader = encoder_loader(recipe, self.encoder, todo, num_frames=self.num_frames,
+                                batch_size=section.batch_size, crop=recipe.reward.crop)  # fmt: skip
         rows: list[dict[str, Any]] = []
         with cpu_threads_beside_workers(self.device, loader.num_workers):
             for batch in loader:

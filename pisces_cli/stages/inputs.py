@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pisces_cli.errors import UsageError
 
@@ -49,3 +49,26 @@ def listing_from_recipe(
 def items_from_recipe(recipe: Recipe, videos_dir: str | None = None) -> list[VideoItem]:
     """The items of :func:`listing_from_recipe`."""
     return listing_from_recipe(recipe, videos_dir).items
+
+
+def encoder_loader(
+    recipe: Recipe, encoder: Any, items: Sequence[VideoItem], *, num_frames: int, batch_size: int, crop: str
+) -> Any:
+    """The decoding ``DataLoader`` of ``items`` for ``encoder``: its preprocessing, the recipe's fps,
+    workers and seed (``crop``: the stage's crop key, ``reward.crop`` or ``data.crop``)."""
+    from pisces_cli.io.dataset import make_loader
+    from pisces_cli.io.preprocess import Preprocessing
+
+    prep = encoder.preprocessing
+    return make_loader(
+        items,
+        num_frames=num_frames,
+        frame_rate=recipe.data.fps,
+        preprocessing=Preprocessing(
+            size=prep.size, mean=prep.mean, std=prep.std, interpolation=prep.interpolation
+        ),
+        batch_size=batch_size,
+        num_workers=recipe.runtime.num_workers,
+        crop=crop,  # type: ignore[arg-type]
+        seed=recipe.seed,
+    )

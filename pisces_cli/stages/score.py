@@ -189,24 +189,12 @@ class _Scorer:
         """Score ``todo``; append each batch's rows and heatmaps as it finishes; returns the new rows."""
         import torch
 
-        from pisces_cli.io.dataset import make_loader
-        from pisces_cli.io.preprocess import Preprocessing
+        from pisces_cli.stages.inputs import encoder_loader
         from pisces_cli.stages.score_report import REPORT_TOP_WORDS, encode_words, top_words
 
         recipe = self.resolved.recipe
-        prep = self.encoder.preprocessing
-        loader = make_loader(
-            todo,
-            num_frames=self.num_frames,
-            frame_rate=recipe.data.fps,
-            preprocessing=Preprocessing(
-                size=prep.size, mean=prep.mean, std=prep.std, interpolation=prep.interpolation
-            ),
-            batch_size=recipe.score.batch_size,
-            num_workers=recipe.runtime.num_workers,
-            crop=recipe.reward.crop,
-            seed=recipe.seed,
-        )
+        loader = encoder_loader(recipe, self.encoder, todo, num_frames=self.num_frames,
+                                batch_size=recipe.score.batch_size, crop=recipe.reward.crop)  # fmt: skip
         new_rows: list[dict[str, Any]] = []
         with (
             scores.appender() as append_rows,
