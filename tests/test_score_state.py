@@ -178,8 +178,12 @@ def test_noop_rerun_loads_no_model_and_report_rebuilds_byte_identical(
     capsys.readouterr()
     assert score(world, world / "clips", out, "--report") == 0  # report of an already-scored folder
     printed = capsys.readouterr().out
-    assert "nothing to do" in printed and "0/0" not in printed
+    assert "nothing to do" in printed and "(report rebuilt)" in printed and "0/0" not in printed
     first = (out / "report.html").read_bytes()
+    assert score(world, world / "clips", out, "--report") == 0
+    assert "(report up to date)" in capsys.readouterr().out
+    assert (out / "report.html").read_bytes() == first
+    (out / "report.html").unlink()  # drawn again from the same files: the same bytes
     assert score(world, world / "clips", out, "--report") == 0
     assert (out / "report.html").read_bytes() == first
     text = first.decode()
@@ -326,3 +330,33 @@ def test_heatmaps_sit_inside_the_crop_box_of_non_square_clips(tmp_path: Path):
         import matplotlib.pyplot as plt
 
         plt.close(fig)
+
+
+def test_noop_reruns_import_no_torch(world: Path, tmp_path: Path):
+    """A re-run with nothing to do (score, eval, embed) answers from files: not even torch is imported."""
+    import subprocess
+    import sys
+
+    clips = copy_clips(world, tmp_path)
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        f"output_dir: {tmp_path}/run\n"
+        "runtime: {num_workers: 0, device: cpu}\n"
+        f"models: {{encoder: {{backend: clip, path: {world}/enc}}}}\n"
+        f"data: {{videos: {clips}, num_frames: 4}}\n"
+        f"reward: {{ot_map: {world}/map_a.safetensors, token_ot: {{max_iter: 30}}}}\n"
+        "embed: {shard_size: 4}\neval: {bootstrap_samples: 100}\nscore: {bootstrap_samples: 100}\n"
+    )
+    commands = [["score", str(clips), "-r", str(path)], ["eval", str(clips), "-r", str(path)],
+                ["embed", "-r", str(path)]]  # fmt: skip
+    for command in commands:
+        assert main(command) == 0
+    script = (
+        "import sys\nfrom pisces_cli.cli.main import main\n"
+        f"codes = [main(c) for c in {commands!r}]\n"
+        "assert codes == [0, 0, 0], codes\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stdout.count("nothing to do") == 3

@@ -131,7 +131,7 @@ def _print_score_table(summary) -> None:
             column, f"{stat['mean']:.4f}", f"[{stat['ci_low']:.4f}, {stat['ci_high']:.4f}]", str(stat["n"])
         )
     console.print(table)
-    console.print(f"[green]wrote[/] {summary.output}/scores.jsonl, scores.csv, summary.json")
+    console.print(f"[green]wrote[/] {summary.output}/scores.jsonl, scores.csv, summary.json", soft_wrap=True)
 
 
 def demo(
@@ -323,7 +323,7 @@ def _print_eval_table(summary) -> None:
         )
     for note in summary.notes:
         console.print(f"[yellow]note:[/] {note}")
-    console.print(f"[green]wrote[/] {summary.output}/eval.json")
+    console.print(f"[green]wrote[/] {summary.output}/eval.json", soft_wrap=True)
 
 
 @eval_app.command("aggregate")

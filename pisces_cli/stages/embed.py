@@ -384,10 +384,13 @@ def _publish(
                 f"nothing to do: all {len(shards)} shards ({len(items)} items) are already embedded "
                 "with these settings",
                 highlight=False,
+                soft_wrap=True,
             )
         if changed:
             console.print(
-                f"embedded {changed} shards again whose videos or captions changed", highlight=False
+                f"embedded {changed} shards again whose videos or captions changed",
+                highlight=False,
+                soft_wrap=True,
             )
         notes.note_skipped(console, listing.skipped, out_dir / "summary.json")
     if items and embedded_total == 0:

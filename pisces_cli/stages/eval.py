@@ -496,6 +496,7 @@ def _publish_eval(
             console.print(
                 f"nothing to do: all {len(plan.kept)} videos are already evaluated with these settings",
                 highlight=False,
+                soft_wrap=True,
             )
         tell.tell(
             console, plan, inputs.listing.skipped, rows, failed_list, out_dir / EVAL_FILE, "re-evaluated"

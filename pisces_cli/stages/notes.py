@@ -48,7 +48,7 @@ def note_failures(console: Any, rows: list[dict[str, Any]], full_list: Path | No
     head = f"{len(failed)} of {len(rows)} videos failed" + (
         f" (first {len(shown)}):" if len(failed) > len(shown) else ":"
     )
-    console.print(f"[yellow]{head}[/]", highlight=False)
+    console.print(f"[yellow]{head}[/]", highlight=False, soft_wrap=True)
     for row in shown:
         console.print(f"  {row['video']}: {row['error']}", markup=False, highlight=False, soft_wrap=True)
     if full_list is not None:
@@ -95,6 +95,8 @@ def tell(
     if console is None:
         return
     if plan.changed:
-        console.print(f"{verb} {plan.changed} videos whose prompt or file changed", highlight=False)
+        console.print(
+            f"{verb} {plan.changed} videos whose prompt or file changed", highlight=False, soft_wrap=True
+        )
     note_skipped(console, skipped, summary_file)
     note_failures(console, rows, failed_list)

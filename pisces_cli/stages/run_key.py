@@ -3,7 +3,7 @@ only under the same settings.
 
 A *run key* is a nested JSON object of the settings shared by every row of an output folder:
 
-- ``encoder``: backend, dtype, loader options and a hash of the checkpoint's non-weight files
+- ``encoder``: backend, dtype, loader options and a hash of the checkpoint's files below 64 MiB
   (config, tokenizer, preprocessor config) — cheap, read before any model is loaded;
 - ``encoder_model``: what only the loaded encoder knows — its fingerprint (weights hash), its
   preprocessing (input size, mean, std, interpolation) and the resolved frame count;
@@ -112,19 +112,18 @@ def encoder_file_signature(recipe: Recipe) -> str | None:
 
 
 def encoder_config_hash(recipe: Recipe) -> str | None:
-    """Hash of the contents of the encoder's small non-weight files (config, tokenizer, preprocessor).
+    """Hash of the contents of the encoder's files below 64 MiB (config, tokenizer, preprocessor config;
+    small weight files too).
 
-    The weights themselves are covered by the loaded encoder's fingerprint. None for a hub id.
+    Larger files (weights) are covered by the loaded encoder's fingerprint. None for a hub id.
     """
-    from pisces_cli.encoders.fingerprint import WEIGHT_SUFFIXES
-
     paths = _encoder_paths(recipe)
     if not paths or not all(p.exists() for p in paths):
         return None
     digest = hashlib.sha256()
     for root in paths:
         for path in _files_under(root):
-            if path.name.endswith(WEIGHT_SUFFIXES) or path.stat().st_size > _SMALL_FILE_BYTES:
+            if path.stat().st_size > _SMALL_FILE_BYTES:
                 continue
             name = path.relative_to(root).as_posix() if root.is_dir() else path.name
             digest.update(f"{name}\n".encode())

@@ -30,7 +30,9 @@ command fails (exit 1) only when every video failed.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -307,15 +309,17 @@ def _publish(
     }
     atomic_write_json(out_dir / "summary.json", summary)
     report = section.report if report is None else report
+    built = None
     if report or (out_dir / "report.html").is_file():
-        _write_report(root, out_dir, all_rows, stats, run_key)
+        built = _write_report(root, out_dir, all_rows, maps, stats, run_key, summary)
     nothing_to_do = not plan.todo and not resume.needs_model()
     if console is not None:
         if nothing_to_do:
-            rebuilt = " (report rebuilt)" if report else ""
+            rebuilt = {True: " (report rebuilt)", False: " (report up to date)", None: ""}[built]
             console.print(
                 f"nothing to do: all {len(plan.kept)} videos are already scored with these settings{rebuilt}",
                 highlight=False,
+                soft_wrap=True,
             )
         notes.tell(
             console, plan, listing.skipped, all_rows, failed_list, out_dir / "summary.json", "rescored"
@@ -330,9 +334,17 @@ def _publish(
     )  # fmt: skip
 
 
-def _write_report(root: Path, out_dir: Path, rows: list[dict[str, Any]], stats: dict, run_key: dict) -> None:
-    from pisces_cli.stages.row_store import RowStore
-    from pisces_cli.stages.score_report import FrameView, decode_words, write_score_report
+def _write_report(
+    root: Path,
+    out_dir: Path,
+    rows: list[dict[str, Any]],
+    heatmaps: dict[str, dict[str, Any]],
+    stats: dict,
+    run_key: dict,
+    summary: dict[str, Any],
+) -> bool:
+    """Write ``report.html`` unless it is already the report of exactly these inputs; returns whether it wrote."""
+    from pisces_cli.stages.score_report import FrameView, decode_words, report_is_current, write_score_report
 
     model = run_key.get("encoder_model") or {}
     view = FrameView(
@@ -342,10 +354,15 @@ def _write_report(root: Path, out_dir: Path, rows: list[dict[str, Any]], stats: 
         size=int(model.get("size") or 224),
         crop=run_key["frames"]["crop"],
     )
-    words = {
-        key: decode_words(r.get("words") or []) for key, r in RowStore(out_dir, "heatmaps").read().items()
-    }
-    write_score_report(out_dir / "report.html", root, rows, words, stats, view=view)
+    shown = {k: summary.get(k) for k in ("encoder", "ot_map", "weights", "num_frames", "crop")}
+    inputs = [rows, [heatmaps.get(r["video"]) for r in rows], vars(view), shown, stats]
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+    path = out_dir / "report.html"
+    if report_is_current(path, digest):
+        return False
+    words = {key: decode_words(r.get("words") or []) for key, r in heatmaps.items()}
+    write_score_report(path, root, rows, words, stats, view=view, summary=shown, inputs_digest=digest)
+    return True
 
 
 def _finite(value: float) -> float | None:

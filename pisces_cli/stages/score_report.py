@@ -131,6 +131,19 @@ def _frames_for(path: Path, view: FrameView) -> tuple[np.ndarray | None, list[in
     return frames, list(indices)
 
 
+_DIGEST_META = "pisces-report-inputs"
+
+
+def report_is_current(path: Path, inputs_digest: str) -> bool:
+    """Whether ``path`` is a report written from inputs with this digest (only its head is read)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            head = handle.read(1024)
+    except (OSError, UnicodeDecodeError):
+        return False
+    return f"<meta name='{_DIGEST_META}' content='{inputs_digest}'>" in head
+
+
 def encode_words(words: list[WordMap]) -> list[dict[str, Any]]:
     """JSON form of a video's word heatmaps: per word its text, mass share, peak, shape and 8-bit levels.
 
@@ -391,6 +404,7 @@ def write_score_report(
     max_videos: int = 48,
     top_k: int = REPORT_TOP_WORDS,
     summary: dict[str, Any] | None = None,
+    inputs_digest: str | None = None,
 ) -> Path:
     """Write the self-contained HTML report; returns its path.
 
@@ -407,6 +421,8 @@ def write_score_report(
         max_videos: videos drawn with figures (every video is in the table).
         top_k: words with heatmaps per video.
         summary: the run's ``summary.json`` content; read from ``path``'s folder when None and present.
+        inputs_digest: a hash of everything the page is drawn from, recorded in it
+            (:func:`report_is_current` compares it to skip rebuilding an up-to-date report).
     """
     path = Path(path)
     if summary is None:
@@ -418,7 +434,9 @@ def write_score_report(
     n_good = sum(r.get("error") is None for r in rows)
     n_failed = len(rows) - n_good
     parts = [
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>pisces score report</title>",
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        + (f"<meta name='{_DIGEST_META}' content='{html.escape(inputs_digest)}'>" if inputs_digest else "")
+        + "<title>pisces score report</title>",
         f"<style>{_CSS}</style></head><body>",
         "<h1>pisces score report</h1>",
         f"<p class='muted'>{n_good} videos scored, {n_failed} failed.</p>",
