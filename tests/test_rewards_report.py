@@ -105,7 +105,9 @@ def test_report_is_self_contained_with_embedded_images(report: Path):
     assert not re.search(r"\s(href|srcset)=", without_images, re.I)
     assert not re.search(r"<(script|link|iframe|object|embed)\b", text, re.I)
     sources = re.findall(r"<img[^>]*\ssrc='([^']*)'", text)
-    assert len(sources) == 1 + 3  # histograms + one figure per scored video (none for the failure)
+    # histograms + per scored video a frame strip and one strip per word (none for the failure)
+    assert len(sources) == 1 + 3 * (1 + 3)
+    assert text.count("<img alt='frames of") == 3 and text.count("<img alt='“red”") == 3
     for source in sources:
         assert source.startswith("data:image/png;base64,")
         png = base64.b64decode(source.split(",", 1)[1], validate=True)

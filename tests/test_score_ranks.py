@@ -73,7 +73,8 @@ def test_two_ranks_resume_a_one_process_run_and_match_it(setup):
     heatmaps = read_rows(root / "mixed/heatmaps.jsonl")
     assert [h["video"] for h in heatmaps] == [r["video"] for r in one if r["error"] is None]
     report = (root / "mixed/report.html").read_text()
-    assert report.count("<img alt='frames and word heatmaps of") == 10
+    assert report.count("<img alt='frames of") == 10
+    assert report.count("% of mass of clip_") == 30  # 3 word strips per scored video
     assert "No word heatmaps" not in report
 
 

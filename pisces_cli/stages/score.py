@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pisces_cli.errors import PiscesRuntimeError
-from pisces_cli.io.jsonl import iter_jsonl
 from pisces_cli.runtime import cpu_threads_beside_workers
 
 if TYPE_CHECKING:
@@ -48,7 +47,7 @@ if TYPE_CHECKING:
 SCORE_COLUMNS = ("quality", "semantic", "quality_no_ot", "semantic_no_ot", "total")
 SETTINGS_SCHEMA = "pisces.score.settings"
 
-__all__ = ["SCORE_COLUMNS", "ScoreSummary", "cpu_threads_beside_workers", "read_scores", "run_score"]
+__all__ = ["SCORE_COLUMNS", "ScoreSummary", "cpu_threads_beside_workers", "run_score"]
 
 
 @dataclass
@@ -69,13 +68,6 @@ class ScoreSummary:
     rescored: int = 0
     skipped_files: int = 0
     nothing_to_do: bool = False
-
-
-def read_scores(path: Path) -> list[dict[str, Any]]:
-    """Rows of a ``scores.jsonl`` (a torn last line from an interrupted run is ignored)."""
-    if not path.is_file():
-        return []
-    return [record for _, record in iter_jsonl(path, strict=False)]
 
 
 def summarize(rows: list[dict[str, Any]], n_boot: int, seed: int) -> dict[str, dict[str, float]]:
@@ -344,7 +336,14 @@ def _write_report(
     summary: dict[str, Any],
 ) -> bool:
     """Write ``report.html`` unless it is already the report of exactly these inputs; returns whether it wrote."""
-    from pisces_cli.stages.score_report import FrameView, decode_words, report_is_current, write_score_report
+    from pisces_cli import __version__
+    from pisces_cli.stages.score_report import (
+        REPORT_FORMAT,
+        FrameView,
+        decode_words,
+        report_is_current,
+        write_score_report,
+    )
 
     model = run_key.get("encoder_model") or {}
     view = FrameView(
@@ -355,7 +354,15 @@ def _write_report(
         crop=run_key["frames"]["crop"],
     )
     shown = {k: summary.get(k) for k in ("encoder", "ot_map", "weights", "num_frames", "crop")}
-    inputs = [rows, [heatmaps.get(r["video"]) for r in rows], vars(view), shown, stats]
+    inputs = [
+        REPORT_FORMAT,
+        __version__,
+        rows,
+        [heatmaps.get(r["video"]) for r in rows],
+        vars(view),
+        shown,
+        stats,
+    ]
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
     path = out_dir / "report.html"
     if report_is_current(path, digest):
@@ -367,14 +374,6 @@ def _write_report(
 
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    try:
-        path.resolve().relative_to(folder.resolve())
-        return True
-    except ValueError:
-        return False
 
 
 def _to_csv(rows: list[dict[str, Any]]) -> str:

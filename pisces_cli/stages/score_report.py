@@ -20,6 +20,7 @@ tokens' plan rows. The page links to nothing outside itself.
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import json
@@ -40,9 +41,19 @@ COLUMN_NOTES = {
     "total": "w_q · quality + w_s · semantic",
 }
 MAX_TABLE_ROWS = 1000
+#: version of the page's layout and drawing; part of the inputs digest, so a report drawn by an older
+#: layout is redrawn (raise it with every change to how the page looks)
+REPORT_FORMAT = 2
 #: words per video kept in heatmaps.jsonl and drawn in the report
 REPORT_TOP_WORDS = 3
-CROP_OUTLINE_COLOR = "#00e5ff"
+#: colour of the crop outline on the frame row (RGB)
+CROP_OUTLINE_RGB = (0, 229, 255)
+#: frames drawn under a heatmap keep this much of their colour (the rest is white)
+FRAME_ALPHA = 0.45
+#: heatmap colour weight over the faded frame
+HEAT_ALPHA = 0.7
+#: height in pixels of every image strip of the report
+STRIP_HEIGHT = 96
 
 _CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px auto;max-width:1180px;color:#1d2330;
@@ -57,6 +68,8 @@ th{background:#f2f4f7;text-align:left}td.num{text-align:right;font-variant-numer
 .chips span{display:inline-block;margin:6px 6px 4px 0;padding:2px 8px;border-radius:10px;background:#eef4ff;
 font-size:12px;font-variant-numeric:tabular-nums}
 img{max-width:100%;display:block;margin-top:6px}
+.strips th{background:none;border:none;text-align:right;font-weight:400;font-size:12px;padding:2px 8px;
+white-space:nowrap}.strips td{border:none;padding:2px 0}.strips img{margin:0}
 .scroll{max-height:520px;overflow:auto;border:1px solid #e3e7ee}
 """
 
@@ -110,12 +123,6 @@ class FrameView:
         from pisces_cli.io.preprocess import crop_window
 
         return crop_window(height, width, self.size, "center").source_box()
-
-
-def heatmap_extent(box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
-    """``imshow`` extent ``(left, right, bottom, top)`` that lays a patch grid exactly over ``box``."""
-    x0, y0, x1, y1 = box
-    return (x0, x1, y1, y0)
 
 
 def _frames_for(path: Path, view: FrameView) -> tuple[np.ndarray | None, list[int]]:
@@ -250,58 +257,114 @@ def top_words(entry: dict[str, Any], top_k: int) -> list[WordMap]:
     return [w for w in words[:top_k] if w.mass_share > 0]
 
 
-def video_figure(frames: np.ndarray | None, indices: list[int], words: list[WordMap], view: FrameView) -> Any:
-    """Frame strip (row 0, the crop box outlined) and one heatmap row per word over that box; or None.
+@functools.lru_cache(maxsize=1)
+def _magma() -> np.ndarray:
+    """The ``magma`` colour map as a ``[256, 3]`` float lookup table in [0, 255]."""
+    import matplotlib
 
-    Each word's patch grid is drawn over the region the encoder saw (:meth:`FrameView.crop_box`), on
-    the full frame for context. Without a known box (random crop) or without frames the heatmap is
-    drawn alone.
+    return matplotlib.colormaps["magma"](np.linspace(0.0, 1.0, 256))[:, :3] * 255.0
+
+
+def patch_index(
+    box: tuple[float, float, float, float], grid: tuple[int, int], height: int, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per source pixel, the patch row ``[H]`` and column ``[W]`` its centre falls in (-1: outside ``box``).
+
+    ``box`` = ``(x0, y0, x1, y1)`` in source pixels (:meth:`FrameView.crop_box`), ``grid`` = ``(gh, gw)``.
     """
-    from matplotlib.patches import Rectangle
+    x0, y0, x1, y1 = box
+    gh, gw = grid
+    ys, xs = np.arange(height) + 0.5, np.arange(width) + 0.5
+    rows = np.floor((ys - y0) / (y1 - y0) * gh).astype(int)
+    cols = np.floor((xs - x0) / (x1 - x0) * gw).astype(int)
+    rows[(ys < y0) | (ys >= y1)] = -1
+    cols[(xs < x0) | (xs >= x1)] = -1
+    return rows, cols
 
-    plt = _pyplot()
-    n_frames = frames.shape[0] if frames is not None else (words[0].heatmaps.shape[0] if words else 1)
-    n_rows = (1 if frames is not None else 0) + len(words)
-    if n_rows == 0:
-        return None
+
+def heat_overlay(
+    frame: np.ndarray, heat: np.ndarray, vmax: float, box: tuple[float, float, float, float]
+) -> np.ndarray:
+    """``frame [H, W, 3]`` uint8, faded, with the patch grid ``heat [gh, gw]`` coloured over ``box`` only."""
+    height, width = frame.shape[:2]
+    out = frame.astype(np.float64) * FRAME_ALPHA + 255.0 * (1.0 - FRAME_ALPHA)
+    rows, cols = patch_index(box, heat.shape, height, width)
+    inside = (rows[:, None] >= 0) & (cols[None, :] >= 0)
+    levels = np.clip(np.rint(heat / (vmax or 1.0) * 255.0), 0, 255).astype(int)
+    colour = _magma()[levels[rows.clip(0)[:, None], cols.clip(0)[None, :]]]
+    out[inside] = out[inside] * (1.0 - HEAT_ALPHA) + colour[inside] * HEAT_ALPHA
+    return np.rint(out).astype(np.uint8)
+
+
+def heat_alone(heat: np.ndarray, vmax: float, cell: int = 12) -> np.ndarray:
+    """The patch grid ``heat [gh, gw]`` as an image of ``cell``-pixel squares, uint8 ``[gh·cell, gw·cell, 3]``."""
+    levels = np.clip(np.rint(heat / (vmax or 1.0) * 255.0), 0, 255).astype(int)
+    image = _magma()[levels]
+    return np.rint(np.repeat(np.repeat(image, cell, axis=0), cell, axis=1)).astype(np.uint8)
+
+
+def outlined(frame: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
+    """``frame`` with the crop ``box`` drawn as a rectangle in :data:`CROP_OUTLINE_RGB` (inside the box)."""
+    out = frame.copy()
+    height, width = frame.shape[:2]
+    thick = max(1, round(min(height, width) / 120))
+    x0, y0 = max(0, int(np.ceil(box[0] - 0.5))), max(0, int(np.ceil(box[1] - 0.5)))
+    x1, y1 = min(width, int(np.ceil(box[2] - 0.5))), min(height, int(np.ceil(box[3] - 0.5)))
+    for rows, cols in (
+        (slice(y0, y0 + thick), slice(x0, x1)),
+        (slice(y1 - thick, y1), slice(x0, x1)),
+        (slice(y0, y1), slice(x0, x0 + thick)),
+        (slice(y0, y1), slice(x1 - thick, x1)),
+    ):
+        out[rows, cols] = CROP_OUTLINE_RGB
+    return out
+
+
+def strip(images: list[np.ndarray], height: int = STRIP_HEIGHT, gap: int = 4) -> np.ndarray:
+    """Images side by side, each scaled to ``height`` pixels (aspect kept), on white, ``gap`` pixels apart."""
+    from PIL import Image
+
+    scaled = []
+    for image in images:
+        width = max(1, round(image.shape[1] * height / image.shape[0]))
+        resample = Image.Resampling.NEAREST if height >= image.shape[0] else Image.Resampling.BILINEAR
+        scaled.append(np.asarray(Image.fromarray(image).resize((width, height), resample)))
+    total = sum(i.shape[1] for i in scaled) + gap * (len(scaled) - 1)
+    out = np.full((height, total, 3), 255, np.uint8)
+    x = 0
+    for image in scaled:
+        out[:, x : x + image.shape[1]] = image
+        x += image.shape[1] + gap
+    return out
+
+
+def video_rows(
+    frames: np.ndarray | None, words: list[WordMap], view: FrameView
+) -> list[tuple[str, np.ndarray]]:
+    """``(label, image strip)`` rows of one video: its frames with the crop box outlined, then per word the
+    plan mass over each frame's patches laid exactly over that box (alone when the box is unknown)."""
+    rows: list[tuple[str, np.ndarray]] = []
     box = view.crop_box(*frames.shape[1:3]) if frames is not None else None
-    fig, axes = plt.subplots(n_rows, n_frames, figsize=(1.15 * n_frames + 1.4, 1.2 * n_rows), squeeze=False)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-        for spine in ax.spines.values():
-            spine.set_visible(False)
-    row = 0
+    n_frames = frames.shape[0] if frames is not None else (words[0].heatmaps.shape[0] if words else 0)
     if frames is not None:
-        for col in range(n_frames):
-            axes[0][col].imshow(frames[col])
-            axes[0][col].set_title(f"frame {indices[col]}" if col < len(indices) else "", fontsize=8)
-            if box is not None:
-                x0, y0, x1, y1 = box
-                axes[0][col].add_patch(
-                    Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=CROP_OUTLINE_COLOR, lw=1.2)
-                )
-        axes[0][0].set_ylabel("frames", rotation=0, ha="right", va="center", fontsize=10)
-        row = 1
+        rows.append(("frames", strip([outlined(f, box) if box else f for f in frames])))
     for word in words:
         maps = word.heatmaps
         vmax = float(maps.max()) or 1.0
+        tiles = []
         for col in range(n_frames):
-            ax = axes[row][col]
-            t = min(col * maps.shape[0] // max(n_frames, 1), maps.shape[0] - 1)
-            if frames is not None and box is not None:
-                height, width = frames.shape[1:3]
-                ax.imshow(frames[col], alpha=0.45)
-                ax.imshow(maps[t], cmap="magma", alpha=0.7, vmin=0, vmax=vmax, extent=heatmap_extent(box))
-                ax.set_xlim(-0.5, width - 0.5)
-                ax.set_ylim(height - 0.5, -0.5)
-            else:
-                ax.imshow(maps[t], cmap="magma", vmin=0, vmax=vmax)
-        label = f"“{word.word}”\n{100 * word.mass_share:.0f}% of mass"
-        axes[row][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=10)
-        row += 1
-    fig.subplots_adjust(wspace=0.04, hspace=0.12)
-    return fig
+            heat = maps[min(col * maps.shape[0] // max(n_frames, 1), maps.shape[0] - 1)]
+            tiles.append(heat_overlay(frames[col], heat, vmax, box) if box else heat_alone(heat, vmax))
+        rows.append((f"“{word.word}” {100 * word.mass_share:.0f}% of mass", strip(tiles)))
+    return rows
+
+
+def _png_array(image: np.ndarray) -> str:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def _histograms(rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -451,31 +514,36 @@ def write_score_report(
     parts.append(
         "<h2>Videos</h2><p class='muted'>Top row: the frames the encoder was given, with the crop it saw "
         "outlined. Rows below: for the caption words whose tokens the token-level partial-OT plan moves the "
-        "most mass from, where that mass goes over the patches of that crop (brighter = more mass; each row "
-        "scaled to its own maximum).</p>"
+        "most mass from, where that mass goes over the patches of that crop, drawn over the crop itself "
+        "(brighter = more mass; each row scaled to its own maximum).</p>"
     )
     shown = [r for r in rows if r.get("error") is None][:max_videos]
     for row in shown:
         key = row["video"]
         frames, indices = _frames_for(videos_root / key, view)
         video_words = list(words.get(key) or [])[:top_k]
-        fig = video_figure(frames, indices, video_words, view)
-        figure = _png(fig) if fig is not None else ""
         chips = "".join(f"<span>{html.escape(c)} {_fmt(row.get(c))}</span>" for c in columns)
-        image = f"<img alt='frames and word heatmaps of {html.escape(key)}' src='{figure}'>" if figure else ""
+        cells = "".join(
+            f"<tr><th>{html.escape(label)}</th><td><img alt='{html.escape(label)} of {html.escape(key)}' "
+            f"src='{_png_array(image)}'></td></tr>"
+            for label, image in video_rows(frames, video_words, view)
+        )
         notes = []
+        if frames is not None:
+            outline = ", the outlined square is the crop the encoder saw" if view.crop == "center" else ""
+            notes.append(f"Frames {', '.join(str(i) for i in indices)} of the video{outline}.")
+        else:
+            notes.append("The video could not be re-read for its frames.")
         if not video_words:
             notes.append("No word heatmaps: this run computed no token plan (semantic reward off) "
                          "or the plan moved no mass.")  # fmt: skip
-        if frames is None:
-            notes.append("The video could not be re-read for its frames.")
-        elif view.crop != "center" and video_words:
+        elif frames is not None and view.crop != "center":
             notes.append("Random crop: the box the encoder saw is not recorded; heatmaps drawn alone.")
         note = "".join(f"<p class='muted'>{html.escape(n)}</p>" for n in notes)
         parts.append(
             f"<div class='video'><div class='title'>{html.escape(key)}</div>"
             f"<div class='prompt'>“{html.escape(str(row.get('prompt') or ''))}”</div>"
-            f"<div class='chips'>{chips}</div>{image}{note}</div>"
+            f"<div class='chips'>{chips}</div><table class='strips'>{cells}</table>{note}</div>"
         )
     if n_good > len(shown):
         parts.append(f"<p class='muted'>… {n_good - len(shown)} more scored videos: see the table below.</p>")
