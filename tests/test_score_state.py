@@ -378,3 +378,22 @@ def test_noop_reruns_import_no_torch(world: Path, tmp_path: Path):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert proc.stdout.count("nothing to do") == 3
+
+
+def test_summary_statistics_follow_the_bootstrap_settings(world: Path, tmp_path: Path, monkeypatch):
+    out = tmp_path / "out"
+    assert score(world, world / "clips", out) == 0
+    first = json.loads((out / "summary.json").read_text())
+    no_model(monkeypatch)
+    assert score(world, world / "clips", out) == 0  # same rows and settings: the same statistics
+    same = json.loads((out / "summary.json").read_text())
+    assert (
+        same["columns"] == first["columns"]
+        and same["columns_inputs_sha256"] == first["columns_inputs_sha256"]
+    )
+    assert score(world, world / "clips", out, "score.bootstrap_samples=50") == 0
+    again = json.loads((out / "summary.json").read_text())
+    assert again["columns_inputs_sha256"] != first["columns_inputs_sha256"]
+    from pisces_cli.stages.score import summarize
+
+    assert again["columns"] == json.loads(json.dumps(summarize(rows(out), 50, 0)))

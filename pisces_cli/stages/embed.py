@@ -315,12 +315,12 @@ class _Embedder:
 
 def _rebuild_errors(out_dir: Path, entries: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
     """``errors.jsonl`` = the error rows of every finished shard, in shard order; rank error files removed."""
-    from pisces_cli.atomic import atomic_write_text
+    from pisces_cli.stages.row_store import publish_text
 
     rows = [
         {**row, "shard": index} for index in sorted(entries) for row in entries[index].get("errors") or []
     ]
-    atomic_write_text(out_dir / ERRORS_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    publish_text(out_dir / ERRORS_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     for path in out_dir.glob("errors.rank*.jsonl"):
         path.unlink(missing_ok=True)
     return rows
@@ -340,8 +340,8 @@ def _publish(
     counts: dict[str, int],
 ) -> EmbedSummary:
     """Rank 0: merge every manifest into ``manifest.json``, rebuild ``errors.jsonl``, write ``summary.json``."""
-    from pisces_cli.atomic import atomic_write_json
     from pisces_cli.stages import notes
+    from pisces_cli.stages.row_store import publish_json
 
     manifests = _read_manifests(out_dir)
     entries = _entries(manifests, digests)
@@ -356,7 +356,7 @@ def _publish(
                               for i in sorted(entries) if entries[i]["kind"] == "empty_shards"]  # fmt: skip
     merged["complete"] = len(entries) == len(shards)
     merged.update(num_items=len(items), num_shards=len(shards))
-    atomic_write_json(out_dir / "manifest.json", merged)
+    publish_json(out_dir / "manifest.json", merged)
     for path in out_dir.glob(f"{SHARD_NAME}-*.safetensors"):  # shards of items no longer in the data
         if path.name not in kept:
             path.unlink(missing_ok=True)
@@ -376,7 +376,7 @@ def _publish(
         "world_size": ctx.world_size,
         "skipped_files": notes.skipped_summary(listing.skipped),
     }
-    atomic_write_json(out_dir / "summary.json", summary)
+    publish_json(out_dir / "summary.json", summary)
     nothing_to_do = not ran
     if console is not None:
         if nothing_to_do:

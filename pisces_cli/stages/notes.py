@@ -24,7 +24,7 @@ MAX_LISTED_FAILURES = 5
 
 def write_failed_list(folder: Path, rows: list[dict[str, Any]]) -> Path | None:
     """Write ``folder/failed.jsonl`` with every error row (atomically); remove it when there is none."""
-    from pisces_cli.atomic import atomic_write_text
+    from pisces_cli.stages.row_store import publish_text
 
     path = folder / FAILED_FILE
     failed = [r for r in rows if r.get("error") is not None]
@@ -35,7 +35,7 @@ def write_failed_list(folder: Path, rows: list[dict[str, Any]]) -> Path | None:
         json.dumps({"video": r["video"], "prompt": r.get("prompt"), "error": r["error"]}, ensure_ascii=False)
         for r in failed
     )
-    atomic_write_text(path, "".join(line + "\n" for line in lines))
+    publish_text(path, "".join(line + "\n" for line in lines))
     return path
 
 

@@ -68,13 +68,13 @@ class Resume:
 
     def write_settings(self, model_part: dict[str, Any] | None, info: dict[str, Any]) -> dict[str, Any]:
         """Rank 0 records the full run key (and descriptive ``info``) in ``settings.json``; returns the key."""
-        from pisces_cli.atomic import atomic_write_json
         from pisces_cli.runtime import barrier
         from pisces_cli.stages import run_key as keys
+        from pisces_cli.stages.row_store import publish_json
 
         run_key = {**self.key, keys.MODEL_PART: model_part}
         if self.ctx.is_main:
-            atomic_write_json(
+            publish_json(
                 self.out_dir / keys.SETTINGS_FILE,
                 {
                     "schema": self.schema,

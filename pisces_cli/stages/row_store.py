@@ -25,6 +25,28 @@ if TYPE_CHECKING:
     from pisces_cli.io.prompts import VideoItem
 
 
+def publish_text(path: Path, text: str) -> bool:
+    """Write ``text`` to ``path`` atomically unless the file already holds exactly it; returns whether it wrote.
+
+    A re-run that changes nothing then rewrites (and fsyncs) nothing.
+    """
+    from pisces_cli.atomic import atomic_write_text
+
+    data = text.encode("utf-8")
+    try:
+        if path.stat().st_size == len(data) and path.read_bytes() == data:
+            return False
+    except OSError:
+        pass
+    atomic_write_text(path, text)
+    return True
+
+
+def publish_json(path: Path, obj: Any) -> bool:
+    """:func:`publish_text` of ``obj`` as indented JSON (the layout of ``atomic_write_json``)."""
+    return publish_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
 class RowStore:
     """Rows keyed by ``video`` in ``folder/NAME.jsonl`` (+ ``NAME.rank{r}.jsonl`` per rank).
 
@@ -83,10 +105,8 @@ class RowStore:
 
     def publish(self, rows: Iterable[dict[str, Any]]) -> None:
         """Atomically make ``NAME.jsonl`` exactly ``rows``, then drop the rank files (folded in)."""
-        from pisces_cli.atomic import atomic_write_text
-
         self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        publish_text(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         for path in self.rank_files():
             path.unlink(missing_ok=True)
 

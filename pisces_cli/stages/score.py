@@ -86,6 +86,19 @@ def summarize(rows: list[dict[str, Any]], n_boot: int, seed: int) -> dict[str, d
     return stats
 
 
+def _stats(rows: list[dict[str, Any]], n_boot: int, seed: int, previous: Path) -> tuple[dict, str]:
+    """:func:`summarize`, or the previous ``summary.json``'s columns when made from the same values and settings."""
+    values = [[r.get(c) for c in SCORE_COLUMNS] for r in rows if r.get("error") is None]
+    key = hashlib.sha256(json.dumps([values, n_boot, seed]).encode()).hexdigest()
+    try:
+        old = json.loads(previous.read_text(encoding="utf-8"))
+        if old.get("columns_inputs_sha256") == key and isinstance(old.get("columns"), dict):
+            return old["columns"], key
+    except (OSError, ValueError, AttributeError):
+        pass
+    return summarize(rows, n_boot, seed), key
+
+
 def score_key(recipe: Recipe, ot_map: str | None) -> dict[str, Any]:
     """The run key of ``score`` without its loaded-model part (cheap: no model is loaded)."""
     from pisces_cli.stages.run_key import encoder_part, frames_part, reward_parts
@@ -263,9 +276,8 @@ def _publish(
     console: Any,
 ) -> ScoreSummary:
     """Rank 0 after every rank finished: merge the rows into the tables, summary, failures and report."""
-    from pisces_cli.atomic import atomic_write_json, atomic_write_text
     from pisces_cli.stages import notes
-    from pisces_cli.stages.row_store import merged_rows
+    from pisces_cli.stages.row_store import merged_rows, publish_json, publish_text
 
     recipe = resolved.recipe
     section = recipe.score
@@ -274,9 +286,9 @@ def _publish(
     scores.publish(all_rows)
     maps = heatmaps.read()
     heatmaps.publish([maps[r["video"]] for r in all_rows if r.get("error") is None and r["video"] in maps])
-    atomic_write_text(out_dir / "scores.csv", _to_csv(all_rows))
+    publish_text(out_dir / "scores.csv", _to_csv(all_rows))
     failed_list = notes.write_failed_list(out_dir, all_rows)
-    stats = summarize(all_rows, section.bootstrap_samples, recipe.seed)
+    stats, stats_key = _stats(all_rows, section.bootstrap_samples, recipe.seed, out_dir / "summary.json")
     failed = sum(1 for r in all_rows if r.get("error") is not None)
     scored = len(all_rows) - failed
     model = run_key.get("encoder_model") or {}
@@ -291,6 +303,7 @@ def _publish(
         "per_rank": resume.per_rank(),
         "skipped_files": notes.skipped_summary(listing.skipped),
         "columns": stats,
+        "columns_inputs_sha256": stats_key,
         "encoder": info.get("encoder"),
         "ot_map": info.get("ot_map"),
         "recipe_hash": resolved.hash,
@@ -299,7 +312,7 @@ def _publish(
         "weights": run_key["weights"],
         "run_key": run_key,
     }
-    atomic_write_json(out_dir / "summary.json", summary)
+    publish_json(out_dir / "summary.json", summary)
     report = section.report if report is None else report
     built = None
     if report or (out_dir / "report.html").is_file():
