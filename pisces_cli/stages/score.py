@@ -18,7 +18,8 @@ Resume rule: a row is reused only under the same run key and the same per-video 
 rows of another run key is refused (exit 2) before any model is loaded, naming the changed fields;
 ``--force`` rescores everything into it, or another ``--output`` starts a new folder. A row whose
 prompt or file changed is rescored; an error row is kept until its video changes (``--retry-failed``
-tries it again). A re-run with nothing to do loads no model.
+tries it again); rows of videos no longer in the folder leave the table. A re-run with nothing to do
+loads no model.
 
 Under ``torchrun`` / ``accelerate launch`` each rank scores every W-th video still to do on its own device
 and appends to ``scores.rank{r}.jsonl``; rank 0 merges everything into the same files a one-process run
