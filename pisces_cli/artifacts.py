@@ -223,6 +223,15 @@ class ShardedArtifactWriter:
         self._save_manifest()
         return path
 
+    def record_empty_shard(self, index: int, **info: Any) -> None:
+        """Record shard ``index`` as finished without rows (every item failed) under ``empty_shards``."""
+        entry = {"index": index, **info}
+        self.manifest["empty_shards"] = sorted(
+            [e for e in self.manifest.get("empty_shards", []) if int(e["index"]) != index] + [entry],
+            key=lambda e: int(e["index"]),
+        )
+        self._save_manifest()
+
     def finalize(self, **extra: Any) -> dict[str, Any]:
         self.manifest["complete"] = True
         self.manifest.update(extra)

@@ -50,12 +50,17 @@ def dist_context() -> DistContext:
 
 
 def init_distributed() -> DistContext:
-    """Initialise torch.distributed when launched with several processes (nccl on GPU, gloo on CPU)."""
+    """Initialise torch.distributed when launched with several processes (nccl on GPU, gloo on CPU).
+
+    A one-process run imports nothing (a no-op re-run stays fast).
+    """
+    ctx = dist_context()
+    if not ctx.distributed:
+        return ctx
     import torch
     import torch.distributed as dist
 
-    ctx = dist_context()
-    if ctx.distributed and not dist.is_initialized():
+    if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(ctx.local_rank)
@@ -64,6 +69,9 @@ def init_distributed() -> DistContext:
 
 
 def barrier() -> None:
+    """Wait for every rank when a process group is initialised; otherwise return at once."""
+    if "torch.distributed" not in sys.modules:  # never imported: no process group can exist
+        return
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():

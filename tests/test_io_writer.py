@@ -160,6 +160,20 @@ def test_unsafe_characters_are_replaced_and_hashed():
     assert vbench_filename("a/b", 0) != vbench_filename("a_b", 0)
 
 
+def test_leading_dot_never_gives_a_hidden_file(tmp_path):
+    from pisces_cli.io.prompts import scan_folder
+
+    prompts = ["...and then a blue circle appears", ".", ".hidden", "a.b"]
+    names = [vbench_filename(p, 0) for p in prompts]
+    assert names[3] == "a.b-0.mp4"
+    assert all(not n.startswith(".") for n in names) and len(set(names)) == 4
+    assert names[0].startswith("_..and then a blue circle appears~")
+    for name in names:
+        write_mp4(tmp_path / name, moving_square(2), 8)
+    scan = scan_folder(tmp_path)
+    assert sorted(p.name for p in scan.videos) == sorted(names) and scan.skipped == []
+
+
 @pytest.mark.parametrize("max_bytes", [60, 200, 255])
 def test_long_prompts_are_cut_on_utf8_boundaries_without_collisions(tmp_path, max_bytes):
     base = "一只猫在钢琴上弹奏爵士乐 🎹 " * 30
@@ -212,6 +226,7 @@ def test_vbench_filename_properties(first, second, index, max_bytes):
     assert len(encoded) <= max_bytes
     assert "/" not in name and "\x00" not in name
     assert not any(unicodedata.category(ch) == "Cc" for ch in name)
+    assert not name.startswith(".")  # never a hidden file that folder listings would skip
     assert name.endswith(f"-{index}.mp4")
     if first != second:
         assert vbench_filename(second, index, max_bytes=max_bytes) != name

@@ -14,7 +14,13 @@ import numpy as np
 import pytest
 
 from pisces_cli.encoders.base import TokenGeometry
-from pisces_cli.stages.score_report import token_heatmaps, top_words, word_groups, write_score_report
+from pisces_cli.stages.score_report import (
+    FrameView,
+    token_heatmaps,
+    top_words,
+    word_groups,
+    write_score_report,
+)
 
 CLIP_TOKENS = ["<|startoftext|>", "a</w>", "re", "d</w>", "ca", "t</w>", "<|endoftext|>"]
 CLIP_LEXICAL = [False, True, True, True, True, True, False]
@@ -75,8 +81,8 @@ def report(tmp_path_factory) -> Path:
         prompt = "a red cat <script>alert(1)</script>" if i == 1 else "a red cat"
         rows.append({"video": record.file, "prompt": prompt, "error": None, "quality": 0.1 * i,
                      "quality_no_ot": 0.05 * i, "semantic": 0.2, "total": 0.1 * i + 0.2})  # fmt: skip
-        plans[record.file] = {"plan": plan, "tokens": CLIP_TOKENS, "lexical": np.array(CLIP_LEXICAL),
-                              "geometry": geometry}  # fmt: skip
+        plans[record.file] = top_words({"plan": plan, "tokens": CLIP_TOKENS, "lexical": np.array(CLIP_LEXICAL),
+                                        "geometry": geometry}, 3)  # fmt: skip
     rows.append({"video": "broken.mp4", "prompt": "x", "error": "cannot decode video broken.mp4"})
     stats = {
         c: {"mean": 0.1, "ci_low": 0.0, "ci_high": 0.2, "n": 3}
@@ -85,8 +91,9 @@ def report(tmp_path_factory) -> Path:
     summary = {"encoder": {"backend": "clip", "model": "enc", "weights_sha256": "ab" * 32}, "ot_map": {"ot_map": None},
                "weights": {"quality": 1.0, "semantic": 0.5}, "num_frames": 4, "crop": "center"}  # fmt: skip
     return write_score_report(
-        root / "out" / "report.html", root, rows, plans, stats, num_frames=4, summary=summary
-    )
+        root / "out" / "report.html", root, rows, plans, stats, view=FrameView(num_frames=4, size=32),
+        summary=summary,
+    )  # fmt: skip
 
 
 def test_report_is_self_contained_with_embedded_images(report: Path):
@@ -98,7 +105,9 @@ def test_report_is_self_contained_with_embedded_images(report: Path):
     assert not re.search(r"\s(href|srcset)=", without_images, re.I)
     assert not re.search(r"<(script|link|iframe|object|embed)\b", text, re.I)
     sources = re.findall(r"<img[^>]*\ssrc='([^']*)'", text)
-    assert len(sources) == 1 + 3  # histograms + one figure per scored video (none for the failure)
+    # histograms + per scored video a frame strip and one strip per word (none for the failure)
+    assert len(sources) == 1 + 3 * (1 + 3)
+    assert text.count("<img alt='frames of") == 3 and text.count("<img alt='“red”") == 3
     for source in sources:
         assert source.startswith("data:image/png;base64,")
         png = base64.b64decode(source.split(",", 1)[1], validate=True)

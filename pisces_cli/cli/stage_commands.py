@@ -15,16 +15,22 @@ def embed(
     overrides: list[str] = overrides_argument(),
     output: str = typer.Option(None, "--output", "-o", help="Output folder (default: embed.output)."),
     limit: int = typer.Option(None, "--limit", help="Embed only the first N items."),
+    force: bool = typer.Option(
+        False, "--force", help="Start the output folder over (its shards were made with other settings)."
+    ),
 ) -> None:
     """Write sharded video/caption embeddings (text_cls, video_cls) — what fit-ot trains on."""
     resolved = load(recipe, overrides)
+    from pisces_cli.runtime import dist_context
     from pisces_cli.stages.embed import run_embed
 
-    summary = run_embed(resolved, output=output, limit=limit, console=console)
-    console.print(
-        f"[green]embedded[/] {summary.embedded} new items of {summary.total} "
-        f"({summary.failed} failed, {summary.skipped_shards} shards already done) → {summary.output}"
-    )
+    summary = run_embed(resolved, output=output, limit=limit, force=force, console=console)
+    if dist_context().is_main and not summary.nothing_to_do:
+        console.print(
+            f"[green]embedded[/] {summary.embedded} new items of {summary.total} "
+            f"({summary.failed} failed, {summary.skipped_shards} shards already done) → {summary.output}",
+            soft_wrap=True,
+        )
 
 
 def fit_ot(
@@ -53,6 +59,18 @@ def fit_ot(
     console.print(f"[green]wrote[/] {summary.output / 'ot_map.safetensors'}")
 
 
+def retry_failed_option() -> bool:
+    return typer.Option(False, "--retry-failed", help="Try videos that failed in an earlier run again.")
+
+
+def prompts_from_names_option() -> bool:
+    return typer.Option(
+        None,
+        "--prompts-from-names",
+        help="A video without a prompt file takes its file name as prompt (data.prompts_from_names).",
+    )
+
+
 def score(
     videos_dir: Path = typer.Argument(
         ..., help="Folder of videos with prompts (prompts.jsonl/.csv, NAME.txt or VBench names)."
@@ -63,12 +81,17 @@ def score(
         None, "--output", "-o", help="Output folder (default: VIDEOS_DIR/pisces-scores)."
     ),
     ot_map: str = typer.Option(None, "--ot-map", help="OT map artifact (default: reward.ot_map)."),
-    force: bool = typer.Option(None, "--force/--no-force", help="Rescore videos already scored."),
+    force: bool = typer.Option(
+        None, "--force/--no-force", help="Rescore every video into this folder, whatever it holds."
+    ),
     report: bool = typer.Option(None, "--report/--no-report", help="Also write report.html."),
     limit: int = typer.Option(None, "--limit", help="Score only the first N videos."),
+    retry_failed: bool = retry_failed_option(),
+    prompts_from_names: bool = prompts_from_names_option(),
 ) -> None:
     """Score every video of a folder: quality (OT), semantic (token OT), quality_no_ot, total."""
     resolved = load(recipe, overrides)
+    from pisces_cli.runtime import dist_context
     from pisces_cli.stages.score import run_score
 
     summary = run_score(
@@ -79,9 +102,12 @@ def score(
         force=force,
         report=report,
         limit=limit,
+        retry_failed=retry_failed,
+        prompts_from_names=prompts_from_names,
         console=console,
     )
-    _print_score_table(summary)
+    if dist_context().is_main:
+        _print_score_table(summary)
 
 
 def _print_metrics(title: str, metrics: dict[str, float]) -> None:
@@ -112,7 +138,7 @@ def _print_score_table(summary) -> None:
             column, f"{stat['mean']:.4f}", f"[{stat['ci_low']:.4f}, {stat['ci_high']:.4f}]", str(stat["n"])
         )
     print_table(console, table)
-    console.print(f"[green]wrote[/] {summary.output}/scores.jsonl, scores.csv, summary.json")
+    console.print(f"[green]wrote[/] {summary.output}/scores.jsonl, scores.csv, summary.json", soft_wrap=True)
 
 
 def demo(
@@ -248,6 +274,11 @@ def eval_run(
         None, "--vbench/--no-vbench", help="Also run the installed vbench package (default: eval.vbench)."
     ),
     limit: int = typer.Option(None, "--limit", help="Evaluate only the first N videos."),
+    force: bool = typer.Option(
+        False, "--force", help="Evaluate every video again into this folder, whatever it holds."
+    ),
+    retry_failed: bool = retry_failed_option(),
+    prompts_from_names: bool = prompts_from_names_option(),
 ) -> None:
     """Rewards, no-OT cosine, consistency, flicker and dynamic-degree proxy per video → eval.json.
 
@@ -255,12 +286,23 @@ def eval_run(
     run, aggregate or compare).
     """
     resolved = load(recipe, overrides)
+    from pisces_cli.runtime import dist_context
     from pisces_cli.stages.eval import run_eval
 
     summary = run_eval(
-        resolved, str(videos_dir), output=output, ot_map=ot_map, vbench=vbench, limit=limit, console=console
+        resolved,
+        str(videos_dir),
+        output=output,
+        ot_map=ot_map,
+        vbench=vbench,
+        limit=limit,
+        force=force,
+        retry_failed=retry_failed,
+        prompts_from_names=prompts_from_names,
+        console=console,
     )
-    _print_eval_table(summary)
+    if dist_context().is_main:
+        _print_eval_table(summary)
 
 
 #: what a metric's value covers, printed after its name in the eval and compare tables.
@@ -301,7 +343,7 @@ def _print_eval_table(summary) -> None:
         )
     for note in summary.notes:
         console.print(f"[yellow]note:[/] {note}")
-    console.print(f"[green]wrote[/] {summary.output}/eval.json")
+    console.print(f"[green]wrote[/] {summary.output}/eval.json", soft_wrap=True)
 
 
 @eval_app.command("aggregate")

@@ -31,8 +31,10 @@ from pisces_cli.errors import UsageError
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "CropWindow",
     "Preprocessing",
     "crop_offsets",
+    "crop_window",
     "preprocess_clip",
     "preprocess_pixels",
     "resized_shape",
@@ -82,6 +84,43 @@ def crop_offsets(
     raise UsageError(f"unknown crop {crop!r}; expected 'center' or 'random'")
 
 
+@dataclass(frozen=True)
+class CropWindow:
+    """Where the encoder's ``size × size`` input comes from in a ``height × width`` source frame.
+
+    The frame is resized to ``resized_h × resized_w`` (:func:`resized_shape`), then the window with
+    top-left corner ``(top, left)`` (resized pixels) is cut out.
+    """
+
+    height: int
+    width: int
+    resized_h: int
+    resized_w: int
+    top: int
+    left: int
+    size: int
+
+    def source_box(self) -> tuple[float, float, float, float]:
+        """The window in source-frame pixels: ``(x0, y0, x1, y1)`` (floats; x = column, y = row)."""
+        scale_y = self.resized_h / self.height
+        scale_x = self.resized_w / self.width
+        return (
+            self.left / scale_x,
+            self.top / scale_y,
+            (self.left + self.size) / scale_x,
+            (self.top + self.size) / scale_y,
+        )
+
+
+def crop_window(
+    height: int, width: int, size: int, crop: CropMode = "center", generator: torch.Generator | None = None
+) -> CropWindow:
+    """The resize + crop applied to a ``height × width`` frame (the one rule :func:`preprocess_clip` uses)."""
+    new_h, new_w = resized_shape(height, width, size)
+    top, left = crop_offsets(new_h, new_w, size, crop, generator)
+    return CropWindow(height, width, new_h, new_w, top, left, size)
+
+
 def _resize_crop_normalise(
     images: torch.Tensor,
     *,
@@ -100,7 +139,8 @@ def _resize_crop_normalise(
     if len(mean) != 3 or len(std) != 3:
         raise UsageError("mean and std must have 3 values (R, G, B)")
     height, width = int(images.shape[-2]), int(images.shape[-1])
-    new_h, new_w = resized_shape(height, width, size)
+    window = crop_window(height, width, size, crop, generator)
+    new_h, new_w = window.resized_h, window.resized_w
     if (new_h, new_w) != (height, width):
         kwargs = {"align_corners": False} if interpolation in ("bilinear", "bicubic") else {}
         use_antialias = antialias and interpolation in ("bilinear", "bicubic")
@@ -109,8 +149,7 @@ def _resize_crop_normalise(
         )
         if clamp:
             images = images.clamp(0.0, 1.0)
-    top, left = crop_offsets(new_h, new_w, size, crop, generator)
-    images = images[..., top : top + size, left : left + size]
+    images = images[..., window.top : window.top + size, window.left : window.left + size]
     mean_t = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
     std_t = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
     return (images - mean_t) / std_t

@@ -5,7 +5,7 @@ manifest line naming a missing file, becomes an item with ``error`` set — neve
 exception — so one bad entry does not stop a run. Malformed *index* files (bad JSON,
 missing columns) raise :class:`~pisces_cli.errors.UsageError` naming the file and line.
 
-Folder prompts (:func:`collect_prompted_videos`), sources in precedence order:
+Folder prompts (:func:`list_prompted_folder`), sources in precedence order:
 
 (a) ``mapping``: ``prompts.jsonl`` (one object per line with a file key — ``file``, ``path``
     or ``video`` — and a prompt key — ``prompt``, ``caption`` or ``text``) or ``prompts.csv``
@@ -16,10 +16,15 @@ Folder prompts (:func:`collect_prompted_videos`), sources in precedence order:
 (c) ``filename``: VBench names ``{prompt}-{index}.mp4`` → the stem with a trailing
     ``-<digits>`` removed (:func:`prompt_from_filename`).
 
-``prompt_source="auto"`` uses (a), else (b), per video; (c) is used only when neither (a)
-nor (b) gives a prompt for *any* video of the folder (a plain VBench folder). Otherwise videos
-without (a)/(b) get an error row rather than a guessed prompt. ``"mapping"``, ``"sidecar"``
+``prompt_source="auto"`` uses (a), else (b), per video; (c) is used only for names of VBench's
+form (a ``-<digits>`` index before the extension) and only when neither (a) nor (b) gives a prompt
+for *any* video of the folder (a plain VBench folder), or for every video without (a)/(b) when the
+caller asks for it (``prompts_from_names``, the recipe's ``data.prompts_from_names``). Otherwise a
+video without (a)/(b) gets an error row rather than a guessed prompt. ``"mapping"``, ``"sidecar"``
 and ``"filename"`` use that source alone.
+
+Every entry of a folder is accounted for (:func:`scan_folder`): a video, a prompt file, or a
+skipped entry with its reason (hidden, broken link, other file type, pisces' own files).
 
 WebDataset shards (:func:`read_tar_shards`): uncompressed ``.tar`` files read with the stdlib
 ``tarfile``; a sample is the members sharing a key (the member path up to the first ``.`` of
@@ -49,16 +54,22 @@ __all__ = [
     "CAPTION_KEYS",
     "FILE_KEYS",
     "VIDEO_EXTENSIONS",
+    "FolderListing",
+    "FolderScan",
+    "SkippedFile",
     "TarMember",
     "VideoItem",
     "collect_prompted_videos",
     "expand_shard_spec",
+    "is_vbench_name",
+    "list_prompted_folder",
     "list_videos",
     "prompt_from_filename",
     "read_item_bytes",
     "read_manifest",
     "read_prompt_mapping",
     "read_tar_shards",
+    "scan_folder",
 ]
 
 VIDEO_EXTENSIONS: frozenset[str] = frozenset({".mp4", ".webm", ".mov", ".mkv", ".gif"})
@@ -102,21 +113,129 @@ class VideoItem:
 # folders
 
 
-def list_videos(folder: str | os.PathLike, *, recursive: bool = True) -> list[Path]:
-    """Video files under ``folder`` (extensions :data:`VIDEO_EXTENSIONS`, case-insensitive).
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file (or folder, ``path`` ending in ``/``) of a video folder that is neither scored nor a prompt.
 
-    Sorted by relative POSIX path; hidden files (a name starting with ``.``) are skipped.
+    ``path`` is relative to the folder (POSIX); ``reason`` says why it is not a video to process.
+    """
+
+    path: str
+    reason: str
+
+
+#: reasons that name pisces' own files: listed, but not worth a console note on every run.
+PISCES_FILE_REASONS: frozenset[str] = frozenset({"pisces output folder", "pisces file"})
+
+#: files pisces itself writes into a video folder (``generate``), besides the prompt mapping.
+_PISCES_FOLDER_FILES: frozenset[str] = frozenset({"manifest.json"})
+
+
+@dataclass
+class FolderScan:
+    """Every entry under a video folder, sorted into videos, prompt inputs and skipped entries.
+
+    Attributes:
+        videos: video files (:data:`VIDEO_EXTENSIONS`, case-insensitive), sorted by relative path.
+        prompt_files: relative paths of the files read as prompts (mapping file, ``NAME.txt`` sidecars).
+        skipped: everything else, each with its reason (hidden entries, broken links, other file types,
+            pisces' own files and output folders).
+    """
+
+    videos: list[Path]
+    prompt_files: list[str]
+    skipped: list[SkippedFile]
+
+
+def _is_pisces_output_folder(folder: Path) -> bool:
+    """A folder written by ``score`` / ``eval`` (its ``settings.json`` names a pisces schema)."""
+    marker = folder / "settings.json"
+    if not marker.is_file():
+        return False
+    try:
+        data = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and str(data.get("schema", "")).startswith("pisces.")
+
+
+def scan_folder(
+    folder: str | os.PathLike, *, recursive: bool = True, exclude: Sequence[str | os.PathLike] = ()
+) -> FolderScan:
+    """Sort every entry under ``folder`` (see :class:`FolderScan`); nothing is left out silently.
+
+    Skipped, with a reason: hidden files and folders (a name starting with ``.``), broken symbolic links,
+    links to folders (not followed), entries that are not regular files, files of other types,
+    ``score``/``eval`` output folders, and sub-folders when ``recursive`` is false. Symbolic links to
+    video files are videos. The folders in ``exclude`` (the run's own output folder) are left out
+    without a mention: they are not part of the input.
+
+    Raises:
+        UsageError: ``folder`` is not a folder.
     """
     root = Path(folder)
     if not root.is_dir():
         raise UsageError(f"video folder {root} does not exist or is not a folder")
-    candidates = root.rglob("*") if recursive else root.iterdir()
-    found = [
-        p
-        for p in candidates
-        if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS and not p.name.startswith(".")
-    ]
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+    excluded = {Path(p).resolve() for p in exclude}
+    videos: list[Path] = []
+    others: list[Path] = []
+    skipped: list[SkippedFile] = []
+
+    def rel(path: Path) -> str:
+        return path.relative_to(root).as_posix()
+
+    for current, dirnames, filenames in os.walk(root, followlinks=False):
+        here = Path(current)
+        keep = []
+        for name in sorted(dirnames):
+            path = here / name
+            if name.startswith("."):
+                skipped.append(SkippedFile(rel(path) + "/", "hidden folder"))
+            elif path.is_symlink():
+                skipped.append(SkippedFile(rel(path) + "/", "link to a folder (not followed)"))
+            elif path.resolve() in excluded:
+                continue  # the run's own output folder is not part of its input
+            elif _is_pisces_output_folder(path):
+                skipped.append(SkippedFile(rel(path) + "/", "pisces output folder"))
+            elif not recursive:
+                skipped.append(SkippedFile(rel(path) + "/", "sub-folder (not searched)"))
+            else:
+                keep.append(name)
+        dirnames[:] = keep
+        for name in sorted(filenames):
+            path = here / name
+            if name.startswith("."):
+                skipped.append(SkippedFile(rel(path), "hidden file"))
+            elif path.is_symlink() and not path.exists():
+                skipped.append(SkippedFile(rel(path), "broken symbolic link"))
+            elif not path.is_file():
+                skipped.append(SkippedFile(rel(path), "not a regular file"))
+            elif path.suffix.lower() in VIDEO_EXTENSIONS:
+                videos.append(path)
+            else:
+                others.append(path)
+    video_stems = {(v.parent, v.stem) for v in videos}
+    prompt_files: list[str] = []
+    for path in others:
+        mapping_file = path.parent == root and path.name in MAPPING_FILES
+        if mapping_file or (path.suffix.lower() == ".txt" and (path.parent, path.stem) in video_stems):
+            prompt_files.append(rel(path))
+        elif path.parent == root and path.name in _PISCES_FOLDER_FILES:
+            skipped.append(SkippedFile(rel(path), "pisces file"))
+        else:
+            kind = path.suffix.lower() or "no extension"
+            skipped.append(SkippedFile(rel(path), f"not a video file ({kind})"))
+    videos.sort(key=rel)
+    skipped.sort(key=lambda entry: entry.path)
+    return FolderScan(videos, sorted(prompt_files), skipped)
+
+
+def list_videos(folder: str | os.PathLike, *, recursive: bool = True) -> list[Path]:
+    """Video files under ``folder`` (extensions :data:`VIDEO_EXTENSIONS`, case-insensitive).
+
+    Sorted by relative POSIX path; what is not listed, and why, is :func:`scan_folder`'s ``skipped``.
+    """
+    return scan_folder(folder, recursive=recursive).videos
 
 
 _INDEX_SUFFIX = re.compile(r"-\d+$")
@@ -130,6 +249,12 @@ def prompt_from_filename(name: str) -> str:
             stem = stem[: -len(ext)]
             break
     return _INDEX_SUFFIX.sub("", stem)
+
+
+def is_vbench_name(name: str) -> bool:
+    """Whether ``name`` has VBench's form ``{prompt}-{index}.EXT`` (a non-empty prompt, then ``-<digits>``)."""
+    stem = Path(name).stem
+    return bool(_INDEX_SUFFIX.search(stem)) and bool(prompt_from_filename(name).strip())
 
 
 def _pick(record: dict, keys: Sequence[str]) -> tuple[str | None, object]:
@@ -205,16 +330,29 @@ def _read_sidecar(video: Path) -> str | None:
         return None
 
 
-def collect_prompted_videos(
+@dataclass
+class FolderListing:
+    """The items of a video folder (one per video, prompt or error) and what :func:`scan_folder` skipped."""
+
+    items: list[VideoItem]
+    skipped: list[SkippedFile]
+    prompt_files: list[str]
+
+
+def list_prompted_folder(
     folder: str | os.PathLike,
     *,
     prompt_source: PromptSource = "auto",
+    prompts_from_names: bool = False,
     recursive: bool = True,
-) -> list[VideoItem]:
-    """(video, prompt) items for every video under ``folder``, sorted by relative path.
+    exclude: Sequence[str | os.PathLike] = (),
+) -> FolderListing:
+    """(video, prompt) items for every video under ``folder``, sorted by relative path, plus the skipped entries.
 
-    See the module docstring for the sources and their precedence. Items whose prompt cannot
-    be found carry ``error="no prompt for REL (...)"``; an empty prompt text is an error too.
+    See the module docstring for the prompt sources and their precedence, and :func:`scan_folder` for
+    what is skipped. Items whose prompt cannot be found carry ``error="no prompt for REL (...)"``; an
+    empty prompt text is an error too. ``prompts_from_names``: a video with no mapping entry and no
+    sidecar takes its file name as prompt (:func:`prompt_from_filename`), whatever its form.
 
     Raises:
         UsageError: unknown ``prompt_source``, ``"mapping"`` without a mapping file, a malformed
@@ -225,7 +363,8 @@ def collect_prompted_videos(
             f"unknown prompt_source {prompt_source!r}; expected auto, mapping, sidecar or filename"
         )
     root = Path(folder)
-    videos = list_videos(root, recursive=recursive)
+    scan = scan_folder(root, recursive=recursive, exclude=exclude)
+    videos = scan.videos
     mapping = read_prompt_mapping(root) if prompt_source in ("auto", "mapping") else None
     if prompt_source == "mapping" and mapping is None:
         raise UsageError(f"prompt_source='mapping' but {root} has no prompts.jsonl or prompts.csv")
@@ -238,38 +377,59 @@ def collect_prompted_videos(
             return mapping[rel]
         return by_name.get(video.name)
 
-    found: list[tuple[str, Path, str | None, str]] = []
+    found: list[tuple[str, Path, str | None]] = []
     for video in videos:
         rel = video.relative_to(root).as_posix()
-        prompt, origin = None, ""
+        prompt = None
         if prompt_source in ("auto", "mapping"):
-            prompt, origin = from_mapping(rel, video), "mapping"
+            prompt = from_mapping(rel, video)
         if prompt is None and prompt_source in ("auto", "sidecar"):
-            prompt, origin = _read_sidecar(video), "sidecar"
-        if prompt is None and prompt_source == "filename":
-            prompt, origin = prompt_from_filename(video.name), "filename"
-        found.append((rel, video, prompt, origin))
+            prompt = _read_sidecar(video)
+        found.append((rel, video, prompt))
 
-    use_filenames = prompt_source == "filename" or (
-        prompt_source == "auto" and all(prompt is None for _, _, prompt, _ in found)
-    )
+    # file names: asked for (prompt_source=filename, prompts_from_names), or a plain VBench folder
+    # (auto, no mapping entry or sidecar for any video) for the names of VBench's form
+    vbench_folder = prompt_source == "auto" and all(prompt is None for _, _, prompt in found)
     tried = {
-        "auto": "prompts.jsonl/csv, NAME.txt" + (", file name" if use_filenames else ""),
+        "auto": "prompts.jsonl/csv, NAME.txt",
         "mapping": "prompts.jsonl/csv",
         "sidecar": "NAME.txt",
         "filename": "file name",
     }[prompt_source]
+    hint = (
+        "; a file name is a prompt only in VBench's form PROMPT-INDEX.mp4 in a folder without prompt files, "
+        "or with data.prompts_from_names: true (--prompts-from-names)"
+        if prompt_source == "auto"
+        else ""
+    )
     items: list[VideoItem] = []
-    for rel, video, prompt, _origin in found:
-        if prompt is None and use_filenames:
+    for rel, video, prompt in found:
+        if prompt is None and (
+            prompt_source == "filename"
+            or (prompts_from_names and prompt_source != "mapping")
+            or (vbench_folder and is_vbench_name(video.name))
+        ):
             prompt = prompt_from_filename(video.name)
         if prompt is None:
-            items.append(VideoItem(rel, str(video), None, f"no prompt for {rel} (looked in: {tried})"))
+            items.append(VideoItem(rel, str(video), None, f"no prompt for {rel} (looked in: {tried}{hint})"))
         elif not prompt.strip():
             items.append(VideoItem(rel, str(video), None, f"empty prompt for {rel}"))
         else:
             items.append(VideoItem(rel, str(video), prompt))
-    return items
+    return FolderListing(items, scan.skipped, scan.prompt_files)
+
+
+def collect_prompted_videos(
+    folder: str | os.PathLike,
+    *,
+    prompt_source: PromptSource = "auto",
+    recursive: bool = True,
+    prompts_from_names: bool = False,
+) -> list[VideoItem]:
+    """The items of :func:`list_prompted_folder` (without the list of skipped entries)."""
+    return list_prompted_folder(
+        folder, prompt_source=prompt_source, prompts_from_names=prompts_from_names, recursive=recursive
+    ).items
 
 
 # --------------------------------------------------------------------------------------------------

@@ -158,8 +158,10 @@ def write_mp4(
 
 
 def _safe_text(prompt: str) -> str:
-    """Replace characters a POSIX file name cannot (or should not) hold: '/', NUL, control chars."""
-    return "".join("_" if ch == "/" or unicodedata.category(ch) == "Cc" else ch for ch in prompt)
+    """Replace what a POSIX file name cannot (or should not) hold: '/', NUL, control chars, and a leading
+    '.' (a hidden file, which folder listings skip)."""
+    safe = "".join("_" if ch == "/" or unicodedata.category(ch) == "Cc" else ch for ch in prompt)
+    return "_" + safe[1:] if safe.startswith(".") else safe
 
 
 def _truncate_utf8(text: str, max_bytes: int) -> str:
@@ -170,7 +172,8 @@ def _truncate_utf8(text: str, max_bytes: int) -> str:
 def vbench_filename(prompt: str, index: int, max_bytes: int = 200) -> str:
     """``{prompt}-{index}.mp4``, safe as a single file name and at most ``max_bytes`` UTF-8 bytes.
 
-    Rule: '/', NUL and other control characters become '_'. If that changed the prompt, or the
+    Rule: '/', NUL and other control characters, and a leading '.' (a hidden file ``score`` and ``eval``
+    would skip), become '_'. If that changed the prompt, or the
     name would exceed ``max_bytes``, the prompt part is cut on a UTF-8 character boundary and a
     suffix ``~`` + the first 10 hex digits of SHA-1(prompt) is appended, so two distinct prompts
     never share a name (and the name no longer spells the prompt: keep a name → prompt map).

@@ -2,9 +2,22 @@
 
 Items are processed in a deterministic order and grouped into shards of ``embed.shard_size`` items.
 Each shard holds ``text_cls [n, D]`` and ``video_cls [n, D]`` (projected, not normalised; row i is
-``keys[i]``), optionally ``video_tokens [n, M, Dv]``. Under torchrun each rank takes shards
-``i ≡ rank (mod world)`` and writes its own ``manifest.rank{r}.json``; rank 0 merges them into
-``manifest.json``. A re-run skips completed shards. Bad videos become error rows in ``errors.jsonl``.
+``keys[i]``), optionally ``video_tokens [n, M, Dv]``. Bad videos become error rows in ``errors.jsonl``.
+
+Resume rule. The manifest's header records the *run key* (:mod:`pisces_cli.stages.run_key`: encoder,
+its preprocessing, frames, crop, ``shard_size``, ``save_tokens``); a folder made under another run key
+is refused with exit 2 naming the changed fields, before any model is loaded (``--force`` starts the
+folder over: manifests first, then every shard, key and error file). Each shard entry records a hash of
+its items (key, caption, file size and mtime): a finished shard whose items are unchanged is skipped, one
+whose items changed is embedded again. A re-run with nothing to do loads no model.
+
+Errors are state too: every shard entry (``shards`` or, when all its items failed, ``empty_shards``)
+carries its error rows; ``errors.jsonl`` is rebuilt from them at the start and end of every run and
+appended to as errors happen in between (``errors.rank{r}.jsonl`` per rank under torchrun), so a resumed
+run reports every failure exactly once.
+
+Under torchrun each rank takes every W-th shard still to do and writes its own ``manifest.rank{r}.json``;
+rank 0 merges every manifest present (any earlier world size) into ``manifest.json``.
 """
 
 from __future__ import annotations
@@ -15,13 +28,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pisces_cli.errors import PiscesRuntimeError
+from pisces_cli.errors import PiscesRuntimeError, UsageError
 from pisces_cli.preflight import check_stage
 
 if TYPE_CHECKING:
-    from pisces_cli.config import ResolvedRecipe
+    from pisces_cli.config import Recipe, ResolvedRecipe
+    from pisces_cli.io.prompts import VideoItem
 
 EMBEDDINGS_SCHEMA = "pisces.embeddings"
+SHARD_NAME = "embeddings"
+ERRORS_FILE = "errors.jsonl"
 
 
 @dataclass
@@ -32,18 +48,80 @@ class EmbedSummary:
     failed: int
     skipped_shards: int
     errors: list[dict[str, Any]] = field(default_factory=list)
+    changed_shards: int = 0
+    nothing_to_do: bool = False
 
 
-def settings_fingerprint(encoder_fp: dict[str, Any], recipe_data: dict[str, Any], num_frames: int) -> str:
-    """Hash of what determines the embeddings (encoder, inputs, frames, crop): resume refuses a change."""
-    relevant = {
-        "encoder": encoder_fp,
-        "data": recipe_data["data"],
-        "num_frames": num_frames,
-        "shard_size": recipe_data["embed"]["shard_size"],
-        "save_tokens": recipe_data["embed"]["save_tokens"],
+def embed_key(recipe: Recipe) -> dict[str, Any]:
+    """The run key of ``embed`` without its loaded-model part (cheap)."""
+    from pisces_cli.stages.run_key import encoder_part, frames_part
+
+    return {
+        "encoder": encoder_part(recipe),
+        "frames": frames_part(recipe, crop=recipe.data.crop),
+        "shards": {"shard_size": recipe.embed.shard_size, "save_tokens": recipe.embed.save_tokens},
     }
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def shard_items_hash(items: list[VideoItem]) -> str:
+    """Hash of a shard's items: key, caption and file identity of each, in order."""
+    from pisces_cli.stages.run_key import video_identity
+
+    digest = hashlib.sha256()
+    for item in items:
+        digest.update(json.dumps([item.key, item.prompt, video_identity(item)], sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def _manifest_files(out_dir: Path) -> list[Path]:
+    main = out_dir / "manifest.json"
+    ranks = sorted(out_dir.glob("manifest.rank*.json"))
+    return ([main] if main.is_file() else []) + ranks
+
+
+def _read_manifests(out_dir: Path) -> list[dict[str, Any]]:
+    manifests = []
+    for path in _manifest_files(out_dir):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UsageError(
+                f"{path}: not valid JSON ({exc}); pass --force to start the folder over"
+            ) from exc
+        if isinstance(data, dict):
+            manifests.append(data)
+    return manifests
+
+
+def _entries(manifests: list[dict[str, Any]], digests: list[str]) -> dict[int, dict[str, Any]]:
+    """Per shard index, the finished entry (``shards`` or ``empty_shards``) whose items match this run's."""
+    found: dict[int, dict[str, Any]] = {}
+    for data in manifests:
+        for kind in ("shards", "empty_shards"):
+            for entry in data.get(kind, []) or []:
+                index = int(entry["index"])
+                if index < len(digests) and entry.get("items_sha256") == digests[index]:
+                    found[index] = {**entry, "kind": kind}
+    return found
+
+
+def _stored_key(manifests: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, str | None]:
+    """(run key, encoder file signature) recorded in the manifests' header, if any."""
+    for data in manifests:
+        extra = (data.get("header") or {}).get("extra") or {}
+        if isinstance(extra.get("run_key"), dict):
+            return extra["run_key"], extra.get("encoder_files")
+    return None, None
+
+
+def start_over(out_dir: Path) -> None:
+    """``--force``: remove the manifests first (nothing listed stays), then shards, keys, errors, summaries."""
+    for path in _manifest_files(out_dir):
+        path.unlink(missing_ok=True)
+    patterns = (f"{SHARD_NAME}-*.safetensors", f"{SHARD_NAME}-*.keys.json", "errors*.jsonl", "summary*.json")
+    for pattern in patterns:
+        for path in out_dir.glob(pattern):
+            path.unlink(missing_ok=True)
 
 
 def run_embed(
@@ -51,161 +129,283 @@ def run_embed(
     *,
     output: str | None = None,
     limit: int | None = None,
+    force: bool = False,
     console: Any = None,
 ) -> EmbedSummary:
     """Embed every (video, caption) of the recipe's data; returns counts and error rows."""
-    import torch
-
-    from pisces_cli.artifacts import ArtifactHeader, ShardedArtifactWriter
-    from pisces_cli.atomic import atomic_write_json
-    from pisces_cli.io.dataset import make_loader
-    from pisces_cli.io.preprocess import Preprocessing
-    from pisces_cli.rewards.build import encoder_num_frames, load_encoder_from_recipe
-    from pisces_cli.runtime import (
-        barrier,
-        cpu_threads_beside_workers,
-        init_distributed,
-        resolve_device,
-        seed_everything,
-    )
-    from pisces_cli.stages.inputs import items_from_recipe
+    from pisces_cli.runtime import barrier, init_distributed, seed_everything
+    from pisces_cli.stages import run_key as keys
+    from pisces_cli.stages.inputs import listing_from_recipe
     from pisces_cli.stages.progress import progress_bar
 
     check_stage("embed", resolved, output=output)
     recipe = resolved.recipe
     ctx = init_distributed()
-    seed_everything(recipe.seed)
+    console = console if ctx.is_main else None
     out_dir = Path(output or recipe.embed.output)
-    items = items_from_recipe(recipe)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"embed output {out_dir} is a file, not a folder")
+    listing = listing_from_recipe(recipe, exclude=[out_dir])
     limit = limit if limit is not None else recipe.embed.limit
-    if limit is not None:
-        items = items[:limit]
-    device = resolve_device(recipe.runtime.device)
-    encoder = load_encoder_from_recipe(recipe, device)
-    num_frames = encoder_num_frames(recipe, encoder)
-    prep = encoder.preprocessing
-    preprocessing = Preprocessing(
-        size=prep.size, mean=prep.mean, std=prep.std, interpolation=prep.interpolation
-    )
-    fingerprint = encoder.fingerprint()
-    header = ArtifactHeader(
-        schema=EMBEDDINGS_SCHEMA,
-        stage="embed",
-        recipe_hash=resolved.hash,
-        recipe=resolved.data,
-        fingerprints={"encoder": fingerprint},
-        tensors={
-            "text_cls": "[n, D] projected caption embeddings (not normalised); row i = keys[i]",
-            "video_cls": "[n, D] projected video embeddings (not normalised); row i = keys[i]",
-            **({"video_tokens": "[n, M, Dv] video token features"} if recipe.embed.save_tokens else {}),
-        },
-        extra={
-            "recipe_fingerprint": settings_fingerprint(fingerprint, resolved.data, num_frames),
-            "num_frames": num_frames,
-            "embed_dim": encoder.embed_dim,
-        },
-    )
-    manifest_name = "manifest.json" if not ctx.distributed else f"manifest.rank{ctx.rank}.json"
-    writer = ShardedArtifactWriter(out_dir, "embeddings", header, manifest_name=manifest_name)
+    items = listing.items[:limit] if limit is not None else listing.items
     shard_size = recipe.embed.shard_size
-    num_shards = (len(items) + shard_size - 1) // shard_size
-    mine = [i for i in range(num_shards) if i % ctx.world_size == ctx.rank]
-    todo = [i for i in mine if i not in writer.done_indices()]
-    errors: list[dict[str, Any]] = []
-    embedded = 0
-    with progress_bar(
-        console,
-        f"embed → {out_dir}",
-        total=sum(len(items[i * shard_size : (i + 1) * shard_size]) for i in todo),
-    ) as advance:
-        for shard in todo:
-            shard_items = items[shard * shard_size : (shard + 1) * shard_size]
-            loader = make_loader(
-                shard_items,
-                num_frames=num_frames,
-                frame_rate=recipe.data.fps,
-                preprocessing=preprocessing,
-                batch_size=recipe.embed.batch_size,
-                num_workers=recipe.runtime.num_workers,
-                crop=recipe.data.crop,
-                seed=recipe.seed,
-            )
-            text_rows, video_rows, token_rows, keys, shard_errors = [], [], [], [], []
-            with cpu_threads_beside_workers(device, loader.num_workers):
-                for batch in loader:
-                    for row in batch.errors:
-                        shard_errors.append(
-                            {"key": row["key"], "source": row["source"], "error": row["error"]}
-                        )
-                    if batch.clips is not None:
-                        with torch.no_grad():
-                            text = encoder.encode_text([str(p) for p in batch.prompts])
-                            video = encoder.encode_video(batch.clips.to(device))
-                        text_rows.append(text.global_embedding.float().cpu())
-                        video_rows.append(video.global_embedding.float().cpu())
-                        if recipe.embed.save_tokens:
-                            token_rows.append(video.tokens.float().cpu())
-                        keys.extend(batch.keys)
-                    advance(len(batch.keys) + len(batch.errors))
-            errors.extend(shard_errors)
-            if keys:
-                tensors = {"text_cls": torch.cat(text_rows), "video_cls": torch.cat(video_rows)}
-                if token_rows:
-                    tensors["video_tokens"] = torch.cat(token_rows)
-                writer.write_shard(shard, tensors, keys, errors=shard_errors)
-                embedded += len(keys)
-            else:
-                writer.manifest.setdefault("empty_shards", []).append(
-                    {"index": shard, "errors": shard_errors}
-                )
-    writer.finalize(num_items=len(items), num_shards=num_shards)
-    if errors:
-        _append_errors(
-            out_dir / ("errors.jsonl" if not ctx.distributed else f"errors.rank{ctx.rank}.jsonl"), errors
-        )
-    skipped = len(mine) - len(todo)
-    counts = {"embedded_now": embedded, "failed_now": len(errors), "skipped_shards": skipped}
-    if ctx.distributed:
-        atomic_write_json(out_dir / f"summary.rank{ctx.rank}.json", counts)
+    shards = [items[i : i + shard_size] for i in range(0, len(items), shard_size)]
+    digests = [shard_items_hash(shard) for shard in shards]
+
+    key = embed_key(recipe)  # before any model is loaded
+    signature = keys.encoder_file_signature(recipe)
+    manifests = [] if force else _read_manifests(out_dir)
+    stored_key, stored_signature = _stored_key(manifests)
+    ways_out = "Pass --force to start this folder over, or choose another folder with --output DIR."
+    if manifests:
+        keys.refuse_other_key(out_dir, {"schema": EMBEDDINGS_SCHEMA, "run_key": stored_key}, key,
+                              schema=EMBEDDINGS_SCHEMA, rows="embedding shards", ways_out=ways_out)  # fmt: skip
     barrier()
-    if ctx.distributed and ctx.is_main:
-        _merge_rank_manifests(out_dir, ctx.world_size)
-        counts = _sum_rank_summaries(out_dir, ctx.world_size)
     if ctx.is_main:
-        atomic_write_json(out_dir / "summary.json", {"items": len(items), **counts})
-    if ctx.is_main and counts["embedded_now"] == 0 and counts["skipped_shards"] == 0 and items:
-        raise PiscesRuntimeError(
-            f"embed: every one of {len(items)} videos failed (see {out_dir}/errors.jsonl)"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if force:
+            start_over(out_dir)
+        _rebuild_errors(out_dir, _entries(manifests, digests))
+    barrier()
+    done = _entries(manifests, digests)
+    previous = {
+        int(e["index"])
+        for data in manifests
+        for k in ("shards", "empty_shards")
+        for e in data.get(k, []) or []
+    }
+    todo = [i for i in range(len(shards)) if i not in done]
+    changed = sum(1 for i in todo if i in previous)
+    mine = todo[ctx.rank :: ctx.world_size]
+    known_model = None
+    if stored_key is not None and stored_signature is not None and stored_signature == signature:
+        known_model = stored_key.get(keys.MODEL_PART)
+    needs_model = bool(todo) or (known_model is None and bool(done))
+    embedded = failed_now = 0
+    errors_path = out_dir / (ERRORS_FILE if not ctx.distributed else f"errors.rank{ctx.rank}.jsonl")
+    with progress_bar(
+        console if needs_model else None, "embed", total=sum(len(shards[i]) for i in mine)
+    ) as advance:
+        if needs_model:
+            advance(0, phase="loading model")
+            embedder = _Embedder.load(resolved, key, signature)
+            if manifests:
+                keys.refuse_other_key(out_dir, {"schema": EMBEDDINGS_SCHEMA, "run_key": stored_key}, key,
+                                      schema=EMBEDDINGS_SCHEMA, rows="embedding shards", ways_out=ways_out,
+                                      model_part=embedder.model_part)  # fmt: skip
+            writer = embedder.writer(out_dir, resolved, ctx)
+            seed_everything(recipe.seed)
+            advance(0, phase="embedding")
+            for index in mine:
+                rows, failures = embedder.embed_shard(
+                    index, shards[index], digests[index], writer, errors_path, advance
+                )
+                embedded += rows
+                failed_now += failures
+        barrier()
+        counts = {"embedded_now": embedded, "failed_now": failed_now}
+        if ctx.distributed:
+            from pisces_cli.atomic import atomic_write_json
+
+            atomic_write_json(out_dir / f"summary.rank{ctx.rank}.json", counts)
+        barrier()
+        if not ctx.is_main:
+            return EmbedSummary(out_dir, len(items), embedded, failed_now, len(done), changed_shards=changed)
+        advance(0, phase="merging")
+        return _publish(
+            out_dir, items, shards, digests, done, changed, ctx, listing, console, needs_model, counts
         )
-    return EmbedSummary(out_dir, len(items), embedded, len(errors), skipped, errors)
 
 
-def _append_errors(path: Path, rows: list[dict[str, Any]]) -> None:
-    with open(path, "a", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row) + "\n")
+@dataclass
+class _Embedder:
+    """The loaded encoder of a run and what its header records."""
+
+    resolved: Any
+    encoder: Any
+    device: Any
+    num_frames: int
+    model_part: dict[str, Any]
+    run_key: dict[str, Any]
+    signature: str | None
+
+    @classmethod
+    def load(cls, resolved: ResolvedRecipe, key: dict[str, Any], signature: str | None) -> _Embedder:
+        from pisces_cli.rewards.build import encoder_num_frames, load_encoder_from_recipe
+        from pisces_cli.runtime import resolve_device
+        from pisces_cli.stages.run_key import MODEL_PART, encoder_model_part
+
+        recipe = resolved.recipe
+        device = resolve_device(recipe.runtime.device)
+        encoder = load_encoder_from_recipe(recipe, device)
+        num_frames = encoder_num_frames(recipe, encoder)
+        model_part = encoder_model_part(encoder, num_frames)
+        return cls(
+            resolved, encoder, device, num_frames, model_part, {**key, MODEL_PART: model_part}, signature
+        )
+
+    def writer(self, out_dir: Path, resolved: ResolvedRecipe, ctx: Any) -> Any:
+        from pisces_cli.artifacts import ArtifactHeader, ShardedArtifactWriter
+
+        recipe = resolved.recipe
+        key_hash = hashlib.sha256(json.dumps(self.run_key, sort_keys=True).encode()).hexdigest()[:16]
+        header = ArtifactHeader(
+            schema=EMBEDDINGS_SCHEMA,
+            stage="embed",
+            recipe_hash=resolved.hash,
+            recipe=resolved.data,
+            fingerprints={"encoder": self.encoder.fingerprint()},
+            tensors={
+                "text_cls": "[n, D] projected caption embeddings (not normalised); row i = keys[i]",
+                "video_cls": "[n, D] projected video embeddings (not normalised); row i = keys[i]",
+                **({"video_tokens": "[n, M, Dv] video token features"} if recipe.embed.save_tokens else {}),
+            },
+            extra={
+                "recipe_fingerprint": key_hash,
+                "run_key": self.run_key,
+                "encoder_files": self.signature,
+                "num_frames": self.num_frames,
+                "embed_dim": self.encoder.embed_dim,
+            },
+        )
+        manifest_name = "manifest.json" if not ctx.distributed else f"manifest.rank{ctx.rank}.json"
+        return ShardedArtifactWriter(out_dir, SHARD_NAME, header, manifest_name=manifest_name)
+
+    def embed_shard(
+        self, index: int, items: list[VideoItem], digest: str, writer: Any, errors_path: Path, advance: Any
+    ) -> tuple[int, int]:
+        """Embed one shard, appending its error rows as they happen; returns (rows written, failures)."""
+        import torch
+
+        from pisces_cli.runtime import cpu_threads_beside_workers
+        from pisces_cli.stages.inputs import encoder_loader
+
+        recipe = self.resolved.recipe
+        loader = encoder_loader(recipe, self.encoder, items, num_frames=self.num_frames,
+                                batch_size=recipe.embed.batch_size, crop=recipe.data.crop)  # fmt: skip
+        text_rows, video_rows, token_rows, keys, errors = [], [], [], [], []
+        with (
+            cpu_threads_beside_workers(self.device, loader.num_workers),
+            open(errors_path, "a", encoding="utf-8") as sink,
+        ):
+            for batch in loader:
+                batch_errors = [{"key": r["key"], "source": r["source"], "error": r["error"], "shard": index}
+                                for r in batch.errors]  # fmt: skip
+                for row in batch_errors:
+                    sink.write(json.dumps(row, ensure_ascii=False) + "\n")
+                sink.flush()
+                errors.extend(batch_errors)
+                if batch.clips is not None:
+                    with torch.no_grad():
+                        text = self.encoder.encode_text([str(p) for p in batch.prompts])
+                        video = self.encoder.encode_video(batch.clips.to(self.device))
+                    text_rows.append(text.global_embedding.float().cpu())
+                    video_rows.append(video.global_embedding.float().cpu())
+                    if recipe.embed.save_tokens:
+                        token_rows.append(video.tokens.float().cpu())
+                    keys.extend(batch.keys)
+                advance(len(batch.keys) + len(batch.errors))
+        if keys:
+            tensors = {"text_cls": torch.cat(text_rows), "video_cls": torch.cat(video_rows)}
+            if token_rows:
+                tensors["video_tokens"] = torch.cat(token_rows)
+            writer.write_shard(index, tensors, keys, errors=errors, items_sha256=digest)
+        else:
+            writer.record_empty_shard(index, errors=errors, items_sha256=digest)
+        return len(keys), len(errors)
 
 
-def _sum_rank_summaries(out_dir: Path, world_size: int) -> dict[str, int]:
-    """Add up the ``summary.rank{r}.json`` counts every rank wrote before the barrier."""
-    totals: dict[str, int] = {}
-    for rank in range(world_size):
-        counts = json.loads((out_dir / f"summary.rank{rank}.json").read_text())
-        for name, value in counts.items():
-            totals[name] = totals.get(name, 0) + int(value)
-    return totals
+def _rebuild_errors(out_dir: Path, entries: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    """``errors.jsonl`` = the error rows of every finished shard, in shard order; rank error files removed."""
+    from pisces_cli.stages.row_store import publish_text
 
-
-def _merge_rank_manifests(out_dir: Path, world_size: int) -> None:
-    """``manifest.json`` = rank 0's manifest with the shards of every rank; complete when all ranks are."""
-    from pisces_cli.atomic import atomic_write_json
-
-    manifests = [
-        json.loads((out_dir / f"manifest.rank{rank}.json").read_text()) for rank in range(world_size)
+    rows = [
+        {**row, "shard": index} for index in sorted(entries) for row in entries[index].get("errors") or []
     ]
-    merged = manifests[0]
-    merged["shards"] = sorted(
-        (shard for data in manifests for shard in data.get("shards", [])), key=lambda s: int(s["index"])
+    publish_text(out_dir / ERRORS_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    for path in out_dir.glob("errors.rank*.jsonl"):
+        path.unlink(missing_ok=True)
+    return rows
+
+
+def _publish(
+    out_dir: Path,
+    items: list[VideoItem],
+    shards: list[list[VideoItem]],
+    digests: list[str],
+    done_before: dict[int, dict[str, Any]],
+    changed: int,
+    ctx: Any,
+    listing: Any,
+    console: Any,
+    ran: bool,
+    counts: dict[str, int],
+) -> EmbedSummary:
+    """Rank 0: merge every manifest into ``manifest.json``, rebuild ``errors.jsonl``, write ``summary.json``."""
+    from pisces_cli.stages import notes
+    from pisces_cli.stages.row_store import publish_json
+
+    manifests = _read_manifests(out_dir)
+    entries = _entries(manifests, digests)
+    base = next((m for m in manifests if (m.get("header") or {}).get("extra", {}).get("run_key")), None)
+    if base is None:  # nothing was ever written (no items)
+        base = {"schema": EMBEDDINGS_SCHEMA, "name": SHARD_NAME, "header": {}}
+    merged = {k: v for k, v in base.items() if k not in ("shards", "empty_shards", "complete")}
+    kept = {e["file"] for e in entries.values() if e["kind"] == "shards"}
+    merged["shards"] = [{k: v for k, v in entries[i].items() if k != "kind"}
+                        for i in sorted(entries) if entries[i]["kind"] == "shards"]  # fmt: skip
+    merged["empty_shards"] = [{k: v for k, v in entries[i].items() if k != "kind"}
+                              for i in sorted(entries) if entries[i]["kind"] == "empty_shards"]  # fmt: skip
+    merged["complete"] = len(entries) == len(shards)
+    merged.update(num_items=len(items), num_shards=len(shards))
+    publish_json(out_dir / "manifest.json", merged)
+    for path in out_dir.glob(f"{SHARD_NAME}-*.safetensors"):  # shards of items no longer in the data
+        if path.name not in kept:
+            path.unlink(missing_ok=True)
+            path.with_name(path.name.replace(".safetensors", ".keys.json")).unlink(missing_ok=True)
+    errors = _rebuild_errors(out_dir, entries)
+    if ctx.distributed:  # this run's counts of every rank
+        ranks = [json.loads((out_dir / f"summary.rank{r}.json").read_text()) for r in range(ctx.world_size)]
+        counts = {name: sum(int(data.get(name, 0)) for data in ranks) for name in counts}
+    embedded_total = sum(int(e.get("rows", 0)) for e in entries.values() if e["kind"] == "shards")
+    summary = {
+        "items": len(items),
+        **counts,
+        "skipped_shards": len(done_before),
+        "changed_shards": changed,
+        "embedded": embedded_total,
+        "failed": len(errors),
+        "world_size": ctx.world_size,
+        "skipped_files": notes.skipped_summary(listing.skipped),
+    }
+    publish_json(out_dir / "summary.json", summary)
+    nothing_to_do = not ran
+    if console is not None:
+        if nothing_to_do:
+            console.print(
+                f"nothing to do: all {len(shards)} shards ({len(items)} items) are already embedded "
+                "with these settings",
+                highlight=False,
+                soft_wrap=True,
+            )
+        if changed:
+            console.print(
+                f"embedded {changed} shards again whose videos or captions changed",
+                highlight=False,
+                soft_wrap=True,
+            )
+        notes.note_skipped(console, listing.skipped, out_dir / "summary.json")
+    if items and embedded_total == 0:
+        raise PiscesRuntimeError(
+            f"embed: every one of {len(items)} videos failed (see {out_dir / ERRORS_FILE})"
+        )
+    return EmbedSummary(
+        out_dir,
+        len(items),
+        counts["embedded_now"],
+        len(errors),
+        len(done_before),
+        errors,
+        changed,
+        nothing_to_do,
     )
-    merged["complete"] = all(bool(data.get("complete")) for data in manifests)
-    atomic_write_json(out_dir / "manifest.json", merged)

@@ -18,7 +18,14 @@ the command stops before computing anything and says what to install.
 
 Output (``--output``, default ``VIDEOS_DIR/pisces-eval/``): ``eval.json`` — the settings, the video set's
 ``manifest.json`` (model, adapter, seeds, sampler settings) when ``generate`` wrote one, every metric per
-video and its aggregate (mean with a 95 % bootstrap CI).
+video and its aggregate (mean with a 95 % bootstrap CI); ``videos.jsonl`` — the per-video rows, appended
+as batches finish (the resumable state); ``settings.json`` — the run key; ``failed.jsonl`` — the failures.
+
+Resume follows ``score``'s rule (:mod:`pisces_cli.stages.resume`): rows are reused only under the same run
+key (metrics switched on, encoder, frames, OT-map content, token OT, weights) and the same prompt and
+file; other settings are refused with exit 2 before any model is loaded (``--force`` or another
+``--output``). Under ``torchrun`` each rank evaluates every W-th video still to do and rank 0 writes
+``eval.json``. The VBench part (``--vbench``) is not resumable and runs on rank 0.
 """
 
 from __future__ import annotations
@@ -35,13 +42,14 @@ from pisces_cli.io.jsonl import iter_jsonl
 from pisces_cli.preflight import check_stage
 
 if TYPE_CHECKING:
-    from pisces_cli.config import ResolvedRecipe
+    from pisces_cli.config import Recipe, ResolvedRecipe
     from pisces_cli.io.prompts import VideoItem
 
 EVAL_FILE = "eval.json"
 EVAL_SCHEMA = "pisces.eval"
 #: 2: per-video ``temporal_flickering`` is null unless static, ``frame_stability`` and ``static_proxy`` added.
 EVAL_VERSION = 2
+SETTINGS_SCHEMA = "pisces.eval.settings"
 DEFAULT_OUTPUT = "pisces-eval"
 METRIC_ORDER = (
     "quality",
@@ -126,21 +134,6 @@ def prompt_suite_coverage(suite: str | None, prompts: list[str]) -> dict[str, An
     }
 
 
-def eval_items(resolved: ResolvedRecipe, root: Path, out_dir: Path, limit: int | None) -> list[VideoItem]:
-    """The folder's (video, prompt) items, minus anything inside the output folder."""
-    from pisces_cli.stages.inputs import items_from_recipe
-    from pisces_cli.stages.score import _inside
-
-    items = [
-        it for it in items_from_recipe(resolved.recipe, str(root)) if not _inside(root / it.key, out_dir)
-    ]
-    if limit is not None:
-        items = items[:limit]
-    if not items:
-        raise UsageError(f"VIDEOS_DIR: no videos found in {root} (mp4, webm, mov, mkv, gif)")
-    return items
-
-
 # ----------------------------------------------------------------------------------------- compute
 
 
@@ -201,96 +194,116 @@ def _feature_rows(features: Any, index: int) -> dict[str, float | None]:
     return out
 
 
-def _compute_rows(
-    resolved: ResolvedRecipe,
-    items: list[VideoItem],
-    *,
-    ot_map: str | None,
-    console: Any,
-    settings: dict[str, Any],
-) -> list[dict[str, Any]]:
-    """One row per item: rewards, consistency, pixel metrics, or ``error``."""
-    from pisces_cli.stages.progress import progress_bar
+def eval_key(recipe: Recipe, ot_map: str | None) -> dict[str, Any]:
+    """The run key of ``eval`` without its loaded-model part: the metrics switched on and what they use."""
+    from pisces_cli.stages.run_key import encoder_part, frames_part, reward_parts
 
-    recipe = resolved.recipe
     section = recipe.eval
-    rows: list[dict[str, Any]] = []
-    needs_encoder = section.rewards or section.consistency
-    if not needs_encoder:
-        with progress_bar(console, "eval", total=len(items)) as advance:
-            for item in items:
-                row = {"video": item.key, "prompt": item.prompt, "error": item.error}
-                if item.error is None:
-                    _pixel_row(row, item.source, section)
-                rows.append(row)
-                advance()
+    key: dict[str, Any] = {
+        "version": EVAL_VERSION,  # what each row's metrics mean
+        "metrics": {
+            name: getattr(section, name) for name in ("rewards", "consistency", "flicker", "dynamic_degree")
+        },
+    }
+    if section.rewards or section.consistency:
+        key["encoder"] = encoder_part(recipe)
+        key["frames"] = frames_part(recipe, crop=recipe.reward.crop)
+    if section.rewards:
+        key.update(reward_parts(recipe, ot_map))
+    return key
+
+
+@dataclass
+class _Evaluator:
+    """The loaded encoder (with a feature tap) and reward of a run; None parts when not needed."""
+
+    resolved: Any
+    encoder: Any = None
+    tap: Any = None
+    reward: Any = None
+    device: Any = None
+    num_frames: int = 0
+
+    def rows(self, todo: list[VideoItem], plan: Any, append: Any, advance: Any) -> list[dict[str, Any]]:
+        """One row per item of ``todo`` (rewards, consistency, pixel metrics, or ``error``), appended per batch."""
+        section = self.resolved.recipe.eval
+        if self.encoder is None:
+            return self._pixel_rows(todo, plan, append, advance)
+        import torch
+
+        from pisces_cli.runtime import cpu_threads_beside_workers
+        from pisces_cli.stages.eval_metrics import frame_features
+        from pisces_cli.stages.inputs import encoder_loader
+
+        recipe = self.resolved.recipe
+        loader = encoder_loader(recipe, self.encoder, todo, num_frames=self.num_frames,
+                                batch_size=section.batch_size, crop=recipe.reward.crop)  # fmt: skip
+        rows: list[dict[str, Any]] = []
+        with cpu_threads_beside_workers(self.device, loader.num_workers):
+            for batch in loader:
+                batch_rows = [plan.error_row(r["key"], r["prompt"], r["error"]) for r in batch.errors]
+                if batch.clips is not None:
+                    clips = batch.clips.to(self.device)
+                    with torch.no_grad():
+                        if self.reward is not None:
+                            out = self.reward.from_preprocessed(clips, [str(p) for p in batch.prompts])
+                            columns = {k: v.float().cpu().tolist() for k, v in out.columns().items()}
+                            features = self.tap.last
+                        else:
+                            columns, features = {}, self.encoder.encode_video(clips)
+                    pooled = (
+                        frame_features(features) if section.consistency and features is not None else None
+                    )
+                    for i, key in enumerate(batch.keys):
+                        row: dict[str, Any] = {"video": key, "prompt": batch.prompts[i], "error": None}
+                        row.update({k: _finite(v[i]) for k, v in columns.items() if k != "semantic_no_ot"})
+                        if pooled is not None:
+                            row.update(_feature_rows(pooled, i), consistency_features=pooled.subject_source)
+                        _pixel_row(row, batch.sources[i], section)
+                        row.update(plan.identities.get(key) or {})
+                        batch_rows.append(row)
+                append(batch_rows)
+                rows.extend(batch_rows)
+                advance(len(batch_rows))
         return rows
 
-    import torch
+    def _pixel_rows(
+        self, todo: list[VideoItem], plan: Any, append: Any, advance: Any
+    ) -> list[dict[str, Any]]:
+        section = self.resolved.recipe.eval
+        rows = []
+        for item in todo:
+            row = {"video": item.key, "prompt": item.prompt, "error": None}
+            _pixel_row(row, item.source, section)
+            row.update(plan.identities.get(item.key) or {})
+            append([row])
+            rows.append(row)
+            advance()
+        return rows
 
-    from pisces_cli.io.dataset import make_loader
-    from pisces_cli.io.preprocess import Preprocessing
+
+def _load_evaluator(
+    resolved: ResolvedRecipe, ot_map: str | None
+) -> tuple[dict[str, Any], dict[str, Any], _Evaluator]:
+    """Load the encoder (and reward): (loaded-model key part, descriptive info, evaluator)."""
     from pisces_cli.rewards.build import build_reward, encoder_num_frames, load_encoder_from_recipe
-    from pisces_cli.runtime import cpu_threads_beside_workers, resolve_device
-    from pisces_cli.stages.eval_metrics import FeatureTap, frame_features
+    from pisces_cli.runtime import resolve_device
+    from pisces_cli.stages.eval_metrics import FeatureTap
+    from pisces_cli.stages.run_key import encoder_model_part
 
+    recipe = resolved.recipe
     device = resolve_device(recipe.runtime.device)
     encoder = load_encoder_from_recipe(recipe, device)
     tap = FeatureTap(encoder)
+    info: dict[str, Any] = {}
     reward = None
-    if section.rewards:
+    if recipe.eval.rewards:
         reward, map_info = build_reward(recipe, tap, ot_map_path=ot_map)
-        settings["ot_map"] = map_info
-        settings["reward_weights"] = dict(reward.weights)
-        if map_info["ot_map"] is None:
-            settings["notes"].append("no OT map (reward.ot_map is null): quality equals quality_no_ot")
+        info.update(ot_map=map_info, reward_weights=dict(reward.weights))
     num_frames = encoder_num_frames(recipe, encoder)
-    settings.update(encoder=encoder.fingerprint(), num_frames=num_frames, crop=recipe.reward.crop)
-    prep = encoder.preprocessing
-    loader = make_loader(
-        items,
-        num_frames=num_frames,
-        frame_rate=recipe.data.fps,
-        preprocessing=Preprocessing(
-            size=prep.size, mean=prep.mean, std=prep.std, interpolation=prep.interpolation
-        ),
-        batch_size=section.batch_size,
-        num_workers=recipe.runtime.num_workers,
-        crop=recipe.reward.crop,
-        seed=recipe.seed,
-    )
-    with (
-        progress_bar(console, "eval", total=len(items)) as advance,
-        cpu_threads_beside_workers(device, loader.num_workers),
-    ):
-        for batch in loader:
-            batch_rows = [
-                {"video": r["key"], "prompt": r["prompt"], "error": r["error"]} for r in batch.errors
-            ]
-            if batch.clips is not None:
-                clips = batch.clips.to(device)
-                with torch.no_grad():
-                    if reward is not None:
-                        out = reward.from_preprocessed(clips, [str(p) for p in batch.prompts])
-                        columns = {k: v.float().cpu().tolist() for k, v in out.columns().items()}
-                        features = tap.last
-                    else:
-                        columns, features = {}, encoder.encode_video(clips)
-                pooled = frame_features(features) if section.consistency and features is not None else None
-                if pooled is not None:
-                    settings["consistency_features"] = pooled.subject_source
-                for i, key in enumerate(batch.keys):
-                    row: dict[str, Any] = {"video": key, "prompt": batch.prompts[i], "error": None}
-                    row.update({k: _finite(v[i]) for k, v in columns.items() if k != "semantic_no_ot"})
-                    if pooled is not None:
-                        row.update(_feature_rows(pooled, i))
-                    _pixel_row(row, batch.sources[i], section)
-                    batch_rows.append(row)
-            rows.extend(batch_rows)
-            advance(len(batch_rows))
-    order = {it.key: i for i, it in enumerate(items)}
-    rows.sort(key=lambda r: order.get(r["video"], len(order)))
-    return rows
+    info.update(encoder=encoder.fingerprint(), num_frames=num_frames, crop=recipe.reward.crop)
+    evaluator = _Evaluator(resolved, encoder, tap, reward, device, num_frames)
+    return encoder_model_part(encoder, num_frames), info, evaluator
 
 
 def _pixel_row(row: dict[str, Any], source: str, section: Any) -> None:
@@ -343,38 +356,92 @@ def run_eval(
     ot_map: str | None = None,
     vbench: bool | None = None,
     limit: int | None = None,
+    force: bool = False,
+    retry_failed: bool = False,
+    prompts_from_names: bool | None = None,
     console: Any = None,
 ) -> EvalSummary:
     """Evaluate every video of ``videos_dir`` and write ``eval.json`` (see the module docstring)."""
-    from pisces_cli.atomic import atomic_write_json
-    from pisces_cli.runtime import seed_everything
-    from pisces_cli.stages.eval_metrics import METRIC_FORMULAS
+    from pisces_cli.runtime import barrier, init_distributed, seed_everything
+    from pisces_cli.stages import run_key as keys
+    from pisces_cli.stages.progress import progress_bar
+    from pisces_cli.stages.resume import folder_inputs, start_resume
+    from pisces_cli.stages.row_store import RowStore
 
     check_stage("eval", resolved, videos_dir=videos_dir, output=output, ot_map=ot_map)
     recipe = resolved.recipe
     section = recipe.eval
     use_vbench = section.vbench if vbench is None else vbench
-    root = Path(videos_dir)
-    if not root.is_dir():
-        raise UsageError(f"VIDEOS_DIR: {videos_dir} is not a folder")
-    out_dir = Path(output or section.output or root / DEFAULT_OUTPUT)
-    items = eval_items(resolved, root, out_dir, limit)
+    ctx = init_distributed()
+    console = console if ctx.is_main else None
+    inputs = folder_inputs(recipe, videos_dir, output or section.output, DEFAULT_OUTPUT, limit=limit,
+                           prompts_from_names=prompts_from_names)  # fmt: skip
     if not (
         section.rewards or section.consistency or section.flicker or section.dynamic_degree or use_vbench
     ):
         raise UsageError(
             "eval: every metric is switched off (eval.rewards/consistency/flicker/dynamic_degree/vbench)"
         )
-    manifest = read_videos_manifest(root)
     suite = section.prompts or recipe.generate.prompts
-    coverage = prompt_suite_coverage(suite, [it.prompt for it in items if it.prompt])
     vbench_plan = None
     if use_vbench:  # check the package and every weight file before computing anything
         from pisces_cli.stages.eval_vbench import plan_vbench_run
 
-        vbench_plan = plan_vbench_run(recipe, root, items, suite)
-    seed_everything(recipe.seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
+        vbench_plan = plan_vbench_run(recipe, inputs.root, inputs.items, suite)
+    store = RowStore(inputs.out_dir, "videos", rank=ctx.rank, world_size=ctx.world_size)
+    key = eval_key(recipe, ot_map)  # before any model is loaded
+    resume = start_resume(
+        inputs.out_dir, [store], inputs.items, key, schema=SETTINGS_SCHEMA, rows_name="eval rows",
+        signature=keys.encoder_file_signature(recipe), force=force, retry_failed=retry_failed,
+    )  # fmt: skip
+    needs_model = (section.rewards or section.consistency) and resume.needs_model()
+    mine = resume.mine()
+    new_rows: list[dict[str, Any]] = []
+    with progress_bar(console if mine or needs_model else None, "eval", total=len(mine)) as advance:
+        evaluator = _Evaluator(resolved)
+        model_part, info = resume.known_model, resume.stored_info()
+        if needs_model:
+            advance(0, phase="loading model")
+            model_part, info, evaluator = _load_evaluator(resolved, ot_map)
+            resume.check_model(model_part)
+        run_key = resume.write_settings(model_part, info)
+        if mine:
+            advance(0, phase="evaluating")
+            seed_everything(recipe.seed)
+            with store.appender() as append:
+                new_rows = evaluator.rows(mine, resume.plan, append, advance)
+        barrier()
+        if not ctx.is_main:
+            failed = sum(1 for r in new_rows if r.get("error") is not None)
+            return EvalSummary(inputs.out_dir, len(new_rows) - failed, failed, {}, new_rows)
+        advance(0, phase="writing eval.json")
+        return _publish_eval(resolved, inputs, resume, store, run_key, info, suite, vbench_plan, console)
+
+
+def _publish_eval(
+    resolved: ResolvedRecipe,
+    inputs: Any,
+    resume: Any,
+    store: Any,
+    run_key: dict[str, Any],
+    info: dict[str, Any],
+    suite: str | None,
+    vbench_plan: Any,
+    console: Any,
+) -> EvalSummary:
+    """Rank 0 after every rank finished: merge the rows, aggregate, run VBench, write eval.json."""
+    from pisces_cli.atomic import atomic_write_json
+    from pisces_cli.stages import notes as tell
+    from pisces_cli.stages.eval_metrics import METRIC_FORMULAS
+    from pisces_cli.stages.row_store import merged_rows
+
+    recipe = resolved.recipe
+    section = recipe.eval
+    root, out_dir, plan = inputs.root, inputs.out_dir, resume.plan
+    rows = merged_rows(inputs.listing.items, inputs.items, plan, store.read())
+    store.publish(rows)
+    manifest = read_videos_manifest(root)
+    coverage = prompt_suite_coverage(suite, [it.prompt for it in inputs.items if it.prompt])
     notes: list[str] = []
     if manifest is None:
         notes.append(
@@ -385,11 +452,10 @@ def run_eval(
         notes.append(
             f"{coverage['missing_count']} of {coverage['prompts']} prompts of suite {suite!r} have no video"
         )
-    settings: dict[str, Any] = {"notes": notes}
-    rows = _compute_rows(resolved, items, ot_map=ot_map, console=console, settings=settings)
+    if section.rewards and (info.get("ot_map") or {}).get("ot_map") is None:
+        notes.append("no OT map (reward.ot_map is null): quality equals quality_no_ot")
     seeds = read_video_seeds(root)
-    for row in rows:
-        row.update({k: v for k, v in seeds.get(row["video"], {}).items() if k not in row})
+    rows = [{**r, **{k: v for k, v in seeds.get(r["video"], {}).items() if k not in r}} for r in rows]
     aggregate = aggregate_rows(rows, section.bootstrap_samples, recipe.seed)
     if "temporal_flickering" in aggregate and aggregate["temporal_flickering"]["n"] == 0:
         notes.append(
@@ -402,7 +468,10 @@ def run_eval(
         from pisces_cli.stages.eval_vbench import run_vbench
 
         vbench_result = run_vbench(vbench_plan, out_dir / "vbench", recipe)
-    settings.pop("notes")
+    settings = dict(info)
+    sources = sorted({r["consistency_features"] for r in rows if r.get("consistency_features")})
+    if sources:
+        settings["consistency_features"] = sources[0] if len(sources) == 1 else sources
     metrics = [m for m in METRIC_ORDER if m in aggregate]
     document = {
         "schema": EVAL_SCHEMA,
@@ -413,7 +482,16 @@ def run_eval(
         "videos_manifest": manifest,
         "prompt_suite": coverage,
         "settings": settings,
+        "run_key": run_key,
         "counts": {"videos": len(rows), "evaluated": len(rows) - failed, "failed": failed},
+        "resumed": {
+            "kept_from_earlier_runs": len(plan.kept),
+            "reevaluated_changed": plan.changed,
+            "retried_failed": plan.retried,
+        },
+        "world_size": resume.ctx.world_size,
+        "per_rank": resume.per_rank(),
+        "skipped_files": tell.skipped_summary(inputs.listing.skipped),
         "metrics": {m: METRIC_FORMULAS[m] for m in metrics},
         "aggregate": aggregate,
         "vbench": vbench_result,
@@ -421,8 +499,21 @@ def run_eval(
         "videos": rows,
     }
     atomic_write_json(out_dir / EVAL_FILE, json_safe(document))
+    failed_list = tell.write_failed_list(out_dir, rows)
+    if console is not None:
+        if not plan.todo and not resume.needs_model():
+            console.print(
+                f"nothing to do: all {len(plan.kept)} videos are already evaluated with these settings",
+                highlight=False,
+                soft_wrap=True,
+            )
+        tell.tell(
+            console, plan, inputs.listing.skipped, rows, failed_list, out_dir / EVAL_FILE, "re-evaluated"
+        )
     if failed == len(rows):
-        raise PiscesRuntimeError(f"eval: every one of {len(rows)} videos failed (see {out_dir / EVAL_FILE})")
+        raise PiscesRuntimeError(
+            f"eval: every one of {len(rows)} videos failed (see {failed_list or out_dir / EVAL_FILE})"
+        )
     return EvalSummary(out_dir, len(rows) - failed, failed, aggregate, rows, notes, vbench_result)
 
 

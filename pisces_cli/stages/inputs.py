@@ -2,35 +2,73 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pisces_cli.errors import UsageError
 
 if TYPE_CHECKING:
     from pisces_cli.config import Recipe
-    from pisces_cli.io.prompts import VideoItem
+    from pisces_cli.io.prompts import FolderListing, VideoItem
 
 
-def items_from_recipe(recipe: Recipe, videos_dir: str | None = None) -> list[VideoItem]:
-    """Items of ``videos_dir`` if given, else of ``data.videos`` / ``data.manifest`` / ``data.shards``."""
-    from pisces_cli.io.prompts import collect_prompted_videos, read_manifest, read_tar_shards
+def listing_from_recipe(
+    recipe: Recipe,
+    videos_dir: str | None = None,
+    *,
+    exclude: Sequence[str | Path] = (),
+    prompts_from_names: bool | None = None,
+) -> FolderListing:
+    """Items (and, for a folder, the skipped entries) of ``videos_dir`` if given, else of ``data.videos`` /
+    ``data.manifest`` / ``data.shards``.
+
+    ``exclude``: folders left out of a folder listing (the run's own output folder).
+    ``prompts_from_names``: overrides ``data.prompts_from_names`` when not None.
+    """
+    from pisces_cli.io.prompts import FolderListing, list_prompted_folder, read_manifest, read_tar_shards
 
     data = recipe.data
-    if videos_dir is not None:
-        return _folder(videos_dir, data.prompt_source, collect_prompted_videos, "VIDEOS_DIR")
-    if data.videos:
-        return _folder(data.videos, data.prompt_source, collect_prompted_videos, "data.videos")
+    from_names = data.prompts_from_names if prompts_from_names is None else prompts_from_names
+    folder, key = (videos_dir, "VIDEOS_DIR") if videos_dir is not None else (data.videos, "data.videos")
+    if folder:
+        if not Path(folder).is_dir():
+            raise UsageError(f"{key}: {folder} is not a folder")
+        return list_prompted_folder(
+            folder, prompt_source=data.prompt_source, prompts_from_names=from_names, exclude=exclude
+        )
     if data.manifest:
         if not Path(data.manifest).is_file():
             raise UsageError(f"data.manifest: {data.manifest} does not exist")
-        return read_manifest(data.manifest)
+        return FolderListing(read_manifest(data.manifest), [], [])
     if data.shards:
-        return read_tar_shards(data.shards)
+        return FolderListing(read_tar_shards(data.shards), [], [])
     raise UsageError("no input videos: set data.videos, data.manifest or data.shards in the recipe")
 
 
-def _folder(folder: str, prompt_source: str, collect, key: str) -> list[VideoItem]:
-    if not Path(folder).is_dir():
-        raise UsageError(f"{key}: {folder} is not a folder")
-    return collect(folder, prompt_source=prompt_source)  # type: ignore[arg-type]
+def items_from_recipe(recipe: Recipe, videos_dir: str | None = None) -> list[VideoItem]:
+    """The items of :func:`listing_from_recipe`."""
+    return listing_from_recipe(recipe, videos_dir).items
+
+
+def encoder_loader(
+    recipe: Recipe, encoder: Any, items: Sequence[VideoItem], *, num_frames: int, batch_size: int, crop: str
+) -> Any:
+    """The decoding ``DataLoader`` of ``items`` for ``encoder``: its preprocessing, the recipe's fps,
+    workers and seed (``crop``: the stage's crop key, ``reward.crop`` or ``data.crop``)."""
+    from pisces_cli.io.dataset import make_loader
+    from pisces_cli.io.preprocess import Preprocessing
+
+    prep = encoder.preprocessing
+    return make_loader(
+        items,
+        num_frames=num_frames,
+        frame_rate=recipe.data.fps,
+        preprocessing=Preprocessing(
+            size=prep.size, mean=prep.mean, std=prep.std, interpolation=prep.interpolation
+        ),
+        batch_size=batch_size,
+        num_workers=recipe.runtime.num_workers,
+        crop=crop,  # type: ignore[arg-type]
+        seed=recipe.seed,
+    )

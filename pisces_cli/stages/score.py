@@ -3,20 +3,35 @@
 Writes into ``--output`` (default ``VIDEOS_DIR/pisces-scores/``):
 
 - ``scores.jsonl`` — one row per video, keyed by its path relative to VIDEOS_DIR: ``quality`` (with the
-  OT map), ``semantic``, ``quality_no_ot``, ``total`` and an ``error`` column (null when scored). Rows are
-  appended as batches finish, so an interrupted run resumes: videos already scored are skipped unless
-  ``--force``.
-- ``scores.csv`` — the same table; ``summary.json`` — mean and 95 % bootstrap CI per column, counts,
-  the model fingerprints and settings; ``report.html`` with ``--report``.
+  OT map), ``semantic``, ``quality_no_ot``, ``total``, an ``error`` column (null when scored) and the
+  video's per-video key (``prompt``, ``file_size``, ``file_mtime_ns``). Rows are appended as batches
+  finish, so an interrupted run resumes.
+- ``heatmaps.jsonl`` — per scored video, its top words' token-plan mass per frame and patch (what
+  ``report.html`` draws), written with the rows.
+- ``settings.json`` — the *run key* (:mod:`pisces_cli.stages.run_key`): every setting that changes a
+  score (encoder, its preprocessing, frames, OT-map content, token-OT settings, weights).
+- ``scores.csv``; ``summary.json`` — mean and 95 % bootstrap CI per column, counts, the skipped entries
+  of the folder, the settings; ``failed.jsonl`` — every failed video and why; ``report.html`` with
+  ``--report`` (and rebuilt on every later run once it exists).
 
-Frame sampling is deterministic (uniform indices, centre crop) unless the recipe asks for a random crop.
-One bad video never stops the run: it gets an error row. The command fails (exit 1) only when every
-video failed.
+Resume rule: a row is reused only under the same run key and the same per-video key. A folder holding
+rows of another run key is refused (exit 2) before any model is loaded, naming the changed fields;
+``--force`` rescores everything into it, or another ``--output`` starts a new folder. A row whose
+prompt or file changed is rescored; an error row is kept until its video changes (``--retry-failed``
+tries it again); rows of videos no longer in the folder leave the table. A re-run with nothing to do
+loads no model.
+
+Under ``torchrun`` / ``accelerate launch`` each rank scores every W-th video still to do on its own device
+and appends to ``scores.rank{r}.jsonl``; rank 0 merges everything into the same files a one-process run
+writes (rows in input order). Frame sampling is deterministic (uniform indices, centre crop) unless
+the recipe asks for a random crop. One bad video never stops the run: it gets an error row. The
+command fails (exit 1) only when every video failed.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -24,32 +39,37 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pisces_cli.errors import PiscesRuntimeError, UsageError
-from pisces_cli.io.jsonl import iter_jsonl
+from pisces_cli.errors import PiscesRuntimeError
 from pisces_cli.preflight import check_stage
 from pisces_cli.runtime import cpu_threads_beside_workers
 
 if TYPE_CHECKING:
-    from pisces_cli.config import ResolvedRecipe
+    from pisces_cli.config import Recipe, ResolvedRecipe
 
 SCORE_COLUMNS = ("quality", "semantic", "quality_no_ot", "semantic_no_ot", "total")
+SETTINGS_SCHEMA = "pisces.score.settings"
+
+__all__ = ["SCORE_COLUMNS", "ScoreSummary", "cpu_threads_beside_workers", "run_score"]
 
 
 @dataclass
 class ScoreSummary:
+    """What :func:`run_score` did (on rank 0 of a multi-process run: for the whole run).
+
+    ``scored`` / ``failed``: rows of the table; ``skipped``: rows reused from earlier runs;
+    ``rescored``: videos rescored because their prompt or file changed; ``skipped_files``: entries
+    of the folder that are not videos; ``nothing_to_do``: every row was reused (no model was loaded).
+    """
+
     output: Path
     scored: int
     failed: int
     skipped: int
     stats: dict[str, dict[str, float]]
     rows: list[dict[str, Any]] = field(default_factory=list)
-
-
-def read_scores(path: Path) -> list[dict[str, Any]]:
-    """Rows of a ``scores.jsonl`` (a torn last line from an interrupted run is ignored)."""
-    if not path.is_file():
-        return []
-    return [record for _, record in iter_jsonl(path, strict=False)]
+    rescored: int = 0
+    skipped_files: int = 0
+    nothing_to_do: bool = False
 
 
 def summarize(rows: list[dict[str, Any]], n_boot: int, seed: int) -> dict[str, dict[str, float]]:
@@ -68,6 +88,30 @@ def summarize(rows: list[dict[str, Any]], n_boot: int, seed: int) -> dict[str, d
     return stats
 
 
+def _stats(rows: list[dict[str, Any]], n_boot: int, seed: int, previous: Path) -> tuple[dict, str]:
+    """:func:`summarize`, or the previous ``summary.json``'s columns when made from the same values and settings."""
+    values = [[r.get(c) for c in SCORE_COLUMNS] for r in rows if r.get("error") is None]
+    key = hashlib.sha256(json.dumps([values, n_boot, seed]).encode()).hexdigest()
+    try:
+        old = json.loads(previous.read_text(encoding="utf-8"))
+        if old.get("columns_inputs_sha256") == key and isinstance(old.get("columns"), dict):
+            return old["columns"], key
+    except (OSError, ValueError, AttributeError):
+        pass
+    return summarize(rows, n_boot, seed), key
+
+
+def score_key(recipe: Recipe, ot_map: str | None) -> dict[str, Any]:
+    """The run key of ``score`` without its loaded-model part (cheap: no model is loaded)."""
+    from pisces_cli.stages.run_key import encoder_part, frames_part, reward_parts
+
+    return {
+        "encoder": encoder_part(recipe),
+        "frames": frames_part(recipe, crop=recipe.reward.crop),
+        **reward_parts(recipe, ot_map),
+    }
+
+
 def run_score(
     resolved: ResolvedRecipe,
     videos_dir: str,
@@ -77,146 +121,275 @@ def run_score(
     force: bool | None = None,
     report: bool | None = None,
     limit: int | None = None,
+    retry_failed: bool = False,
+    prompts_from_names: bool | None = None,
     console: Any = None,
 ) -> ScoreSummary:
     """Score every video of ``videos_dir`` (see the module docstring)."""
-    import torch
-
-    from pisces_cli.atomic import atomic_write_json, atomic_write_text
-    from pisces_cli.io.dataset import make_loader
-    from pisces_cli.io.preprocess import Preprocessing
-    from pisces_cli.rewards.build import build_reward, encoder_num_frames, load_encoder_from_recipe
-    from pisces_cli.runtime import resolve_device, seed_everything
-    from pisces_cli.stages.inputs import items_from_recipe
+    from pisces_cli.runtime import barrier, init_distributed, seed_everything
+    from pisces_cli.stages import run_key as keys
     from pisces_cli.stages.progress import progress_bar
+    from pisces_cli.stages.resume import folder_inputs, start_resume
+    from pisces_cli.stages.row_store import RowStore
 
     check_stage("score", resolved, videos_dir=videos_dir, output=output, ot_map=ot_map)
     recipe = resolved.recipe
     section = recipe.score
     force = section.force if force is None else force
-    report = section.report if report is None else report
-    root = Path(videos_dir)
-    if not root.is_dir():
-        raise UsageError(f"VIDEOS_DIR: {videos_dir} is not a folder")
-    out_dir = Path(output or section.output or root / "pisces-scores")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    seed_everything(recipe.seed)
-    items = [it for it in items_from_recipe(recipe, str(root)) if not _inside(root / it.key, out_dir)]
-    if limit is not None:
-        items = items[:limit]
-    if not items:
-        raise UsageError(f"VIDEOS_DIR: no videos found in {videos_dir} (mp4, webm, mov, mkv, gif)")
+    ctx = init_distributed()
+    console = console if ctx.is_main else None
+    inputs = folder_inputs(recipe, videos_dir, output or section.output, "pisces-scores", limit=limit,
+                           prompts_from_names=prompts_from_names)  # fmt: skip
+    root, out_dir, listing, items = inputs.root, inputs.out_dir, inputs.listing, inputs.items
+
+    scores = RowStore(out_dir, "scores", rank=ctx.rank, world_size=ctx.world_size)
+    heatmaps = RowStore(out_dir, "heatmaps", rank=ctx.rank, world_size=ctx.world_size)
+    key = score_key(recipe, ot_map)  # before any model is loaded
+    resume = start_resume(
+        out_dir, [scores, heatmaps], items, key, schema=SETTINGS_SCHEMA, rows_name="score rows",
+        signature=keys.encoder_file_signature(recipe), force=force, retry_failed=retry_failed,
+    )  # fmt: skip
+    needs_model = resume.needs_model()
+    mine = resume.mine()
+    new_rows: list[dict[str, Any]] = []
+    with progress_bar(console if needs_model else None, "score", total=len(mine)) as advance:
+        scorer = None
+        model_part, info = resume.known_model, resume.stored_info()
+        if needs_model:
+            advance(0, phase="loading model")
+            model_part, info, scorer = _load_scorer(resolved, ot_map, keys)
+            resume.check_model(model_part)
+        info["ot_map"] = _ot_map_info(info, key, recipe, ot_map)
+        run_key = resume.write_settings(model_part, info)
+        if scorer is not None and mine:
+            advance(0, phase="scoring")
+            seed_everything(recipe.seed)
+            new_rows = scorer.score(mine, resume.plan, scores, heatmaps, advance)
+        barrier()
+        if not ctx.is_main:
+            failed = sum(1 for r in new_rows if r.get("error") is not None)
+            return ScoreSummary(out_dir, len(new_rows) - failed, failed, len(resume.plan.kept), {}, new_rows)
+        advance(0, phase="writing tables")
+        return _publish(resolved, root, listing, items, resume, scores, heatmaps, run_key, info,
+                        report=report, console=console)  # fmt: skip
+
+
+def _ot_map_info(
+    info: dict[str, Any], key: dict[str, Any], recipe: Recipe, ot_map: str | None
+) -> dict[str, Any]:
+    """What the summary says about the OT map: its path now, and (from the build or the earlier run) its method."""
+    path = ot_map if ot_map is not None else recipe.reward.ot_map
+    if key["ot_map"] is None:
+        return {"ot_map": None}
+    stored = info.get("ot_map") or {}
+    return {**stored, "ot_map": str(path), "sha256": key["ot_map"]["sha256"]}
+
+
+@dataclass
+class _Scorer:
+    """The loaded encoder and reward of a run, and how it decodes."""
+
+    resolved: Any
+    encoder: Any
+    reward: Any
+    device: Any
+    num_frames: int
+
+    def score(self, todo: list, plan: Any, scores: Any, heatmaps: Any, advance: Any) -> list[dict[str, Any]]:
+        """Score ``todo``; append each batch's rows and heatmaps as it finishes; returns the new rows."""
+        import torch
+
+        from pisces_cli.stages.inputs import encoder_loader
+        from pisces_cli.stages.score_report import REPORT_TOP_WORDS, encode_words, top_words
+
+        recipe = self.resolved.recipe
+        loader = encoder_loader(recipe, self.encoder, todo, num_frames=self.num_frames,
+                                batch_size=recipe.score.batch_size, crop=recipe.reward.crop)  # fmt: skip
+        new_rows: list[dict[str, Any]] = []
+        with (
+            scores.appender() as append_rows,
+            heatmaps.appender() as append_maps,
+            cpu_threads_beside_workers(self.device, loader.num_workers),
+        ):
+            for batch in loader:
+                rows = [plan.error_row(r["key"], r["prompt"], r["error"]) for r in batch.errors]
+                maps = []
+                if batch.clips is not None:
+                    with torch.no_grad():
+                        out = self.reward.from_preprocessed(
+                            batch.clips.to(self.device), [str(p) for p in batch.prompts]
+                        )
+                    columns = {k: v.float().cpu().tolist() for k, v in out.columns().items()}
+                    for i, key in enumerate(batch.keys):
+                        row: dict[str, Any] = {"video": key, "prompt": batch.prompts[i]}
+                        row.update({k: _finite(v[i]) for k, v in columns.items()})
+                        row.update({"error": None, **(plan.identities.get(key) or {})})
+                        rows.append(row)
+                        words = []
+                        if out.plan is not None:
+                            entry = {
+                                "plan": out.plan[i].float().cpu().numpy(),
+                                "tokens": out.token_strings[i] if out.token_strings else None,
+                                "lexical": out.lexical_mask[i].cpu().numpy()
+                                if out.lexical_mask is not None
+                                else None,
+                                "geometry": out.geometry,
+                            }
+                            words = top_words(entry, REPORT_TOP_WORDS)
+                        maps.append({"video": key, "words": encode_words(words)})
+                append_maps(maps)  # heatmaps first: a row on disk always has its heatmaps
+                append_rows(rows)
+                new_rows.extend(rows)
+                advance(len(rows))
+        return new_rows
+
+
+def _load_scorer(
+    resolved: ResolvedRecipe, ot_map: str | None, keys: Any
+) -> tuple[dict[str, Any], dict[str, Any], _Scorer]:
+    """Load the encoder and build the reward: (loaded-model key part, descriptive info, scorer)."""
+    from pisces_cli.rewards.build import build_reward, encoder_num_frames, load_encoder_from_recipe
+    from pisces_cli.runtime import resolve_device
+
+    recipe = resolved.recipe
     device = resolve_device(recipe.runtime.device)
     encoder = load_encoder_from_recipe(recipe, device)
     reward, map_info = build_reward(recipe, encoder, ot_map_path=ot_map)
-    if map_info["ot_map"] is None and console is not None:
-        console.print("[yellow]note:[/] no OT map (reward.ot_map is null): quality equals quality_no_ot")
-    scores_path = out_dir / "scores.jsonl"
-    settings = {"encoder": encoder.fingerprint(), "ot_map": map_info, "recipe_hash": resolved.hash}
-    previous = [] if force else read_scores(scores_path)
-    if previous and not force:
-        old = _read_settings(out_dir)
-        if old is not None and old.get("encoder") != settings["encoder"]:
-            raise UsageError(
-                f"{scores_path}: scored with another encoder; pass --force to rescore or choose another --output"
-            )
-    done = {r["video"] for r in previous if r.get("error") is None}
-    todo = [it for it in items if it.key not in done]
-    if force and scores_path.exists():
-        scores_path.unlink()
-    atomic_write_json(out_dir / "settings.json", settings)
     num_frames = encoder_num_frames(recipe, encoder)
-    prep = encoder.preprocessing
-    loader = make_loader(
-        todo,
-        num_frames=num_frames,
-        frame_rate=recipe.data.fps,
-        preprocessing=Preprocessing(
-            size=prep.size, mean=prep.mean, std=prep.std, interpolation=prep.interpolation
-        ),
-        batch_size=section.batch_size,
-        num_workers=recipe.runtime.num_workers if todo else 0,
-        crop=recipe.reward.crop,
-        seed=recipe.seed,
+    info = {"encoder": encoder.fingerprint(), "ot_map": map_info}
+    return (
+        keys.encoder_model_part(encoder, num_frames),
+        info,
+        _Scorer(resolved, encoder, reward, device, num_frames),
     )
-    new_rows: list[dict[str, Any]] = []
-    plans: dict[str, Any] = {}
-    with (
-        open(scores_path, "a", encoding="utf-8") as sink,
-        progress_bar(console, "score", total=len(todo)) as advance,
-        cpu_threads_beside_workers(device, loader.num_workers),
-    ):
-        for batch in loader:
-            rows = [{"video": r["key"], "prompt": r["prompt"], "error": r["error"]} for r in batch.errors]
-            if batch.clips is not None:
-                with torch.no_grad():
-                    out = reward.from_preprocessed(batch.clips.to(device), [str(p) for p in batch.prompts])
-                columns = {k: v.float().cpu().tolist() for k, v in out.columns().items()}
-                for i, key in enumerate(batch.keys):
-                    row = {"video": key, "prompt": batch.prompts[i], "error": None}
-                    row.update({k: _finite(v[i]) for k, v in columns.items()})
-                    rows.append(row)
-                    if report and out.plan is not None:
-                        plans[key] = {
-                            "plan": out.plan[i].float().cpu(),
-                            "tokens": out.token_strings[i] if out.token_strings else None,
-                            "lexical": out.lexical_mask[i].cpu() if out.lexical_mask is not None else None,
-                            "geometry": out.geometry,
-                        }
-            for row in rows:
-                sink.write(json.dumps(row) + "\n")
-            sink.flush()
-            new_rows.extend(rows)
-            advance(len(rows))
-    # a video re-tried now replaces its old error row
-    retried = {r["video"] for r in new_rows}
-    all_rows = [r for r in previous if r["video"] not in retried] + new_rows
-    order = {it.key: i for i, it in enumerate(items)}
-    all_rows.sort(key=lambda r: order.get(r["video"], len(order)))
-    atomic_write_text(scores_path, "".join(json.dumps(r) + "\n" for r in all_rows))
-    atomic_write_text(out_dir / "scores.csv", _to_csv(all_rows))
-    stats = summarize(all_rows, section.bootstrap_samples, recipe.seed)
+
+
+def _publish(
+    resolved: ResolvedRecipe,
+    root: Path,
+    listing: Any,
+    items: list,
+    resume: Any,
+    scores: Any,
+    heatmaps: Any,
+    run_key: dict[str, Any],
+    info: dict[str, Any],
+    *,
+    report: bool | None,
+    console: Any,
+) -> ScoreSummary:
+    """Rank 0 after every rank finished: merge the rows into the tables, summary, failures and report."""
+    from pisces_cli.stages import notes
+    from pisces_cli.stages.row_store import merged_rows, publish_json, publish_text
+
+    recipe = resolved.recipe
+    section = recipe.score
+    out_dir, plan = resume.out_dir, resume.plan
+    all_rows = merged_rows(listing.items, items, plan, scores.read())
+    scores.publish(all_rows)
+    maps = heatmaps.read()
+    heatmaps.publish([maps[r["video"]] for r in all_rows if r.get("error") is None and r["video"] in maps])
+    publish_text(out_dir / "scores.csv", _to_csv(all_rows))
+    failed_list = notes.write_failed_list(out_dir, all_rows)
+    stats, stats_key = _stats(all_rows, section.bootstrap_samples, recipe.seed, out_dir / "summary.json")
     failed = sum(1 for r in all_rows if r.get("error") is not None)
     scored = len(all_rows) - failed
+    model = run_key.get("encoder_model") or {}
     summary = {
         "videos": len(all_rows),
         "scored": scored,
         "failed": failed,
-        "skipped_already_scored": len(done & set(order)),
+        "skipped_already_scored": len(plan.kept),
+        "rescored_changed": plan.changed,
+        "retried_failed": plan.retried,
+        "world_size": resume.ctx.world_size,
+        "per_rank": resume.per_rank(),
+        "skipped_files": notes.skipped_summary(listing.skipped),
         "columns": stats,
-        **settings,
-        "num_frames": num_frames,
+        "columns_inputs_sha256": stats_key,
+        "encoder": info.get("encoder"),
+        "ot_map": info.get("ot_map"),
+        "recipe_hash": resolved.hash,
+        "num_frames": model.get("num_frames"),
         "crop": recipe.reward.crop,
-        "weights": {"quality": reward.weights["quality"], "semantic": reward.weights["semantic"]},
+        "weights": run_key["weights"],
+        "run_key": run_key,
     }
-    atomic_write_json(out_dir / "summary.json", summary)
-    if report:
-        from pisces_cli.stages.score_report import write_score_report
-
-        write_score_report(out_dir / "report.html", root, all_rows, plans, stats, num_frames=num_frames)
+    publish_json(out_dir / "summary.json", summary)
+    report = section.report if report is None else report
+    built = None
+    if report or (out_dir / "report.html").is_file():
+        built = _write_report(root, out_dir, all_rows, maps, stats, run_key, summary)
+    nothing_to_do = not plan.todo and not resume.needs_model()
+    if console is not None:
+        if nothing_to_do:
+            rebuilt = {True: " (report rebuilt)", False: " (report up to date)", None: ""}[built]
+            console.print(
+                f"nothing to do: all {len(plan.kept)} videos are already scored with these settings{rebuilt}",
+                highlight=False,
+                soft_wrap=True,
+            )
+        notes.tell(
+            console, plan, listing.skipped, all_rows, failed_list, out_dir / "summary.json", "rescored"
+        )
     if scored == 0:
-        raise PiscesRuntimeError(f"score: every one of {len(all_rows)} videos failed (see {scores_path})")
-    return ScoreSummary(out_dir, scored, failed, len(done), stats, all_rows)
+        raise PiscesRuntimeError(
+            f"score: every one of {len(all_rows)} videos failed (see {failed_list or out_dir / 'scores.jsonl'})"
+        )
+    return ScoreSummary(
+        out_dir, scored, failed, len(plan.kept), stats, all_rows, plan.changed, len(listing.skipped),
+        nothing_to_do,
+    )  # fmt: skip
+
+
+def _write_report(
+    root: Path,
+    out_dir: Path,
+    rows: list[dict[str, Any]],
+    heatmaps: dict[str, dict[str, Any]],
+    stats: dict,
+    run_key: dict,
+    summary: dict[str, Any],
+) -> bool:
+    """Write ``report.html`` unless it is already the report of exactly these inputs; returns whether it wrote."""
+    from pisces_cli import __version__
+    from pisces_cli.stages.score_report import (
+        REPORT_FORMAT,
+        FrameView,
+        decode_words,
+        report_is_current,
+        write_score_report,
+    )
+
+    model = run_key.get("encoder_model") or {}
+    view = FrameView(
+        num_frames=int(model.get("num_frames") or 8),
+        frame_rate=run_key["frames"]["fps"],
+        sampling=run_key["frames"]["sampling"],
+        size=int(model.get("size") or 224),
+        crop=run_key["frames"]["crop"],
+    )
+    shown = {k: summary.get(k) for k in ("encoder", "ot_map", "weights", "num_frames", "crop")}
+    inputs = [
+        REPORT_FORMAT,
+        __version__,
+        rows,
+        [heatmaps.get(r["video"]) for r in rows],
+        vars(view),
+        shown,
+        stats,
+    ]
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+    path = out_dir / "report.html"
+    if report_is_current(path, digest):
+        return False
+    words = {key: decode_words(r.get("words") or []) for key, r in heatmaps.items()}
+    write_score_report(path, root, rows, words, stats, view=view, summary=shown, inputs_digest=digest)
+    return True
 
 
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    try:
-        path.resolve().relative_to(folder.resolve())
-        return True
-    except ValueError:
-        return False
-
-
-def _read_settings(out_dir: Path) -> dict[str, Any] | None:
-    path = out_dir / "settings.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def _to_csv(rows: list[dict[str, Any]]) -> str:

@@ -72,12 +72,15 @@ class DataSection:
 
     Exactly one source is used by a stage: ``videos`` (a folder, prompts from ``prompts`` /
     sidecar ``.txt`` / VBench-style names), ``manifest`` (JSONL of {video, caption}) or ``shards``
-    (WebDataset ``.tar`` files: a glob or a brace list).
+    (WebDataset ``.tar`` files: a glob or a brace list). ``prompts_from_names: true`` lets a folder
+    video with no prompt file take its file name (minus a ``-<digits>`` index) as its prompt; by
+    default only VBench-style names ``{prompt}-{index}.mp4`` in a folder without prompt files do.
     """
 
     videos: str | None = None
     prompts: str | None = None
     prompt_source: Literal["auto", "mapping", "sidecar", "filename"] = "auto"
+    prompts_from_names: bool = False
     manifest: str | None = None
     shards: str | None = None
     num_frames: int | None = None
