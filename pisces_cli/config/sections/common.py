@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from pisces_cli.config.schema import Count, NonNegativeInt, PositiveFloat
+
 Dtype = Literal["float32", "bfloat16", "float16"]
 
 
@@ -17,13 +19,12 @@ class RuntimeSection:
 
     device: str = "auto"
     dtype: Dtype = "float32"
-    num_workers: int = 2
+    num_workers: NonNegativeInt = 2
+    decode_timeout_s: PositiveFloat | None = 300.0
     allow_tf32: bool = False
 
     def check(self) -> list[tuple[str, str]]:
         problems = []
-        if self.num_workers < 0:
-            problems.append(("num_workers", f"must be >= 0, got {self.num_workers}"))
         if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
             problems.append(("device", f"expected auto, cpu, cuda or cuda:N, got {self.device!r}"))
         return problems
@@ -42,13 +43,8 @@ class EncoderModel:
     path: str | None = None
     tokenizer: str | None = None
     dtype: Dtype = "float32"
-    num_frames: int | None = None
+    num_frames: Count | None = None
     options: dict[str, Any] = field(default_factory=dict)
-
-    def check(self) -> list[tuple[str, str]]:
-        if self.num_frames is not None and self.num_frames < 1:
-            return [("num_frames", f"must be >= 1, got {self.num_frames}")]
-        return []
 
 
 @dataclass
@@ -80,8 +76,8 @@ class DataSection:
     prompt_source: Literal["auto", "mapping", "sidecar", "filename"] = "auto"
     manifest: str | None = None
     shards: str | None = None
-    num_frames: int | None = None
-    fps: float | None = None
+    num_frames: Count | None = None
+    fps: PositiveFloat | None = None
     crop: Literal["center", "random"] = "center"
 
     def check(self) -> list[tuple[str, str]]:
@@ -89,8 +85,4 @@ class DataSection:
         given = [k for k in ("videos", "manifest", "shards") if getattr(self, k)]
         if len(given) > 1:
             problems.append(("", f"give only one of videos, manifest, shards (got {', '.join(given)})"))
-        if self.num_frames is not None and self.num_frames < 1:
-            problems.append(("num_frames", f"must be >= 1, got {self.num_frames}"))
-        if self.fps is not None and self.fps <= 0:
-            problems.append(("fps", f"must be > 0, got {self.fps}"))
         return problems

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pisces_cli.config.schema import Count
+
 
 @dataclass
 class EvalSection:
@@ -24,7 +26,7 @@ class EvalSection:
 
     output: str | None = None
     prompts: str | None = None
-    batch_size: int = 4
+    batch_size: Count = 4
     rewards: bool = True
     consistency: bool = True
     flicker: bool = True
@@ -32,11 +34,4 @@ class EvalSection:
     vbench: bool = False
     vbench_dimensions: list[str] = field(default_factory=list)
     vbench_cache: str | None = None
-    bootstrap_samples: int = 2000
-
-    def check(self) -> list[tuple[str, str]]:
-        problems = []
-        for name in ("batch_size", "bootstrap_samples"):
-            if getattr(self, name) < 1:
-                problems.append((name, f"must be >= 1, got {getattr(self, name)}"))
-        return problems
+    bootstrap_samples: Count = 2000
