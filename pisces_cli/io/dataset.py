@@ -1,9 +1,17 @@
-"""A torch ``Dataset`` that decodes, samples and preprocesses videos in DataLoader workers.
+"""Decode, sample and preprocess videos in child processes that a bad video cannot take down.
 
-Each item is decoded in the worker process (so decoding overlaps model compute in the
-main process), ``num_frames`` frames are chosen, and the clip is preprocessed to
-``[T, 3, size, size]``. A bad item never raises: it comes back as an error row, and
-:func:`collate_video_items` batches the good clips while passing error rows through.
+Each item is decoded in a worker process (so decoding overlaps model compute in the main process),
+``num_frames`` frames are chosen, and the clip is preprocessed to ``[T, 3, size, size]``. A bad item
+never raises: it comes back as an error row, and :func:`collate_video_items` batches the good clips
+while passing error rows through.
+
+Crash isolation (:class:`VideoLoader`, built by :func:`make_loader`; see :mod:`pisces_cli.io.isolation`):
+workers decode one video at a time. A worker that dies while decoding (a segfault, an abort such as ``std::bad_alloc``, the kernel's
+out-of-memory killer) or that takes longer than ``decode_timeout_s`` on one video (then it is killed)
+turns that video, and only it, into an error row; a fresh worker takes over and every other row is
+intact. ``num_workers=0`` still decodes in one child process (one video at a time, no read-ahead,
+as the main process would): a crashing decoder must never take the run with it. Workers ignore
+Ctrl-C (the main process stops them), so an interrupt prints no traceback from a worker.
 
 Frame choice (``sampling``):
 - ``frame_rate=None``: ``"uniform"`` (:func:`~pisces_cli.io.video.uniform_indices`, default) or
@@ -17,28 +25,44 @@ number of workers or their scheduling; order is the order of ``items`` (no shuff
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from multiprocessing.connection import wait
 from typing import Any, Literal
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from pisces_cli.errors import PiscesError, UsageError
+from pisces_cli.io.isolation import crashed, process_context, quiet_child, timed_out
 from pisces_cli.io.preprocess import Preprocessing, preprocess_clip
 from pisces_cli.io.prompts import VideoItem, read_item_bytes
-from pisces_cli.io.video import fps_indices, read_clip, uniform_indices, vbench_middle_indices
+from pisces_cli.io.video import (
+    VideoDecodeError,
+    fps_indices,
+    read_clip,
+    uniform_indices,
+    vbench_middle_indices,
+)
 
 __all__ = [
+    "DEFAULT_DECODE_TIMEOUT_S",
     "ClipDataset",
     "FrameSelector",
     "VideoBatch",
+    "VideoLoader",
     "collate_video_items",
+    "error_detail",
     "frame_selector",
     "make_loader",
 ]
 
 Sampling = Literal["uniform", "middle"]
+
+#: Seconds one video may take to decode and preprocess before its worker is killed (``runtime.decode_timeout_s``).
+DEFAULT_DECODE_TIMEOUT_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -108,7 +132,12 @@ class ClipDataset(Dataset):
         return len(self.items)
 
     def _row(
-        self, index: int, item: VideoItem, clip: torch.Tensor | None, error: str | None
+        self,
+        index: int,
+        item: VideoItem,
+        clip: torch.Tensor | None,
+        error: str | None,
+        detail: str | None = None,
     ) -> dict[str, Any]:
         return {
             "index": index,
@@ -117,7 +146,12 @@ class ClipDataset(Dataset):
             "prompt": item.prompt,
             "clip": clip,
             "error": error,
+            "detail": detail,
         }
+
+    def error_row(self, index: int, error: str, detail: str | None = None) -> dict[str, Any]:
+        """The error row of item ``index`` (used by the loader when a worker crashed or timed out)."""
+        return self._row(index, self.items[index], None, error, detail)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.items[index]
@@ -138,10 +172,13 @@ class ClipDataset(Dataset):
                 crop=self.crop,
                 generator=generator,
             )
+        except VideoDecodeError as exc:
+            return self._row(index, item, None, str(exc), exc.detail)
         except PiscesError as exc:
             return self._row(index, item, None, str(exc))
         except Exception as exc:  # an unexpected failure must not kill the worker
-            return self._row(index, item, None, f"{item.source}: {type(exc).__name__}: {exc}")
+            detail = f"{type(exc).__name__}: {exc}"
+            return self._row(index, item, None, f"cannot use video {item.source}: {detail}", detail)
         return self._row(index, item, clip, None)
 
 
@@ -152,7 +189,8 @@ class VideoBatch:
     Attributes:
         clips: float32 ``[B, T, 3, size, size]`` of the good items, or ``None`` if none was good.
         indices, keys, prompts, sources: per good item, aligned with ``clips``.
-        errors: error rows ``{"index", "key", "source", "prompt", "error"}`` of the bad items.
+        errors: error rows ``{"index", "key", "source", "prompt", "error", "detail"}`` of the bad items:
+            ``error`` one readable sentence naming the file, ``detail`` what the decoders said (or None).
     """
 
     clips: torch.Tensor | None
@@ -178,6 +216,177 @@ def collate_video_items(rows: Sequence[dict[str, Any]]) -> VideoBatch:
     )
 
 
+def _worker_main(conn: Any, dataset: ClipDataset) -> None:
+    """A decode worker: receive an index, send back its row (clip as a NumPy array), until told to stop."""
+    quiet_child()
+    torch.set_num_threads(1)
+    while True:
+        try:
+            index = conn.recv()
+        except (EOFError, OSError):  # the main process is gone
+            return
+        if index is None:
+            return
+        row = dataset[index]
+        if row["clip"] is not None:  # plain pickling: no shared-memory file descriptors to leak
+            row["clip"] = row["clip"].numpy()
+        conn.send(row)
+
+
+class _Worker:
+    """One decode process, its pipe, and the item it is decoding (``None`` when idle)."""
+
+    def __init__(self, context: Any, dataset: ClipDataset) -> None:
+        self.conn, child = context.Pipe(duplex=True)
+        self.process = context.Process(target=_worker_main, args=(child, dataset), daemon=True)
+        self.process.start()
+        child.close()
+        self.index: int | None = None
+        self.started = 0.0
+
+    def assign(self, index: int) -> None:
+        self.conn.send(index)
+        self.index, self.started = index, time.monotonic()
+
+    def stop(self) -> None:
+        """End the process now (it may be mid-decode): close the pipe, kill, reap."""
+        with contextlib.suppress(OSError):
+            self.conn.close()
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(timeout=5)
+
+
+class VideoLoader:
+    """Iterable of :class:`VideoBatch` over a :class:`ClipDataset`, in item order, crash-isolated.
+
+    ``num_workers`` decode processes (``0``: one, without read-ahead; see the module docstring) each
+    decode one item at a time; at most ``window`` items are decoded ahead of the batch being yielded.
+    A worker that dies or passes ``decode_timeout_s`` on an item makes that item an error row and is
+    replaced. ``num_workers`` is the parallelism the caller asked for (stages size their torch thread
+    pool by it); ``processes`` the number of child processes actually used.
+    """
+
+    def __init__(
+        self,
+        dataset: ClipDataset,
+        *,
+        batch_size: int,
+        num_workers: int,
+        prefetch_factor: int | None = None,
+        decode_timeout_s: float | None = DEFAULT_DECODE_TIMEOUT_S,
+    ) -> None:
+        if decode_timeout_s is not None and not decode_timeout_s > 0:
+            raise UsageError(f"decode_timeout_s must be positive or None, got {decode_timeout_s}")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.processes = max(1, num_workers)
+        ahead = batch_size * num_workers * (prefetch_factor or 2)
+        self.window = max(batch_size, ahead)
+        self.decode_timeout_s = decode_timeout_s
+        self._context = process_context()
+
+    def __len__(self) -> int:
+        return (len(self.dataset) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self) -> Iterator[VideoBatch]:
+        total = len(self.dataset)
+        if total == 0:
+            return
+        workers = [_Worker(self._context, self.dataset) for _ in range(min(self.processes, total))]
+        try:
+            yield from self._batches(workers, total)
+        finally:
+            for worker in workers:
+                worker.stop()
+
+    def _batches(self, workers: list[_Worker], total: int) -> Iterator[VideoBatch]:
+        done: dict[int, dict[str, Any]] = {}
+        next_item = 0
+        batch_start = 0
+        while batch_start < total:
+            batch_end = min(total, batch_start + self.batch_size)
+            next_item = self._dispatch(workers, done, next_item, min(total, batch_start + self.window))
+            if all(i in done for i in range(batch_start, batch_end)):
+                rows = [done.pop(i) for i in range(batch_start, batch_end)]
+                yield collate_video_items(rows)
+                batch_start = batch_end
+                continue
+            self._collect(workers, done)
+
+    def _dispatch(
+        self, workers: list[_Worker], done: dict[int, dict[str, Any]], next_item: int, limit: int
+    ) -> int:
+        """Give items ``next_item ..`` (below ``limit``) to idle workers; returns the next undispatched.
+
+        Items that are errors before any decoding (no prompt, missing file) get their row here."""
+        for slot, worker in enumerate(workers):
+            while worker.index is None and next_item < limit:
+                if self.dataset.items[next_item].error is not None:
+                    done[next_item] = self.dataset[next_item]
+                    next_item += 1
+                    continue
+                try:
+                    worker.assign(next_item)
+                except OSError:  # died while idle: replace it and try again
+                    worker.stop()
+                    worker = workers[slot] = _Worker(self._context, self.dataset)
+                    continue
+                next_item += 1
+        return next_item
+
+    def _collect(self, workers: list[_Worker], done: dict[int, dict[str, Any]]) -> None:
+        """Wait for a result, a dead worker or a deadline, and record what happened."""
+        busy = [w for w in workers if w.index is not None]
+        if not busy:
+            return
+        timeout = None
+        if self.decode_timeout_s is not None:
+            now = time.monotonic()
+            timeout = max(0.0, min(w.started + self.decode_timeout_s - now for w in busy))
+        ready = set(wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout))
+        for slot, worker in enumerate(workers):
+            index = worker.index
+            if index is None:
+                continue
+            if worker.conn in ready or worker.process.sentinel in ready:
+                try:
+                    row = worker.conn.recv()
+                except (EOFError, OSError):
+                    worker.process.join(timeout=5)
+                    workers[slot] = self._replace(worker, done, self._crash_row(index, worker))
+                    continue
+                if row["clip"] is not None:
+                    row["clip"] = torch.from_numpy(row["clip"])
+                done[index] = row
+                worker.index = None
+            elif (
+                self.decode_timeout_s is not None
+                and time.monotonic() - worker.started >= self.decode_timeout_s
+            ):
+                workers[slot] = self._replace(worker, done, self._timeout_row(index))
+
+    def _replace(self, worker: _Worker, done: dict[int, dict[str, Any]], row: dict[str, Any]) -> _Worker:
+        done[row["index"]] = row
+        worker.stop()
+        return _Worker(self._context, self.dataset)
+
+    def _crash_row(self, index: int, worker: _Worker) -> dict[str, Any]:
+        error = crashed(self.dataset.items[index].source, worker.process.exitcode, worker.process.pid)
+        return self.dataset.error_row(index, str(error), error.detail)
+
+    def _timeout_row(self, index: int) -> dict[str, Any]:
+        error = timed_out(self.dataset.items[index].source, float(self.decode_timeout_s or 0))
+        return self.dataset.error_row(index, str(error), error.detail)
+
+
+def error_detail(error_row: dict[str, Any]) -> dict[str, str]:
+    """``{"detail": ...}`` for an error row of :attr:`VideoBatch.errors` that has one, else ``{}``: what
+    the decoders said, kept beside the readable ``error`` in the rows a stage writes."""
+    return {"detail": error_row["detail"]} if error_row.get("detail") else {}
+
+
 def make_loader(
     items: Sequence[VideoItem],
     *,
@@ -191,10 +400,13 @@ def make_loader(
     sampling: Sampling = "uniform",
     decoder: str = "auto",
     prefetch_factor: int | None = None,
-) -> DataLoader:
-    """A deterministic-order ``DataLoader`` of :class:`VideoBatch` over ``items``.
+    decode_timeout_s: float | None = DEFAULT_DECODE_TIMEOUT_S,
+) -> VideoLoader:
+    """A deterministic-order, crash-isolated :class:`VideoLoader` of :class:`VideoBatch` over ``items``.
 
-    Decoding and preprocessing run in ``num_workers`` worker processes (0 = in the main process).
+    Decoding and preprocessing run in ``num_workers`` worker processes (0 = one child process, no
+    read-ahead); a video whose decoder crashes, or takes longer than ``decode_timeout_s`` seconds
+    (``None``: no limit), becomes an error row.
     """
     if batch_size <= 0:
         raise UsageError(f"batch_size must be positive, got {batch_size}")
@@ -210,16 +422,10 @@ def make_loader(
         seed=seed,
         decoder=decoder,
     )
-    extra: dict[str, Any] = {}
-    if num_workers > 0:
-        extra["persistent_workers"] = False
-        if prefetch_factor is not None:
-            extra["prefetch_factor"] = prefetch_factor
-    return DataLoader(
+    return VideoLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=False,
         num_workers=num_workers,
-        collate_fn=collate_video_items,
-        **extra,
+        prefetch_factor=prefetch_factor,
+        decode_timeout_s=decode_timeout_s,
     )

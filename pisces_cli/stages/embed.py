@@ -57,7 +57,7 @@ def run_embed(
 
     from pisces_cli.artifacts import ArtifactHeader, ShardedArtifactWriter
     from pisces_cli.atomic import atomic_write_json
-    from pisces_cli.io.dataset import make_loader
+    from pisces_cli.io.dataset import error_detail, make_loader
     from pisces_cli.io.preprocess import Preprocessing
     from pisces_cli.rewards.build import encoder_num_frames, load_encoder_from_recipe
     from pisces_cli.runtime import (
@@ -127,13 +127,19 @@ def run_embed(
                 num_workers=recipe.runtime.num_workers,
                 crop=recipe.data.crop,
                 seed=recipe.seed,
+                decode_timeout_s=recipe.runtime.decode_timeout_s,
             )
             text_rows, video_rows, token_rows, keys, shard_errors = [], [], [], [], []
             with cpu_threads_beside_workers(device, loader.num_workers):
                 for batch in loader:
                     for row in batch.errors:
                         shard_errors.append(
-                            {"key": row["key"], "source": row["source"], "error": row["error"]}
+                            {
+                                "key": row["key"],
+                                "source": row["source"],
+                                "error": row["error"],
+                                **error_detail(row),
+                            }
                         )
                     if batch.clips is not None:
                         with torch.no_grad():

@@ -215,14 +215,14 @@ def _compute_rows(
             for item in items:
                 row = {"video": item.key, "prompt": item.prompt, "error": item.error}
                 if item.error is None:
-                    _pixel_row(row, item.source, section)
+                    _pixel_row(row, item.source, section, recipe.runtime.decode_timeout_s)
                 rows.append(row)
                 advance()
         return rows
 
     import torch
 
-    from pisces_cli.io.dataset import make_loader
+    from pisces_cli.io.dataset import error_detail, make_loader
     from pisces_cli.io.preprocess import Preprocessing
     from pisces_cli.rewards.build import build_reward, encoder_num_frames, load_encoder_from_recipe
     from pisces_cli.runtime import cpu_threads_beside_workers, resolve_device
@@ -252,6 +252,7 @@ def _compute_rows(
         num_workers=recipe.runtime.num_workers,
         crop=recipe.reward.crop,
         seed=recipe.seed,
+        decode_timeout_s=recipe.runtime.decode_timeout_s,
     )
     with (
         progress_bar(console, "eval", total=len(items)) as advance,
@@ -259,7 +260,8 @@ def _compute_rows(
     ):
         for batch in loader:
             batch_rows = [
-                {"video": r["key"], "prompt": r["prompt"], "error": r["error"]} for r in batch.errors
+                {"video": r["key"], "prompt": r["prompt"], "error": r["error"], **error_detail(r)}
+                for r in batch.errors
             ]
             if batch.clips is not None:
                 clips = batch.clips.to(device)
@@ -278,7 +280,7 @@ def _compute_rows(
                     row.update({k: _finite(v[i]) for k, v in columns.items() if k != "semantic_no_ot"})
                     if pooled is not None:
                         row.update(_feature_rows(pooled, i))
-                    _pixel_row(row, batch.sources[i], section)
+                    _pixel_row(row, batch.sources[i], section, recipe.runtime.decode_timeout_s)
                     batch_rows.append(row)
             rows.extend(batch_rows)
             advance(len(batch_rows))
@@ -287,13 +289,22 @@ def _compute_rows(
     return rows
 
 
-def _pixel_row(row: dict[str, Any], source: str, section: Any) -> None:
+def _pixel_row(row: dict[str, Any], source: str, section: Any, timeout_s: float | None) -> None:
+    """Add the pixel metrics of ``source`` to ``row``, decoding in a child process (a decoder that
+    crashes or passes ``timeout_s`` makes this row's error, not the run's end)."""
     from pisces_cli.errors import PiscesError
+    from pisces_cli.io.isolation import call_isolated
 
     try:
-        _add_pixel_metrics(row, source, section)
+        row.update(call_isolated(_pixel_metrics_of, source, section, label=source, timeout_s=timeout_s))
     except PiscesError as error:
         row["error"] = str(error)
+
+
+def _pixel_metrics_of(source: str, section: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    _add_pixel_metrics(values, source, section)
+    return values
 
 
 # --------------------------------------------------------------------------------------- aggregate

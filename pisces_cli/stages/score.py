@@ -82,7 +82,7 @@ def run_score(
     import torch
 
     from pisces_cli.atomic import atomic_write_json, atomic_write_text
-    from pisces_cli.io.dataset import make_loader
+    from pisces_cli.io.dataset import error_detail, make_loader
     from pisces_cli.io.preprocess import Preprocessing
     from pisces_cli.rewards.build import build_reward, encoder_num_frames, load_encoder_from_recipe
     from pisces_cli.runtime import resolve_device, seed_everything
@@ -136,6 +136,7 @@ def run_score(
         num_workers=recipe.runtime.num_workers if todo else 0,
         crop=recipe.reward.crop,
         seed=recipe.seed,
+        decode_timeout_s=recipe.runtime.decode_timeout_s,
     )
     new_rows: list[dict[str, Any]] = []
     plans: dict[str, Any] = {}
@@ -145,7 +146,10 @@ def run_score(
         cpu_threads_beside_workers(device, loader.num_workers),
     ):
         for batch in loader:
-            rows = [{"video": r["key"], "prompt": r["prompt"], "error": r["error"]} for r in batch.errors]
+            rows = [
+                {"video": r["key"], "prompt": r["prompt"], "error": r["error"], **error_detail(r)}
+                for r in batch.errors
+            ]
             if batch.clips is not None:
                 with torch.no_grad():
                     out = reward.from_preprocessed(batch.clips.to(device), [str(p) for p in batch.prompts])
