@@ -93,6 +93,22 @@ def read_header(path: str | Path) -> ArtifactHeader:
     return ArtifactHeader.from_json(meta[HEADER_KEY], source=str(path))
 
 
+def check_safetensors_file(path: str | Path, *, what: str = "") -> None:
+    """Refuse a file that is not a complete safetensors file (truncated, damaged, another format), naming
+    it (and ``what`` asked for it, e.g. ``--adapter``), before a library crashes on it. Reads the header only.
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            handle.metadata()
+    except Exception as exc:  # safetensors raises several error types for bad files
+        prefix = f"{what}: " if what else ""
+        raise UsageError(
+            f"{prefix}{path}: not a complete safetensors file (truncated or damaged?): {exc}"
+        ) from exc
+
+
 def tensor_shapes(path: str | Path) -> dict[str, tuple[list[int], str]]:
     """Name -> (shape, dtype) of every tensor in a safetensors file, without loading data."""
     from safetensors import safe_open
