@@ -164,6 +164,16 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def type_name(tp: Any) -> str:
+    """How a schema type reads in a message: ``int >= 1``, ``list of str``, ``mapping (section)``."""
+    return _type_name(tp)
+
+
+def describe_value(value: Any) -> str:
+    """A value as a message shows it (``repr``, cut to 60 characters)."""
+    return _describe(value)
+
+
 def _describe(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
