@@ -56,6 +56,10 @@ def _json_facts(path: Path, keys: tuple[str, ...] | None = None) -> dict[str, An
     }
 
 
+def _files_below(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
 def _checkpoint_root(path: Path) -> Path | None:
     """The ``checkpoint-N`` folder holding ``path`` (or ``path`` itself), if any."""
     from pisces_cli.backbones.lora import METADATA_FILE
@@ -105,12 +109,11 @@ def _in_checkpoint(path: Path) -> KnownFile | None:
     name = path.name
     if path.is_dir():
         if path == root:
-            contents = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
             return KnownFile(
                 "finetune.checkpoint",
                 "a pisces fine-tuning checkpoint: the LoRA (diffusers and peft formats) and the state to resume",
                 facts,
-                contents=contents,
+                contents=_files_below(root),
             )
         if name == STATE_DIR:
             return KnownFile(
@@ -186,12 +189,11 @@ def _in_ot_state(path: Path) -> KnownFile | None:
     )
     if path.is_dir():
         if path == root:
-            contents = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
             return KnownFile(
                 "fit_ot.state",
                 "the resumable training state of a neural OT map fit (`pisces fit-ot`)",
                 facts,
-                contents=contents,
+                contents=_files_below(root),
             )
         if path.parent == root and (path.name == "last" or path.name.startswith("best_")):
             return KnownFile("fit_ot.state_part", _ot_part(path.name), facts)
