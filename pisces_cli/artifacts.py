@@ -228,8 +228,15 @@ def read_manifest_file(path: str | Path) -> dict[str, Any]:
 
 
 def save_artifact(path: str | Path, tensors: Mapping[str, torch.Tensor], header: ArtifactHeader) -> Path:
-    """Write ``tensors`` (contiguous CPU copies are made) with ``header``, atomically. Returns the path."""
+    """Write ``tensors`` (contiguous CPU copies are made) with ``header``, atomically. Returns the path.
+
+    The stored recipe gets absolute paths (:func:`pisces_cli.config.recipe.portable_data`), like every
+    recipe pisces writes, so that it runs from any folder."""
+    from pisces_cli.config.recipe import portable_data
+
     path = Path(path)
+    if header.recipe is not None:
+        header = dataclasses.replace(header, recipe=portable_data(header.recipe))
     atomic_write_safetensors(path, tensors, {HEADER_KEY: header.to_json()})
     return path
 

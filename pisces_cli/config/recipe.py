@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,7 @@ class Recipe:
 
     name: str = ""
     description: str = ""
-    output_dir: str = "outputs"
+    output_dir: schema.LocalPath = "outputs"
     seed: schema.Seed = 0
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
     models: ModelsSection = field(default_factory=ModelsSection)
@@ -68,6 +69,50 @@ class ResolvedRecipe:
 
     def to_yaml(self) -> str:
         return dump_yaml(self.data)
+
+    def portable_data(self, base: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+        """:attr:`data` with every local path made absolute (:func:`portable_data`)."""
+        return portable_data(self.data, base)
+
+    def portable_yaml(self) -> str:
+        """The YAML of :meth:`portable_data`: what pisces writes as a recipe, runnable from any folder."""
+        return dump_yaml(self.portable_data())
+
+
+def _absolute(value: str, kind: str, base: Path) -> str:
+    if not value or Path(value).expanduser().is_absolute():
+        return value
+    candidate = base / value
+    if kind == "input" and not candidate.exists():
+        return value  # a hub id, a bundled prompt suite or "latest": not a path here
+    return os.path.normpath(candidate)
+
+
+def portable_data(data: Any, base: str | os.PathLike[str] | None = None, cls: Any = None) -> Any:
+    """A copy of recipe ``data`` whose relative paths are absolute (resolved against ``base``, default the
+    working directory): the rule for every recipe pisces writes, so that it runs from any folder.
+
+    Keys typed :data:`~pisces_cli.config.schema.LocalPath` are always made absolute; keys typed
+    :data:`~pisces_cli.config.schema.InputPath` only when ``base/value`` exists (else it is a hub id or a
+    bundled name). Keys the schema does not know are copied unchanged.
+    """
+    root = Path(base) if base is not None else Path.cwd()
+    cls = Recipe if cls is None else cls
+    if not isinstance(data, dict):
+        return copy.deepcopy(data)
+    fields = schema.section_fields(cls)
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        tp = fields[key][1] if key in fields else None
+        kind = schema.path_kind(tp) if tp is not None else None
+        section = schema.section_type(tp) if tp is not None else None
+        if kind is not None and isinstance(value, str):
+            out[key] = _absolute(value, kind, root)
+        elif section is not None and isinstance(value, dict):
+            out[key] = portable_data(value, root, section)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 def recipe_hash(data: dict[str, Any]) -> str:

@@ -81,6 +81,39 @@ Probability = Annotated[float, Range(low=0, high=1)]
 FiniteFloat = Annotated[float, Range()]
 
 
+@dataclasses.dataclass(frozen=True)
+class PathKey:
+    """Marks a recipe key that names a path, for :func:`pisces_cli.config.recipe.portable_data`.
+
+    ``kind="local"``: always a local file, folder or glob (outputs, data); ``kind="input"``: a local path
+    when one exists, else something else (a hub id, a bundled prompt suite, ``latest``)."""
+
+    kind: Literal["local", "input"]
+
+
+#: A key naming a local file, folder or glob (relative paths are relative to the working directory).
+LocalPath = Annotated[str, PathKey("local")]
+#: A key naming a local path or, when no such path exists, a hub id / bundled name.
+InputPath = Annotated[str, PathKey("input")]
+
+
+def path_kind(tp: Any) -> str | None:
+    """``"local"``/``"input"`` for a key typed :data:`LocalPath`/:data:`InputPath` (optional or not)."""
+    if get_origin(tp) in (Union, types.UnionType):
+        return next((k for k in map(path_kind, get_args(tp)) if k is not None), None)
+    if get_origin(tp) is Annotated:
+        return next((m.kind for m in tp.__metadata__ if isinstance(m, PathKey)), None)
+    return None
+
+
+def section_type(tp: Any) -> type | None:
+    """The section dataclass a key holds (optional or not), else ``None``."""
+    tp = _strip_annotated(tp)
+    if get_origin(tp) in (Union, types.UnionType):
+        return next((s for s in map(section_type, get_args(tp)) if s is not None), None)
+    return tp if dataclasses.is_dataclass(tp) else None
+
+
 def numeric_range(tp: Any) -> Range | None:
     """The :class:`Range` declared by ``Annotated[int | float, Range(...)]``, else ``None``."""
     if get_origin(tp) is Annotated:

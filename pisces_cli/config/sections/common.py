@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pisces_cli.config.schema import Count, NonNegativeInt, PositiveFloat
+from pisces_cli.config.schema import Count, InputPath, LocalPath, NonNegativeInt, PositiveFloat
 
 Dtype = Literal["float32", "bfloat16", "float16"]
 
@@ -40,8 +40,8 @@ class EncoderModel:
     """
 
     backend: Literal["clip", "internvideo2", "world"] = "clip"
-    path: str | None = None
-    tokenizer: str | None = None
+    path: InputPath | None = None
+    tokenizer: InputPath | None = None
     dtype: Dtype = "float32"
     num_frames: Count | None = None
     options: dict[str, Any] = field(default_factory=dict)
@@ -52,7 +52,7 @@ class GeneratorModel:
     """The text-to-video generator (a diffusers-format directory or hub id)."""
 
     backbone: Literal["hunyuan", "wan"] = "hunyuan"
-    path: str | None = None
+    path: InputPath | None = None
     dtype: Dtype = "bfloat16"
 
 
@@ -71,11 +71,11 @@ class DataSection:
     (WebDataset ``.tar`` files: a glob or a brace list).
     """
 
-    videos: str | None = None
-    prompts: str | None = None
+    videos: LocalPath | None = None
+    prompts: LocalPath | None = None
     prompt_source: Literal["auto", "mapping", "sidecar", "filename"] = "auto"
-    manifest: str | None = None
-    shards: str | None = None
+    manifest: LocalPath | None = None
+    shards: LocalPath | None = None
     num_frames: Count | None = None
     fps: PositiveFloat | None = None
     crop: Literal["center", "random"] = "center"

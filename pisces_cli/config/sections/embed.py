@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pisces_cli.config.schema import Count
+from pisces_cli.config.schema import Count, LocalPath
 
 
 @dataclass
 class EmbedSection:
     """Write sharded embedding artifacts (``text_cls``, ``video_cls``; optionally token features)."""
 
-    output: str = "${output_dir}/embeddings"
+    output: LocalPath = "${output_dir}/embeddings"
     batch_size: Count = 8
     shard_size: Count = 1024
     save_tokens: bool = False

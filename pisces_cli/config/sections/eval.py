@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pisces_cli.config.schema import Count
+from pisces_cli.config.schema import Count, InputPath, LocalPath
 
 
 @dataclass
@@ -24,8 +24,8 @@ class EvalSection:
     resamples of the 95 % CI of every aggregate.
     """
 
-    output: str | None = None
-    prompts: str | None = None
+    output: LocalPath | None = None
+    prompts: InputPath | None = None
     batch_size: Count = 4
     rewards: bool = True
     consistency: bool = True
@@ -33,5 +33,5 @@ class EvalSection:
     dynamic_degree: bool = True
     vbench: bool = False
     vbench_dimensions: list[str] = field(default_factory=list)
-    vbench_cache: str | None = None
+    vbench_cache: LocalPath | None = None
     bootstrap_samples: Count = 2000

@@ -8,7 +8,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
-from pisces_cli.config.schema import Count, NonNegativeFloat, NonNegativeInt, PositiveFloat, Range
+from pisces_cli.config.schema import (
+    Count,
+    InputPath,
+    LocalPath,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    Range,
+)
 
 
 @dataclass
@@ -121,10 +129,10 @@ class FinetuneDataSection:
     (``videos`` folder / ``manifest``) encoded to latents on the fly or read from ``latents`` (a cache
     written by this stage)."""
 
-    prompts: str | None = None
-    videos: str | None = None
-    manifest: str | None = None
-    latents: str | None = None
+    prompts: InputPath | None = None
+    videos: LocalPath | None = None
+    manifest: LocalPath | None = None
+    latents: LocalPath | None = None
 
     def check(self) -> list[tuple[str, str]]:
         given = [k for k in ("prompts", "videos", "manifest", "latents") if getattr(self, k)]
@@ -140,7 +148,7 @@ class FinetuneSection:
     """Post-train the generator with the PISCES rewards (the ``reward`` section) — see README."""
 
     algorithm: Literal["backprop", "grpo"] = "backprop"
-    output: str = "${output_dir}/finetune"
+    output: LocalPath = "${output_dir}/finetune"
     data: FinetuneDataSection = field(default_factory=lambda: FinetuneDataSection(prompts="prompts.txt"))
     max_steps: Count = 256
     batch_size: Count = 1
@@ -175,7 +183,7 @@ class FinetuneSection:
     grpo: GrpoSection = field(default_factory=GrpoSection)
     checkpointing_steps: Count = 64
     checkpoints_total_limit: Count | None = 4
-    resume: str | None = "latest"
+    resume: InputPath | None = "latest"
     log_every: Count = 1
     report_to: list[Literal["jsonl", "tensorboard", "wandb"]] = field(default_factory=lambda: ["jsonl"])
     max_nan_steps: Count = 5

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
-from pisces_cli.config.schema import Count, NonNegativeFloat, PositiveFloat, Probability, Range
+from pisces_cli.config.schema import Count, LocalPath, NonNegativeFloat, PositiveFloat, Probability, Range
 
 
 @dataclass
@@ -41,8 +41,8 @@ class FitOTSection:
 
     method: Literal["neural", "gaussian", "identity"] = "neural"
     normalize: Literal["l2", "none"] = "l2"
-    embeddings: str = "${embed.output}"
-    output: str = "${output_dir}/ot"
+    embeddings: LocalPath = "${embed.output}"
+    output: LocalPath = "${output_dir}/ot"
     val_fraction: Annotated[float, Range(low=0, high=1, low_open=True, high_open=True)] = 0.1
     val_max: Count = 1024
     select: Literal["mknn_after", "spearman", "last"] = "mknn_after"

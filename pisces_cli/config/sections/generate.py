@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from pisces_cli.config.schema import Count, NonNegativeFloat, PositiveFloat, Range, Seed
+from pisces_cli.config.schema import Count, InputPath, LocalPath, NonNegativeFloat, PositiveFloat, Range, Seed
 
 
 @dataclass
@@ -17,9 +17,9 @@ class GenerateSection:
     lossless; 0 lossless — use 0 when generated videos must decode to identical pixels on every run).
     """
 
-    prompts: str | None = None
-    output: str = "${output_dir}/videos"
-    adapter: str | None = None
+    prompts: InputPath | None = None
+    output: LocalPath = "${output_dir}/videos"
+    adapter: LocalPath | None = None
     videos_per_prompt: Count = 1
     seeds: list[Seed] = field(default_factory=list)
     num_frames: Count = 33

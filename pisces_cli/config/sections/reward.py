@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pisces_cli.config.schema import (
     Count,
     FiniteFloat,
+    LocalPath,
     NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
@@ -51,7 +52,7 @@ class RewardSection:
     quality reward uses no OT (the paper's "No OT" arm).
     """
 
-    ot_map: str | None = None
+    ot_map: LocalPath | None = None
     weights: RewardWeights = field(default_factory=RewardWeights)
     token_ot: TokenOTSection = field(default_factory=TokenOTSection)
     crop: Literal["center", "random"] = "center"

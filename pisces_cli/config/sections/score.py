@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pisces_cli.config.schema import Count
+from pisces_cli.config.schema import Count, LocalPath
 
 
 @dataclass
 class ScoreSection:
     """``output: null`` writes to ``VIDEOS_DIR/pisces-scores/``."""
 
-    output: str | None = None
+    output: LocalPath | None = None
     batch_size: Count = 4
     report: bool = False
     force: bool = False
