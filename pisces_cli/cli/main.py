@@ -111,10 +111,8 @@ def _os_error_message(exc: OSError) -> tuple[str, int]:
     if isinstance(exc, IsADirectoryError):
         return f"{where}: is a folder, expected a file", 2
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return (
-            f"cannot write {where}: no space left on the device (finished work is saved; free space and re-run)",
-            1,
-        )
+        what = f"cannot write {exc.filename}" if exc.filename else "cannot write"
+        return f"{what}: no space left on the device (finished work is saved; free space and re-run)", 1
     return f"{where}: {exc.strerror or exc}", 1
 
 
