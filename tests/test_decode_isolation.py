@@ -23,6 +23,7 @@ from pisces_cli.io import dataset as dataset_module
 from pisces_cli.io import video as video_module
 from pisces_cli.io.dataset import make_loader
 from pisces_cli.io.isolation import call_isolated
+from pisces_cli.io.mp4header import read_mp4_header
 from pisces_cli.io.preprocess import Preprocessing
 from pisces_cli.io.prompts import collect_prompted_videos
 from pisces_cli.io.video import MAX_DECLARED_FRAMES, VideoDecodeError, available_decoders, read_clip
@@ -112,16 +113,51 @@ def test_a_header_claiming_2_to_the_31_frames_is_refused_before_decoding(world: 
         )
     # a smaller lie is caught by the duration: 1 s at 8 fps cannot hold 100000 frames
     liar = claim_frames(world / "clips" / "clip_001.mp4", tmp_path / "liar.mp4", frames=100_000)
-    with pytest.raises(
-        VideoDecodeError, match=r"declares 100000 frames but its duration \(1 s at 8 fps\) holds about 8"
-    ):
+    with pytest.raises(VideoDecodeError, match=r"declares 100000 frames lasting 12500 s in a track of 1 s"):
         read_clip(liar, lambda n, fps: [0])
 
 
-def test_absurd_frame_sides_are_refused(world: Path, monkeypatch):
+def test_absurd_frame_sides_are_refused(world: Path, tmp_path: Path, monkeypatch):
+    data = bytearray((world / "clean" / "clip_000.mp4").read_bytes())
+    at = data.find(b"tkhd")
+    struct.pack_into(">II", data, at + 4 + 76, 60000 << 16, 40000 << 16)  # version-0 tkhd width, height
+    wide = tmp_path / "wide.mp4"
+    wide.write_bytes(bytes(data))
+    with pytest.raises(VideoDecodeError, match=r"declares 60000x40000 frames, larger than the 16384 px"):
+        read_clip(wide, lambda n, fps: [0])
     monkeypatch.setattr(video_module, "MAX_FRAME_SIDE", 16)  # the clips are 32x32
     with pytest.raises(VideoDecodeError, match=r"declares 32x32 frames, larger than the 16 px"):
         read_clip(world / "clean" / "clip_000.mp4", lambda n, fps: [0])
+
+
+def test_mp4_header_reader_reads_boxes_and_never_raises(world: Path, tmp_path: Path):
+    import av
+    import numpy as np
+
+    clip = world / "clean" / "clip_000.mp4"
+    header = read_mp4_header(clip)
+    assert header is not None and (header.frames, header.width, header.height) == (8, 32, 32)
+    assert header.table_duration_s == pytest.approx(1.0) and read_mp4_header(clip.read_bytes()) == header
+    # moov before mdat ("faststart") reads the same
+    fast = tmp_path / "fast.mp4"
+    with av.open(str(fast), mode="w", format="mp4", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
+        for _ in range(5):
+            frame = av.VideoFrame.from_ndarray(np.zeros((32, 48, 3), np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    assert read_mp4_header(fast) == read_mp4_header(fast.read_bytes())
+    assert (read_mp4_header(fast).frames, read_mp4_header(fast).width) == (5, 48)
+    # not an mp4, or damaged: None (the decoders say what is wrong), never an exception
+    data = clip.read_bytes()
+    for bad in (b"", b"GIF89a" + bytes(40), bytes(range(256)) * 8, data[: data.find(b"moov") + 40]):
+        assert read_mp4_header(bad) is None
+    for cut in range(0, len(data), 97):
+        read_mp4_header(data[:cut])
+    assert read_mp4_header(tmp_path / "missing.mp4") is None
 
 
 @pytest.mark.skipif("decord" not in available_decoders(), reason="needs decord (x86_64)")

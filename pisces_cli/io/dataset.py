@@ -26,6 +26,9 @@ number of workers or their scheduling; order is the order of ``items`` (no shuff
 from __future__ import annotations
 
 import contextlib
+import heapq
+import queue
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +63,9 @@ __all__ = [
 ]
 
 Sampling = Literal["uniform", "middle"]
+
+#: Times an item is handed out again after its worker died between items, before it is blamed.
+MAX_RETRIES = 2
 
 #: Seconds one video may take to decode and preprocess before its worker is killed (``runtime.decode_timeout_s``).
 DEFAULT_DECODE_TIMEOUT_S = 300.0
@@ -216,37 +222,64 @@ def collate_video_items(rows: Sequence[dict[str, Any]]) -> VideoBatch:
     )
 
 
-def _worker_main(conn: Any, dataset: ClipDataset) -> None:
-    """A decode worker: receive an index, send back its row (clip as a NumPy array), until told to stop."""
+def _worker_main(conn: Any, dataset: ClipDataset, progress: Any) -> None:
+    """A decode worker: decode the indices it receives, in order, until told to stop (``None``) or orphaned.
+
+    ``progress`` (shared memory the main process reads even after this process died) holds
+    ``[index being decoded or -1, time.monotonic() when it started]``. Rows go back through a sender thread,
+    so decoding continues while the main process is busy; a row's clip travels as a NumPy array (plain
+    pickling: no shared-memory file descriptors to leak when a worker dies).
+    """
     quiet_child()
     torch.set_num_threads(1)
+    outbox: queue.SimpleQueue = queue.SimpleQueue()
+
+    def send_rows() -> None:
+        while (row := outbox.get()) is not None:
+            try:
+                conn.send(row)
+            except OSError:  # the main process is gone
+                return
+            except Exception as exc:  # a row that cannot be pickled: send its error row instead
+                source = dataset.items[row["index"]].source
+                with contextlib.suppress(Exception):
+                    conn.send(dataset.error_row(row["index"], f"cannot use video {source}: {exc!r}"))
+
+    sender = threading.Thread(target=send_rows, daemon=True)
+    sender.start()
     while True:
         try:
             index = conn.recv()
         except (EOFError, OSError):  # the main process is gone
-            return
+            break
         if index is None:
-            return
+            break
+        progress[1] = time.monotonic()
+        progress[0] = index
         row = dataset[index]
-        if row["clip"] is not None:  # plain pickling: no shared-memory file descriptors to leak
+        progress[0] = -1
+        if row["clip"] is not None:
             row["clip"] = row["clip"].numpy()
-        conn.send(row)
+        outbox.put(row)
+    outbox.put(None)
+    sender.join()
 
 
 class _Worker:
-    """One decode process, its pipe, and the item it is decoding (``None`` when idle)."""
+    """One decode process, its pipe, its shared ``progress`` and the items it holds, in order."""
 
     def __init__(self, context: Any, dataset: ClipDataset) -> None:
         self.conn, child = context.Pipe(duplex=True)
-        self.process = context.Process(target=_worker_main, args=(child, dataset), daemon=True)
+        self.progress = context.RawArray("d", [-1.0, 0.0])
+        self.process = context.Process(target=_worker_main, args=(child, dataset, self.progress), daemon=True)
         self.process.start()
         child.close()
-        self.index: int | None = None
-        self.started = 0.0
+        self.assigned: list[int] = []
 
-    def assign(self, index: int) -> None:
-        self.conn.send(index)
-        self.index, self.started = index, time.monotonic()
+    def decoding(self) -> tuple[int, float] | None:
+        """(index, monotonic start) of the item being decoded now, if it is one of ours."""
+        index, started = int(self.progress[0]), float(self.progress[1])
+        return (index, started) if index >= 0 and index in self.assigned else None
 
     def stop(self) -> None:
         """End the process now (it may be mid-decode): close the pipe, kill, reap."""
@@ -261,9 +294,10 @@ class VideoLoader:
     """Iterable of :class:`VideoBatch` over a :class:`ClipDataset`, in item order, crash-isolated.
 
     ``num_workers`` decode processes (``0``: one, without read-ahead; see the module docstring) each
-    decode one item at a time; at most ``window`` items are decoded ahead of the batch being yielded.
-    A worker that dies or passes ``decode_timeout_s`` on an item makes that item an error row and is
-    replaced. ``num_workers`` is the parallelism the caller asked for (stages size their torch thread
+    decode the items given to them in order; at most ``window`` items past the start of the batch being
+    yielded are handed out. A worker that dies, or passes ``decode_timeout_s`` on one item, makes that
+    item an error row; the items it held but had not finished go to the others, and a fresh worker takes
+    its place. ``num_workers`` is the parallelism the caller asked for (stages size their torch thread
     pool by it); ``processes`` the number of child processes actually used.
     """
 
@@ -282,8 +316,8 @@ class VideoLoader:
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.processes = max(1, num_workers)
-        ahead = batch_size * num_workers * (prefetch_factor or 2)
-        self.window = max(batch_size, ahead)
+        self.window = max(batch_size, batch_size * num_workers * (prefetch_factor or 2))
+        self.per_worker = -(-self.window // self.processes)
         self.decode_timeout_s = decode_timeout_s
         self._context = process_context()
 
@@ -303,74 +337,107 @@ class VideoLoader:
 
     def _batches(self, workers: list[_Worker], total: int) -> Iterator[VideoBatch]:
         done: dict[int, dict[str, Any]] = {}
-        next_item = 0
+        pending = list(range(total))  # a heap: items not handed out, lowest first
+        self._retries: dict[int, int] = {}
         batch_start = 0
         while batch_start < total:
             batch_end = min(total, batch_start + self.batch_size)
-            next_item = self._dispatch(workers, done, next_item, min(total, batch_start + self.window))
+            self._dispatch(workers, done, pending, batch_start + self.window)
             if all(i in done for i in range(batch_start, batch_end)):
                 rows = [done.pop(i) for i in range(batch_start, batch_end)]
                 yield collate_video_items(rows)
                 batch_start = batch_end
                 continue
-            self._collect(workers, done)
+            self._collect(workers, done, pending)
 
     def _dispatch(
-        self, workers: list[_Worker], done: dict[int, dict[str, Any]], next_item: int, limit: int
-    ) -> int:
-        """Give items ``next_item ..`` (below ``limit``) to idle workers; returns the next undispatched.
+        self, workers: list[_Worker], done: dict[int, dict[str, Any]], pending: list[int], limit: int
+    ) -> None:
+        """Hand out pending items below ``limit``, lowest first, to workers holding fewer than ``per_worker``.
 
         Items that are errors before any decoding (no prompt, missing file) get their row here."""
-        for slot, worker in enumerate(workers):
-            while worker.index is None and next_item < limit:
-                if self.dataset.items[next_item].error is not None:
-                    done[next_item] = self.dataset[next_item]
-                    next_item += 1
-                    continue
-                try:
-                    worker.assign(next_item)
-                except OSError:  # died while idle: replace it and try again
-                    worker.stop()
-                    worker = workers[slot] = _Worker(self._context, self.dataset)
-                    continue
-                next_item += 1
-        return next_item
+        while pending and pending[0] < limit:
+            index = pending[0]
+            if self.dataset.items[index].error is not None:
+                done[heapq.heappop(pending)] = self.dataset[index]
+                continue
+            slot = min(range(len(workers)), key=lambda k: len(workers[k].assigned))
+            if len(workers[slot].assigned) >= self.per_worker:
+                return
+            try:
+                workers[slot].conn.send(index)
+            except OSError:  # died while idle: replace it, hand its items out again
+                self._replace(workers, slot, pending, None, done)
+                continue
+            workers[slot].assigned.append(heapq.heappop(pending))
 
-    def _collect(self, workers: list[_Worker], done: dict[int, dict[str, Any]]) -> None:
-        """Wait for a result, a dead worker or a deadline, and record what happened."""
-        busy = [w for w in workers if w.index is not None]
+    def _collect(self, workers: list[_Worker], done: dict[int, dict[str, Any]], pending: list[int]) -> None:
+        """Wait for rows, a dead worker or a deadline; record rows, and error rows for crashes and hangs."""
+        busy = [w for w in workers if w.assigned]
         if not busy:
             return
         timeout = None
         if self.decode_timeout_s is not None:
-            now = time.monotonic()
-            timeout = max(0.0, min(w.started + self.decode_timeout_s - now for w in busy))
-        ready = set(wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout))
+            starts = [now[1] for w in busy if (now := w.decoding()) is not None]
+            if starts:
+                timeout = max(0.0, min(starts) + self.decode_timeout_s - time.monotonic())
+            else:
+                timeout = self.decode_timeout_s  # nothing started yet: look again after a while
+        wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout)
         for slot, worker in enumerate(workers):
-            index = worker.index
-            if index is None:
+            if not worker.assigned:
                 continue
-            if worker.conn in ready or worker.process.sentinel in ready:
-                try:
-                    row = worker.conn.recv()
-                except (EOFError, OSError):
-                    worker.process.join(timeout=5)
-                    workers[slot] = self._replace(worker, done, self._crash_row(index, worker))
-                    continue
+            if self._receive(worker, done):  # the pipe closed: the process is gone
+                now = worker.decoding()
+                worker.process.join(timeout=5)
+                culprit = None if now is None else self._crash_row(now[0], worker)
+                self._replace(workers, slot, pending, culprit, done)
+                continue
+            now = worker.decoding()
+            if (
+                now is not None
+                and self.decode_timeout_s is not None
+                and time.monotonic() - now[1] >= self.decode_timeout_s
+            ):
+                self._replace(workers, slot, pending, self._timeout_row(now[0]), done)
+
+    @staticmethod
+    def _receive(worker: _Worker, done: dict[int, dict[str, Any]]) -> bool:
+        """Take every row waiting in ``worker``'s pipe; ``True`` when the pipe is closed (worker dead)."""
+        try:
+            while worker.assigned and worker.conn.poll():
+                row = worker.conn.recv()
                 if row["clip"] is not None:
                     row["clip"] = torch.from_numpy(row["clip"])
-                done[index] = row
-                worker.index = None
-            elif (
-                self.decode_timeout_s is not None
-                and time.monotonic() - worker.started >= self.decode_timeout_s
-            ):
-                workers[slot] = self._replace(worker, done, self._timeout_row(index))
+                worker.assigned.remove(row["index"])
+                done[row["index"]] = row
+        except (EOFError, OSError):
+            return True
+        return bool(worker.assigned) and not worker.process.is_alive() and not worker.conn.poll()
 
-    def _replace(self, worker: _Worker, done: dict[int, dict[str, Any]], row: dict[str, Any]) -> _Worker:
-        done[row["index"]] = row
+    def _replace(
+        self,
+        workers: list[_Worker],
+        slot: int,
+        pending: list[int],
+        culprit: dict[str, Any] | None,
+        done: dict[int, dict[str, Any]],
+    ) -> None:
+        """Stop worker ``slot``, record ``culprit``'s error row, hand its other items out again, start a fresh one."""
+        worker = workers[slot]
         worker.stop()
-        return _Worker(self._context, self.dataset)
+        if culprit is None and worker.assigned:
+            # it died between items: retry them; the oldest one is blamed if that keeps happening
+            first = worker.assigned[0]
+            self._retries[first] = self._retries.get(first, 0) + 1
+            if self._retries[first] > MAX_RETRIES:
+                culprit = self._crash_row(first, worker)
+        if culprit is not None:
+            done[culprit["index"]] = culprit
+        for index in worker.assigned:
+            if culprit is None or index != culprit["index"]:
+                heapq.heappush(pending, index)
+        workers[slot] = _Worker(self._context, self.dataset)
 
     def _crash_row(self, index: int, worker: _Worker) -> dict[str, Any]:
         error = crashed(self.dataset.items[index].source, worker.process.exitcode, worker.process.pid)

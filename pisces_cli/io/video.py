@@ -18,9 +18,9 @@ input, index out of range) raises :class:`VideoDecodeError`, whose message is on
 sentence naming the file and the reason; its ``detail`` keeps what every decoder tried said.
 No decoder error escapes as another type.
 
-Before any decoder runs, the container's declared sizes are read (PyAV, header only) and capped:
-a header that declares more than :data:`MAX_DECLARED_FRAMES` frames, more frames than its
-duration can hold, or a side longer than :data:`MAX_FRAME_SIDE` pixels is refused, because
+Before any decoder runs, an mp4/mov's declared sizes are read from its boxes (no decoding) and
+capped: a header that declares more than :data:`MAX_DECLARED_FRAMES` frames, frames lasting far
+longer than its track, or a side longer than :data:`MAX_FRAME_SIDE` pixels is refused, because
 decoders allocate for what the header declares (decord aborts the process with ``std::bad_alloc``
 on a clip whose ``stts`` box claims 2^31 frames). A decoder that still crashes or hangs is
 contained by :mod:`pisces_cli.io.dataset`, which decodes in child processes.
@@ -37,6 +37,7 @@ the exact rule.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
@@ -124,6 +125,10 @@ class VideoInfo:
 
 
 def _decord_module():
+    with contextlib.suppress(Exception):
+        # PyAV's FFmpeg libraries first: loaded after decord's bundled copies, PyAV's libvpx-vp9 encoder
+        # fails to open (EINVAL); in this order both work
+        import av  # noqa: F401
     try:
         import decord
     except Exception:  # ImportError, or a broken native library
@@ -380,42 +385,36 @@ def _pyav_probe(source: VideoSource) -> VideoInfo:
 
 
 def _check_declared_sizes(source: VideoSource, label: str) -> None:
-    """Refuse a container whose header declares absurd sizes, before a decoder allocates for them.
+    """Refuse an mp4/mov whose header declares absurd sizes, before a decoder allocates for them.
 
-    Reads the header with PyAV (no frame is decoded). When PyAV cannot open the input this says
-    nothing: the decoders then report why.
+    Reads the boxes only (:func:`pisces_cli.io.mp4header.read_mp4_header`, no decoding). Other containers,
+    and headers it cannot read, pass: the decoders then report, and a decoder that crashes on them is
+    contained by the decode worker (:mod:`pisces_cli.io.isolation`).
     """
-    try:
-        av = _pyav_module()
-        with av.open(_pyav_target(source), mode="r") as container:
-            if not container.streams.video:
-                return
-            stream = container.streams.video[0]
-            declared = int(stream.frames or 0)
-            width, height = int(stream.width or 0), int(stream.height or 0)
-            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-            fps = float(rate) if rate else 0.0
-            duration_s = float(container.duration) / 1e6 if container.duration else 0.0
-    except Exception:
+    from pisces_cli.io.mp4header import read_mp4_header
+
+    header = read_mp4_header(source)
+    if header is None:
         return
-    if declared > MAX_DECLARED_FRAMES:
+    detail = f"mp4 header: {header}"
+    if header.frames > MAX_DECLARED_FRAMES:
         reason = (
-            f"its header declares {declared} frames, more than the {MAX_DECLARED_FRAMES} pisces reads "
+            f"its header declares {header.frames} frames, more than the {MAX_DECLARED_FRAMES} pisces reads "
             "(a corrupt header?)"
         )
-        raise VideoDecodeError(label, reason, f"pyav header: frames={declared}, duration={duration_s} s")
-    holds = duration_s * fps
-    if declared > 0 and holds > 0 and declared > 10 * holds + 100:
+        raise VideoDecodeError(label, reason, detail)
+    if header.track_duration_s > 0 and header.table_duration_s > 10 * header.track_duration_s + 1:
         reason = (
-            f"its header declares {declared} frames but its duration ({duration_s:g} s at {fps:g} fps) "
-            f"holds about {round(holds)} (a corrupt header?)"
+            f"its header declares {header.frames} frames lasting {header.table_duration_s:g} s in a track of "
+            f"{header.track_duration_s:g} s (a corrupt header?)"
         )
-        raise VideoDecodeError(label, reason, f"pyav header: frames={declared}, duration={duration_s} s")
-    if max(width, height) > MAX_FRAME_SIDE:
+        raise VideoDecodeError(label, reason, detail)
+    if max(header.width, header.height) > MAX_FRAME_SIDE:
         reason = (
-            f"its header declares {width}x{height} frames, larger than the {MAX_FRAME_SIDE} px pisces reads"
+            f"its header declares {header.width}x{header.height} frames, larger than the "
+            f"{MAX_FRAME_SIDE} px pisces reads"
         )
-        raise VideoDecodeError(label, reason, f"pyav header: width={width}, height={height}")
+        raise VideoDecodeError(label, reason, detail)
 
 
 def _run_decoders(source: VideoSource, decoder: str, name: str | None, action: Callable[[str], object]):
