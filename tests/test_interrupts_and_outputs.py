@@ -130,3 +130,23 @@ def test_truncated_adapter_is_a_usage_error_naming_the_file(tmp_path: Path):
     assert f"--adapter: {weights}: not a complete safetensors file" in str(info.value)
     with pytest.raises(UsageError, match="not a complete safetensors file"):
         apply_adapter(None, str(weights))  # type: ignore[arg-type]
+
+
+def test_generate_with_a_truncated_adapter_exits_2_naming_the_file(tmp_path: Path, capsys):
+    import torch
+    from safetensors.torch import save_file
+    from test_finetune_support import tiny_overrides
+
+    adapter = tmp_path / "checkpoint-2"
+    adapter.mkdir()
+    (adapter / "pisces_lora.json").write_text(json.dumps({"components": ["transformer"]}))
+    weights = adapter / "pytorch_lora_weights.safetensors"
+    save_file({"transformer.a.lora_A.weight": torch.zeros(4, 8)}, str(weights))
+    weights.write_bytes(weights.read_bytes()[:-40])
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a cat\n")
+    argv = ["generate", str(prompts), "-r", "demo", *tiny_overrides(tmp_path), "--adapter", str(adapter)]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = "".join(capsys.readouterr().err.split())  # rich wraps long paths anywhere
+    assert "pytorch_lora_weights.safetensors:notacompletesafetensorsfile" in err and "Traceback" not in err

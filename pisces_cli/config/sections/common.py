@@ -15,6 +15,9 @@ class RuntimeSection:
     """Where and how stages run.
 
     ``device: auto`` picks CUDA when available (the local rank's GPU under torchrun), else CPU.
+    ``num_workers``: decode processes (0: one, without read-ahead; videos are always decoded outside the
+    main process, so a crashing decoder costs one video). ``decode_timeout_s``: seconds one video may take
+    to decode before its process is killed and the video gets an error row (null: no limit).
     """
 
     device: str = "auto"
