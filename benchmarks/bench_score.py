@@ -13,7 +13,12 @@ Compared side by side, repeats interleaved, median reported:
     load, decode + preprocess in the loader, rewards, ``scores.jsonl``/``csv``/``summary.json`` with
     bootstrap CIs), ``--force`` so every repeat scores everything;
 (c) ``score (loop)``: the same run's time spent in the batch loop only (from the progress callback),
-    which isolates per-video cost from the fixed start-up cost.
+    which isolates per-video cost from the fixed start-up cost;
+(d) ``decode (no hdr)``: (a) without the container header check that ``read_clip`` runs before decoding
+    (``pisces_cli.io.video._check_declared_sizes`` disabled) — its cost is (d) vs (a);
+(e) ``score (DL)``/``score (DL loop)``: (b)/(c) with the crash-isolated ``VideoLoader`` replaced by the torch
+    ``DataLoader`` pisces used before (same dataset and collate, no crash isolation, no header check) — the
+    price of isolation is (e) vs (b)/(c).
 
 Target: (b) ≥ 70 % of (a)'s videos/s (score should be decode-bound).
 
@@ -23,6 +28,7 @@ Run: ``.venv/bin/python benchmarks/bench_score.py [--quick] [--workers N] [--ot-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
@@ -74,6 +80,45 @@ def make_recipe(root: Path, workers: int, batch_size: int, ot_map: str | None, d
         "reward": {"ot_map": ot_map},
     }
     return resolve_data(data, [], "bench_score")
+
+
+def dataloader_make_loader(items, **options):
+    """What ``make_loader`` built before crash isolation: a torch ``DataLoader`` over the same dataset."""
+    from pisces_cli.io.dataset import ClipDataset, collate_video_items
+
+    workers = options.pop("num_workers")
+    batch_size = options.pop("batch_size")
+    options.pop("decode_timeout_s", None)
+    options.pop("prefetch_factor", None)
+    dataset = ClipDataset(items, **options)
+    return DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_video_items)
+
+
+@contextlib.contextmanager
+def previous_loader():
+    """Score through :func:`dataloader_make_loader`, and decode without the header check, inside the block."""
+    import pisces_cli.io.dataset as dataset_module
+    import pisces_cli.io.video as video_module
+
+    saved = dataset_module.make_loader, video_module._check_declared_sizes
+    dataset_module.make_loader = dataloader_make_loader
+    video_module._check_declared_sizes = lambda source, label: None
+    try:
+        yield
+    finally:
+        dataset_module.make_loader, video_module._check_declared_sizes = saved
+
+
+@contextlib.contextmanager
+def no_header_check():
+    import pisces_cli.io.video as video_module
+
+    saved = video_module._check_declared_sizes
+    video_module._check_declared_sizes = lambda source, label: None
+    try:
+        yield
+    finally:
+        video_module._check_declared_sizes = saved
 
 
 def time_score(resolved, clips: Path, out: Path) -> tuple[float, float]:
@@ -137,8 +182,6 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.no_thread_guard:
-        import contextlib
-
         from pisces_cli.stages import score as score_module
 
         score_module.cpu_threads_beside_workers = lambda device, workers: contextlib.nullcontext()
@@ -159,30 +202,42 @@ def main() -> None:
         # warm-up (imports, codec init, page cache) of both, untimed
         time_decode(paths, args.workers, args.batch_size)
         time_score(resolved, root / "clips", root / "out")
-        decode, score, loop = [], [], []
+        times: dict[str, list[float]] = {name: [] for name in VARIANTS}
         for _ in range(args.repeats):
-            decode.append(time_decode(paths, args.workers, args.batch_size))
+            times["decode"].append(time_decode(paths, args.workers, args.batch_size))
+            with no_header_check():
+                times["decode (no hdr)"].append(time_decode(paths, args.workers, args.batch_size))
             total, in_loop = time_score(resolved, root / "clips", root / "out")
-            score.append(total)
-            loop.append(in_loop)
+            times["score"].append(total)
+            times["score (loop)"].append(in_loop)
+            with previous_loader():
+                total, in_loop = time_score(resolved, root / "clips", root / "out")
+            times["score (DL)"].append(total)
+            times["score (DL loop)"].append(in_loop)
     n = len(paths)
-    rates = {name: n / statistics.median(times) for name, times in
-             (("decode", decode), ("score", score), ("score (loop)", loop))}  # fmt: skip
+    rates = {name: n / statistics.median(values) for name, values in times.items()}
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"load avg {os.getloadavg()[0]:.1f}")  # fmt: skip
     print(f"{n} clips 16x64x64 -> {NUM_FRAMES} frames, batch {args.batch_size}, workers {args.workers}, "
           f"ot_map {args.ot_map}, torch threads {torch.get_num_threads()}, "
           f"thread guard {'off' if args.no_thread_guard else 'on'}, {args.repeats} interleaved repeats (median)")  # fmt: skip
-    print(f"{'variant':<14} {'median s':>9} {'min s':>7} {'videos/s':>9} {'x decode':>9}")
-    for name, times in (("decode", decode), ("score", score), ("score (loop)", loop)):
-        print(f"{name:<14} {statistics.median(times):9.3f} {min(times):7.3f} {rates[name]:9.1f} "
+    print(f"{'variant':<16} {'median s':>9} {'min s':>7} {'videos/s':>9} {'x decode':>9}")
+    for name, values in times.items():
+        print(f"{name:<16} {statistics.median(values):9.3f} {min(values):7.3f} {rates[name]:9.1f} "
               f"{rates[name] / rates['decode']:9.2f}")  # fmt: skip
-    loop_key = "score (loop)" if "score (loop)" in rates else "score"
-    verdict = "meets" if rates[loop_key] >= 0.7 * rates["decode"] else "MISSES"
+    verdict = "meets" if rates["score (loop)"] >= 0.7 * rates["decode"] else "MISSES"
     print(
-        f"throughput (batch loop) / decode = {rates[loop_key] / rates['decode']:.2f} ({verdict} the >= 0.70 target)"
+        f"throughput (batch loop) / decode = {rates['score (loop)'] / rates['decode']:.2f} ({verdict} the >= 0.70 target)"
     )
     print(f"end to end incl. model load and summary / decode = {rates['score'] / rates['decode']:.2f}")
+    print(f"header check: decode / decode (no hdr) = {rates['decode'] / rates['decode (no hdr)']:.2f}")
+    print(
+        f"crash isolation: score (loop) / score (DL loop) = {rates['score (loop)'] / rates['score (DL loop)']:.2f}, "
+        f"end to end {rates['score'] / rates['score (DL)']:.2f}"
+    )
+
+
+VARIANTS = ("decode", "decode (no hdr)", "score", "score (loop)", "score (DL)", "score (DL loop)")
 
 
 def write_gaussian_map(root: Path) -> Path:

@@ -14,19 +14,28 @@ a JSON header:
 Large outputs are sharded as ``NAME-00000.safetensors``, ``NAME-00001.safetensors``, ... with a
 ``manifest.json`` listing completed shards; a re-run skips them (resume). Writes are atomic
 (:mod:`pisces_cli.atomic`). Only safetensors and JSON are ever read: no pickle.
+
+Headers and manifests are checked against their schema when read, types included (:func:`json_type_problems`
+with :class:`ArtifactHeader`, the per-schema :data:`EXTRA_SCHEMAS` and :class:`ManifestSchema`): a file that
+parses but holds a list where a mapping belongs, a string for a count, or a shard outside its folder is
+refused with :class:`~pisces_cli.errors.UsageError` (exit 2) naming the file and the field.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
+import math
+import types
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Union, get_args, get_origin, get_type_hints
 
 from pisces_cli import __version__
 from pisces_cli.atomic import atomic_write_json, atomic_write_safetensors, remove_stale_temps
+from pisces_cli.config.schema import describe_value, type_name
 from pisces_cli.errors import PiscesRuntimeError, UsageError
 
 if TYPE_CHECKING:
@@ -59,19 +68,175 @@ class ArtifactHeader:
 
     @classmethod
     def from_json(cls, text: str, *, source: str = "") -> ArtifactHeader:
+        """Parse and type-check a header (the class's fields, and ``extra`` of known schemas).
+
+        Raises:
+            UsageError: not JSON, no ``schema``, or a field of the wrong type (the message names it).
+        """
         try:
             raw = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise UsageError(f"{source}: the pisces header is not valid JSON ({exc})") from exc
-        known = {f for f in cls.__dataclass_fields__}
         if not isinstance(raw, dict) or "schema" not in raw:
             raise UsageError(f"{source}: the pisces header has no 'schema'")
+        problems = json_type_problems(raw, cls)
+        extra_schema = EXTRA_SCHEMAS.get(raw["schema"]) if isinstance(raw["schema"], str) else None
+        if not problems and extra_schema is not None:
+            problems = json_type_problems(raw.get("extra", {}), extra_schema, "extra")
+        if problems:
+            raise UsageError(f"{source}: invalid pisces header: " + "; ".join(problems))
+        known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in raw.items() if k in known})
 
 
-def save_artifact(path: str | Path, tensors: Mapping[str, torch.Tensor], header: ArtifactHeader) -> Path:
-    """Write ``tensors`` (contiguous CPU copies are made) with ``header``, atomically. Returns the path."""
+def json_type_problems(value: Any, tp: Any, path: str = "") -> list[str]:
+    """``"field: expected T, got V"`` for every place where parsed JSON ``value`` does not have type ``tp``.
+
+    ``tp``: ``str``, ``int`` (not bool), ``float`` (finite; ints accepted), ``bool``, ``Any``, optional values,
+    ``list[...]``, ``dict[str, ...]`` or a dataclass (its fields without defaults are required; unknown keys are
+    allowed, so newer files with more fields still read).
+    """
+    problems: list[str] = []
+    where = path or "<root>"
+    origin = get_origin(tp)
+    if tp is Any:
+        return problems
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return problems
+        if any(not json_type_problems(value, arg, path) for arg in args if arg is not type(None)):
+            return problems
+        return [f"{where}: expected {type_name(tp)}, got {describe_value(value)}"]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            return [f"{where}: expected a mapping, got {describe_value(value)}"]
+        hints = get_type_hints(tp)
+        for spec in dataclasses.fields(tp):
+            sub = f"{path}.{spec.name}" if path else spec.name
+            if spec.name in value:
+                problems += json_type_problems(value[spec.name], hints[spec.name], sub)
+            elif spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+                problems.append(f"{sub}: missing")
+        return problems
+    if origin is dict:
+        if not isinstance(value, dict):
+            return [f"{where}: expected a mapping, got {describe_value(value)}"]
+        item_tp = get_args(tp)[1] if get_args(tp) else Any
+        for key, item in value.items():
+            problems += json_type_problems(item, item_tp, f"{path}.{key}" if path else str(key))
+        return problems
+    if origin is list:
+        if not isinstance(value, list):
+            return [f"{where}: expected a list, got {describe_value(value)}"]
+        item_tp = get_args(tp)[0] if get_args(tp) else Any
+        for index, item in enumerate(value):
+            problems += json_type_problems(item, item_tp, f"{path}[{index}]")
+        return problems
+    ok = {
+        str: lambda v: isinstance(v, str),
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+    }.get(tp)
+    if ok is None:
+        raise TypeError(f"json_type_problems: unsupported type {tp!r}")
+    return [] if ok(value) else [f"{where}: expected {type_name(tp)}, got {describe_value(value)}"]
+
+
+@dataclass
+class OTMapConfig:
+    """``extra.map`` of a ``pisces.ot_map`` header (:meth:`pisces_cli.ot.maps.TransportMap.config`)."""
+
+    method: str
+    normalization: str
+    format_version: int | None = None
+    ridge: float | None = None
+    input_dim: int | None = None
+    hidden_dim: int | None = None
+    output_dim: int | None = None
+
+
+@dataclass
+class OTMapExtra:
+    map: OTMapConfig
+
+
+@dataclass
+class EmbeddingsExtra:
+    """``extra`` of a ``pisces.embeddings`` shard header (written by ``embed``)."""
+
+    recipe_fingerprint: str | None = None
+    num_frames: int | None = None
+    embed_dim: int | None = None
+    shard_index: int | None = None
+
+
+#: Typed ``extra`` of the header of each schema whose readers use it.
+EXTRA_SCHEMAS: dict[str, type] = {"pisces.ot_map": OTMapExtra, "pisces.embeddings": EmbeddingsExtra}
+
+
+@dataclass
+class ShardEntry:
+    """One shard of a sharded artifact's ``manifest.json``."""
+
+    file: str
+    index: int
+    rows: int
+    keys_file: str | None = None
+
+
+@dataclass
+class ManifestSchema:
+    """``manifest.json`` of a sharded artifact (:class:`ShardedArtifactWriter`)."""
+
+    schema: str
+    shards: list[ShardEntry]
+    name: str | None = None
+    complete: bool = False
+    header: dict[str, Any] = field(default_factory=dict)
+
+
+def read_manifest_file(path: str | Path) -> dict[str, Any]:
+    """A ``manifest.json`` (or a rank's ``manifest.rankN.json``), parsed and type-checked.
+
+    Besides types, every shard's ``file``/``keys_file`` must be a plain name inside the folder and its
+    ``index``/``rows`` non-negative.
+
+    Raises:
+        UsageError: unreadable, not JSON, or not a manifest (names the file and the field).
+    """
+    from pisces_cli.textfile import read_text
+
     path = Path(path)
+    try:
+        data = json.loads(read_text(path))
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise UsageError(f"{path}: not valid JSON ({exc})") from exc
+    problems = json_type_problems(data, ManifestSchema)
+    for i, shard in enumerate(data.get("shards", []) if not problems else []):
+        for key in ("file", "keys_file"):
+            name = shard.get(key)
+            if name is not None and (Path(name).name != name or name in ("", ".", "..")):
+                problems.append(f"shards[{i}].{key}: {name!r} is not a file name inside the folder")
+        for key in ("index", "rows"):
+            if shard[key] < 0:
+                problems.append(f"shards[{i}].{key}: must be >= 0, got {shard[key]}")
+    if problems:
+        raise UsageError(f"{path}: invalid manifest: " + "; ".join(problems))
+    return data
+
+
+def save_artifact(path: str | Path, tensors: Mapping[str, torch.Tensor], header: ArtifactHeader) -> Path:
+    """Write ``tensors`` (contiguous CPU copies are made) with ``header``, atomically. Returns the path.
+
+    The stored recipe gets absolute paths (:func:`pisces_cli.config.recipe.portable_data`), like every
+    recipe pisces writes, so that it runs from any folder."""
+    from pisces_cli.config.recipe import portable_data
+
+    path = Path(path)
+    if header.recipe is not None:
+        header = dataclasses.replace(header, recipe=portable_data(header.recipe))
     atomic_write_safetensors(path, tensors, {HEADER_KEY: header.to_json()})
     return path
 
@@ -93,15 +258,34 @@ def read_header(path: str | Path) -> ArtifactHeader:
     return ArtifactHeader.from_json(meta[HEADER_KEY], source=str(path))
 
 
+def check_safetensors_file(path: str | Path, *, what: str = "") -> None:
+    """Refuse a file that is not a complete safetensors file (truncated, damaged, another format), naming
+    it (and ``what`` asked for it, e.g. ``--adapter``), before a library crashes on it. Reads the header only.
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            handle.metadata()
+    except Exception as exc:  # safetensors raises several error types for bad files
+        prefix = f"{what}: " if what else ""
+        raise UsageError(
+            f"{prefix}{path}: not a complete safetensors file (truncated or damaged?): {exc}"
+        ) from exc
+
+
 def tensor_shapes(path: str | Path) -> dict[str, tuple[list[int], str]]:
     """Name -> (shape, dtype) of every tensor in a safetensors file, without loading data."""
     from safetensors import safe_open
 
     out = {}
-    with safe_open(str(path), framework="pt") as handle:
-        for name in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
-            sl = handle.get_slice(name)
-            out[name] = (list(sl.get_shape()), str(sl.get_dtype()))
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            for name in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
+                sl = handle.get_slice(name)
+                out[name] = (list(sl.get_shape()), str(sl.get_dtype()))
+    except Exception as exc:  # safetensors raises several error types for bad files
+        raise UsageError(f"{path}: not a complete safetensors file (truncated or damaged?): {exc}") from exc
     return out
 
 
@@ -178,7 +362,7 @@ class ShardedArtifactWriter:
 
     def _load_or_start(self) -> dict[str, Any]:
         if self.manifest_path.is_file():
-            data = json.loads(self.manifest_path.read_text())
+            data = read_manifest_file(self.manifest_path)
             if data.get("schema") != self.header.schema:
                 raise UsageError(
                     f"{self.manifest_path}: holds a {data.get('schema')!r} artifact, not {self.header.schema!r}; "
@@ -246,13 +430,23 @@ class ShardedArtifactWriter:
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
+    """The type-checked ``manifest.json`` of a sharded artifact folder (:func:`read_manifest_file`)."""
     path = Path(folder) / MANIFEST
     if not path.is_file():
         raise UsageError(f"{folder}: no {MANIFEST} (not a pisces sharded artifact folder?)")
+    return read_manifest_file(path)
+
+
+def read_shard_keys(folder: str | Path, entry: Mapping[str, Any]) -> list[str]:
+    """The row keys of one manifest shard entry: a JSON list of ``rows`` strings (UsageError otherwise)."""
+    path = Path(folder) / str(entry.get("keys_file"))
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{path}: not valid JSON ({exc})") from exc
+        keys = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: cannot read the shard's row keys ({exc})") from exc
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys) or len(keys) != entry["rows"]:
+        raise UsageError(f"{path}: expected a JSON list of {entry['rows']} row keys (strings)")
+    return keys
 
 
 def load_sharded(
@@ -284,7 +478,7 @@ def load_sharded(
         for name, tensor in tensors.items():
             if names is None or name in names:
                 parts.setdefault(name, []).append(tensor)
-        keys.extend(json.loads((folder / entry["keys_file"]).read_text()))
+        keys.extend(read_shard_keys(folder, entry))
     merged = {name: torch.cat(chunks) for name, chunks in parts.items()}
     assert header is not None
     return merged, keys, header

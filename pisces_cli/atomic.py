@@ -4,6 +4,12 @@ An interrupted write leaves at most a hidden ``.NAME.tmp-PID-HOST`` file, never 
 the final name, so nothing half-written ever looks complete. Such leftovers are removed by
 :func:`remove_stale_temps` once their writer is gone, never while another process (another rank of
 the same ``torchrun`` job, say) is still writing them.
+
+Every published file gets the mode a plain ``open(path, "w")`` would give it under the process umask
+(``0644`` under umask ``022``, ``0640`` under ``027``), whatever its writer used for the temp file
+(safetensors creates ``0600`` files). A failed write (a full disk, a quota, a read-only folder) raises
+:class:`~pisces_cli.errors.PiscesRuntimeError` naming the file, removes the temp file and leaves the
+previous complete file in place.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from pisces_cli.errors import PiscesRuntimeError
 
 if TYPE_CHECKING:
     import torch
@@ -61,18 +69,65 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+def current_umask() -> int:
+    """The process umask (read without changing it where ``/proc`` allows)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_default_mode(path: str | os.PathLike[str]) -> None:
+    """Give ``path`` (a file, or a folder and everything below it) the mode the umask gives new files
+    (``0o666 & ~umask``) and folders (``0o777 & ~umask``); for writers that create ``0600`` files."""
+    mask = current_umask()
+    root = Path(path)
+    if not root.is_dir():
+        os.chmod(root, 0o666 & ~mask)
+        return
+    os.chmod(root, 0o777 & ~mask)
+    for folder, subfolders, files in os.walk(root):
+        for name in subfolders:
+            os.chmod(Path(folder) / name, 0o777 & ~mask)
+        for name in files:
+            os.chmod(Path(folder) / name, 0o666 & ~mask)
+
+
+def write_failure(path: str | os.PathLike[str], error: OSError) -> PiscesRuntimeError:
+    """A readable error for a failed write of ``path`` (disk full, quota, permissions...)."""
+    import errno
+
+    reason = {
+        errno.ENOSPC: "no space left on the device",
+        errno.EDQUOT: "disk quota exceeded",
+        errno.EROFS: "the file system is read-only",
+        errno.EACCES: "permission denied",
+    }.get(error.errno or 0, error.strerror or str(error))
+    return PiscesRuntimeError(f"cannot write {path}: {reason}; the previous version of the file is unchanged")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temp path to write to; on success it is fsynced and renamed onto ``path``."""
+    """Yield a temp path to write to; on success it is fsynced, given the umask's mode and renamed onto
+    ``path``. An ``OSError`` while writing becomes :func:`write_failure` (naming ``path``)."""
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_failure(final, exc) from exc
     tmp = temp_path_for(final)
     try:
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, final)
         _fsync_dir(final.parent)
+    except OSError as exc:
+        raise write_failure(final, exc) from exc
     finally:
         if tmp.exists():
             with contextlib.suppress(OSError):

@@ -51,11 +51,26 @@ def _rebase(data: dict[str, Any], root: Path) -> dict[str, Any]:
     return fix(data)
 
 
+def write_demo_recipe(root: Path) -> tuple[dict[str, Any], Any]:
+    """Write ``root/recipe.yaml``: the bundled ``demo`` recipe rebased to ``root``, with absolute paths (the
+    rule for every recipe pisces writes: it runs from any folder). Returns (raw data, resolved recipe)."""
+    from pisces_cli.atomic import atomic_write_text
+
+    root.mkdir(parents=True, exist_ok=True)
+    raw = _rebase(read_yaml_mapping(resolve_recipe_path("demo")), root.resolve())
+    path = (root / "recipe.yaml").resolve()
+    atomic_write_text(
+        path,
+        f"# written by `pisces demo`; paths are absolute, so use it from any folder: --recipe {path}\n"
+        + resolve_data(raw, [], "demo").portable_yaml(),
+    )
+    return raw, resolve_data(raw, [], str(path))
+
+
 def run_demo(root: Path, *, console: Any, train_clips: int = 48, eval_clips: int = 12) -> list[DemoStep]:
     """Build the demo's data and models under ``root`` and run every stage; returns the step log."""
     import torch
 
-    from pisces_cli.atomic import atomic_write_text
     from pisces_cli.encoders.tiny_clip import save_tiny_clip
     from pisces_cli.fixtures import write_clip_folder
     from pisces_cli.stages.embed import run_embed
@@ -65,15 +80,7 @@ def run_demo(root: Path, *, console: Any, train_clips: int = 48, eval_clips: int
     # The demo's models are tiny: per-op overhead dominates and one thread is fastest on a small CPU.
     torch.set_num_threads(1)
     steps: list[DemoStep] = []
-    root.mkdir(parents=True, exist_ok=True)
-    raw = _rebase(read_yaml_mapping(resolve_recipe_path("demo")), root)
-    resolved = resolve_data(raw, [], "demo")
-    atomic_write_text(
-        root / "recipe.yaml",
-        "# written by `pisces demo`; re-run any stage with --recipe "
-        f"{root / 'recipe.yaml'}\n" + resolved.to_yaml(),
-    )
-    resolved = resolve_data(raw, [], str(root / "recipe.yaml"))
+    raw, resolved = write_demo_recipe(root)
     recipe = resolved.recipe
 
     with _timed_step(steps, "clips") as step:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from pisces_cli.atomic import atomic_write_json
+from pisces_cli.atomic import apply_default_mode, atomic_write_json
 from pisces_cli.errors import PiscesRuntimeError, UsageError
 
 DIFFUSERS_WEIGHT_NAMES = {
@@ -126,6 +126,7 @@ def adapters_disabled(transformers) -> Iterator[None]:
 def _fsync_replace(source: Path, target: Path) -> None:
     with open(source, "rb") as handle:
         os.fsync(handle.fileno())
+    apply_default_mode(source)  # safetensors writes 0600 whatever the umask
     os.replace(source, target)
 
 

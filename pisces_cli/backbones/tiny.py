@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from pisces_cli.atomic import atomic_write_text
+from pisces_cli.atomic import apply_default_mode, atomic_write_text
 from pisces_cli.errors import UsageError
 
 #: Name of the optional side-car file with pisces loading hints (prompt template, text length).
@@ -246,6 +246,7 @@ def save_tiny_hunyuan(directory: str | os.PathLike, seed: int = 0, **vae: int) -
     hints); returns the directory."""
     target = Path(directory)
     build_tiny_hunyuan(seed, **vae).save_pretrained(target, safe_serialization=True)
+    apply_default_mode(target)  # diffusers' safetensors files are 0600 whatever the umask
     _write_hints(
         target,
         {"prompt_template": {"template": "{}", "crop_start": 0}, "max_sequence_length": 16, "guidance": 6.0},
@@ -258,5 +259,6 @@ def save_tiny_wan(directory: str | os.PathLike, seed: int = 0, variant: str = "2
     hints); returns the directory."""
     target = Path(directory)
     build_tiny_wan(seed, variant, **vae).save_pretrained(target, safe_serialization=True)
+    apply_default_mode(target)
     _write_hints(target, {"max_sequence_length": 16, "guidance": 1.0})
     return target

@@ -77,28 +77,69 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = app(args=argv, prog_name="pisces", standalone_mode=False)
     except exit_types as exc:
-        return int(getattr(exc, "exit_code", 0) or 0)
-    except abort_types:
-        typer.echo("aborted", err=True)
-        return 130
+        code = int(getattr(exc, "exit_code", 0) or 0)
+        return _interrupted() if code == INTERRUPTED else code
+    except (*abort_types, KeyboardInterrupt):
+        return _interrupted()
     except click_error_types as exc:
         exc.show()
         return int(exc.exit_code)
     except PiscesError as exc:
-        from pisces_cli.cli.common import err_console
-
-        err_console.print("[bold red]error:[/] ", end="")
-        err_console.print(str(exc), highlight=False, markup=False)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        return 130
+        return _print_error(str(exc), exc.exit_code)
+    except OSError as exc:
+        return _print_error(*_os_error_message(exc))
     except Exception as exc:  # unexpected: a runtime failure
         if os.environ.get("PISCES_DEBUG"):
             raise
         typer.echo(f"error: {type(exc).__name__}: {exc} (set PISCES_DEBUG=1 for the traceback)", err=True)
         return 1
+    if result == INTERRUPTED:  # typer turns Ctrl-C into a plain return of 130
+        return _interrupted()
     return int(result) if isinstance(result, int) else 0
+
+
+#: Exit code of an interrupted command (Ctrl-C), as shells report SIGINT.
+INTERRUPTED = 130
+
+
+def _interrupted() -> int:
+    typer.echo("interrupted: finished work is saved; run the same command again to resume", err=True)
+    return INTERRUPTED
+
+
+def _print_error(message: str, code: int) -> int:
+    from pisces_cli.cli.common import err_console
+
+    err_console.print("[bold red]error:[/] ", end="")
+    err_console.print(message, highlight=False, markup=False)
+    return code
+
+
+def _os_error_message(exc: OSError) -> tuple[str, int]:
+    """A readable message and exit code for an ``OSError`` no stage turned into a pisces error.
+
+    A path that is a file where a folder is needed (``--output FILE``) or the other way round is a usage
+    error (2); anything else (a full disk, permissions) a runtime failure (1). The file is named.
+    """
+    import errno
+
+    where = exc.filename or "a file"
+    if isinstance(exc, (FileExistsError, NotADirectoryError)) and exc.filename:
+        from pathlib import Path
+
+        blocking = next((p for p in (Path(where), *Path(where).parents) if p.exists()), Path(where))
+        target = f" (to write {where})" if str(blocking) != str(where) else ""
+        return (
+            f"{blocking} is a file, but pisces needs a folder there{target}; "
+            "check --output and the recipe's *.output keys",
+            2,
+        )
+    if isinstance(exc, IsADirectoryError):
+        return f"{where}: is a folder, expected a file", 2
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        what = f"cannot write {exc.filename}" if exc.filename else "cannot write"
+        return f"{what}: no space left on the device (finished work is saved; free space and re-run)", 1
+    return f"{where}: {exc.strerror or exc}", 1
 
 
 def _click_exception_types() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:

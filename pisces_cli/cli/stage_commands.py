@@ -14,7 +14,7 @@ def embed(
     recipe: str = recipe_option(),
     overrides: list[str] = overrides_argument(),
     output: str = typer.Option(None, "--output", "-o", help="Output folder (default: embed.output)."),
-    limit: int = typer.Option(None, "--limit", help="Embed only the first N items."),
+    limit: int = typer.Option(None, "--limit", min=1, help="Embed only the first N items."),
     force: bool = typer.Option(
         False, "--force", help="Start the output folder over (its shards were made with other settings)."
     ),
@@ -85,7 +85,7 @@ def score(
         None, "--force/--no-force", help="Rescore every video into this folder, whatever it holds."
     ),
     report: bool = typer.Option(None, "--report/--no-report", help="Also write report.html."),
-    limit: int = typer.Option(None, "--limit", help="Score only the first N videos."),
+    limit: int = typer.Option(None, "--limit", min=1, help="Score only the first N videos."),
     retry_failed: bool = retry_failed_option(),
     prompts_from_names: bool = prompts_from_names_option(),
 ) -> None:
@@ -162,7 +162,7 @@ def finetune(
     ),
     fresh: bool = typer.Option(False, "--fresh", help="Ignore existing checkpoints and start from step 0."),
     max_steps: int = typer.Option(
-        None, "--max-steps", help="Stop after N optimizer steps (default: finetune.max_steps)."
+        None, "--max-steps", min=1, help="Stop after N optimizer steps (default: finetune.max_steps)."
     ),
     sanity: bool = typer.Option(
         False,
@@ -201,7 +201,7 @@ def generate(
     adapter: str = typer.Option(
         None, "--adapter", help="LoRA to apply: a finetune checkpoint folder or diffusers LoRA."
     ),
-    limit: int = typer.Option(None, "--limit", help="Only the first N prompts."),
+    limit: int = typer.Option(None, "--limit", min=1, help="Only the first N prompts."),
 ) -> None:
     """Sample {prompt}-{index}.mp4 videos (VBench names) + prompts.jsonl + manifest.json; resumable."""
     if prompts and ("=" in prompts or prompts.startswith("~")) and not Path(prompts).exists():
@@ -273,7 +273,7 @@ def eval_run(
     vbench: bool = typer.Option(
         None, "--vbench/--no-vbench", help="Also run the installed vbench package (default: eval.vbench)."
     ),
-    limit: int = typer.Option(None, "--limit", help="Evaluate only the first N videos."),
+    limit: int = typer.Option(None, "--limit", min=1, help="Evaluate only the first N videos."),
     force: bool = typer.Option(
         False, "--force", help="Evaluate every video again into this folder, whatever it holds."
     ),
@@ -384,18 +384,15 @@ def eval_compare(
     metric: str = typer.Option(
         None, "--metric", help="Metric for the frame strips of largest wins/losses (default: total)."
     ),
-    bootstrap: int = typer.Option(2000, "--bootstrap", help="Paired bootstrap resamples."),
-    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    bootstrap: int = typer.Option(2000, "--bootstrap", min=1, help="Paired bootstrap resamples."),
+    seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1, help="Bootstrap seed."),
     strips: int = typer.Option(
-        3, "--strips", help="Largest wins and losses shown as frame strips (0: none)."
+        3, "--strips", min=0, help="Largest wins and losses shown as frame strips (0: none)."
     ),
 ) -> None:
     """Per-metric B − A with paired bootstrap 95% CI and win rate over prompts → compare.json + compare.html."""
-    from pisces_cli.errors import UsageError
     from pisces_cli.stages.eval_compare import run_compare
 
-    if bootstrap < 1 or strips < 0:
-        raise UsageError("--bootstrap must be >= 1 and --strips >= 0")
     summary = run_compare(
         str(run_a), str(run_b), output=output, metric=metric, n_boot=bootstrap, seed=seed, strip_count=strips
     )

@@ -60,7 +60,9 @@ def run(
 def build_data(
     out: Path = typer.Option(Path("world-exp"), "--out", "-o", help=_OUT_HELP),
     quick: bool = typer.Option(False, "--quick", help="Smoke-sized data."),
-    seed: int = typer.Option(0, "--seed", help="Recipe seed the data seeds derive from."),
+    seed: int = typer.Option(
+        0, "--seed", min=0, max=2**32 - 1, help="Recipe seed the data seeds derive from."
+    ),
 ) -> None:
     """Write the experiment's clip folders and held-out prompts (what `world run` builds first)."""
     from pisces_cli.world.experiment import build_data_only
@@ -73,7 +75,9 @@ def build_data(
 def train_encoder(
     out: Path = typer.Option(..., "--out", "-o", help="Checkpoint folder to write."),
     quick: bool = typer.Option(False, "--quick", help="A few steps only."),
-    seed: int = typer.Option(0, "--seed", help="Recipe seed the data seed derives from."),
+    seed: int = typer.Option(
+        0, "--seed", min=0, max=2**32 - 1, help="Recipe seed the data seed derives from."
+    ),
 ) -> None:
     """Train the world reward encoder (backend `world`) with the experiment's settings."""
     from pisces_cli.world.experiment import train_encoder as train
@@ -86,7 +90,9 @@ def train_encoder(
 def train_generator(
     out: Path = typer.Option(..., "--out", "-o", help="Diffusers folder to write."),
     quick: bool = typer.Option(False, "--quick", help="A few steps only."),
-    seed: int = typer.Option(0, "--seed", help="Recipe seed the data seed derives from."),
+    seed: int = typer.Option(
+        0, "--seed", min=0, max=2**32 - 1, help="Recipe seed the data seed derives from."
+    ),
 ) -> None:
     """Train the world generator (a tiny diffusers Wan pipeline) with the experiment's settings."""
     from pisces_cli.world.experiment import train_generator as train

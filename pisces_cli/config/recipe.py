@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from pisces_cli.config.sections.generate import GenerateSection
 from pisces_cli.config.sections.reward import RewardSection
 from pisces_cli.config.sections.score import ScoreSection
 from pisces_cli.errors import UsageError
+from pisces_cli.textfile import read_text
 
 
 @dataclass
@@ -37,8 +39,8 @@ class Recipe:
 
     name: str = ""
     description: str = ""
-    output_dir: str = "outputs"
-    seed: int = 0
+    output_dir: schema.LocalPath = "outputs"
+    seed: schema.Seed = 0
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
     models: ModelsSection = field(default_factory=ModelsSection)
     data: DataSection = field(default_factory=DataSection)
@@ -67,6 +69,50 @@ class ResolvedRecipe:
 
     def to_yaml(self) -> str:
         return dump_yaml(self.data)
+
+    def portable_data(self, base: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+        """:attr:`data` with every local path made absolute (:func:`portable_data`)."""
+        return portable_data(self.data, base)
+
+    def portable_yaml(self) -> str:
+        """The YAML of :meth:`portable_data`: what pisces writes as a recipe, runnable from any folder."""
+        return dump_yaml(self.portable_data())
+
+
+def _absolute(value: str, kind: str, base: Path) -> str:
+    if not value or Path(value).expanduser().is_absolute():
+        return value
+    candidate = base / value
+    if kind == "input" and not candidate.exists():
+        return value  # a hub id, a bundled prompt suite or "latest": not a path here
+    return os.path.normpath(candidate)
+
+
+def portable_data(data: Any, base: str | os.PathLike[str] | None = None, cls: Any = None) -> Any:
+    """A copy of recipe ``data`` whose relative paths are absolute (resolved against ``base``, default the
+    working directory): the rule for every recipe pisces writes, so that it runs from any folder.
+
+    Keys typed :data:`~pisces_cli.config.schema.LocalPath` are always made absolute; keys typed
+    :data:`~pisces_cli.config.schema.InputPath` only when ``base/value`` exists (else it is a hub id or a
+    bundled name). Keys the schema does not know are copied unchanged.
+    """
+    root = Path(base) if base is not None else Path.cwd()
+    cls = Recipe if cls is None else cls
+    if not isinstance(data, dict):
+        return copy.deepcopy(data)
+    fields = schema.section_fields(cls)
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        tp = fields[key][1] if key in fields else None
+        kind = schema.path_kind(tp) if tp is not None else None
+        section = schema.section_type(tp) if tp is not None else None
+        if kind is not None and isinstance(value, str):
+            out[key] = _absolute(value, kind, root)
+        elif section is not None and isinstance(value, dict):
+            out[key] = portable_data(value, root, section)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 def recipe_hash(data: dict[str, Any]) -> str:
@@ -97,9 +143,9 @@ def list_bundled() -> list[tuple[str, str, Path]]:
 
 def describe(path: Path) -> str:
     """A recipe's one-line description: its ``description`` key, else its first comment line."""
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     try:
-        data = yaml.safe_load(text)
+        data = parse_yaml(text)
         if isinstance(data, dict) and isinstance(data.get("description"), str):
             return data["description"].strip().splitlines()[0]
     except yaml.YAMLError:
@@ -128,13 +174,82 @@ def resolve_recipe_path(spec: str) -> Path:
     )
 
 
-def read_yaml_mapping(path: Path) -> dict[str, Any]:
+#: Most YAML values a document may hold once its aliases are expanded (a recipe holds a few hundred).
+MAX_YAML_VALUES = 100_000
+
+
+class YamlTooLarge(yaml.YAMLError):
+    """A YAML document whose aliases expand past :data:`MAX_YAML_VALUES` values, refer to themselves,
+    or that nests too deeply to parse."""
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse a node graph whose expanded size (every alias counted in full, at any depth) passes
+    :data:`MAX_YAML_VALUES`, or that refers to itself. Iterative: no recursion limit to hit."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if finished:
+            on_path.discard(key)
+            sizes[key] = 1 + sum(sizes[id(child)] for child in _children(node))
+            if sizes[key] > MAX_YAML_VALUES:
+                raise YamlTooLarge(
+                    f"its aliases expand to more than {MAX_YAML_VALUES} values (an alias bomb?); "
+                    "write the values out instead of nesting aliases"
+                )
+            continue
+        if key in sizes:
+            continue
+        on_path.add(key)
+        stack.append((node, True))
+        for child in _children(node):
+            if id(child) in on_path:
+                raise YamlTooLarge("an alias refers to a value that contains it (a recursive alias)")
+            if id(child) not in sizes:
+                stack.append((child, False))
+
+
+def parse_yaml(text: str) -> Any:
+    """``yaml.safe_load`` with aliases bounded (:func:`_check_expansion`) before anything is built.
+
+    Raises:
+        yaml.YAMLError: invalid YAML, or :class:`YamlTooLarge`.
+    """
+    loader = yaml.SafeLoader(text)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        try:
+            node = loader.get_single_node()
+        except RecursionError as exc:
+            raise YamlTooLarge("it nests values too deeply to read") from exc
+        if node is None:
+            return None
+        _check_expansion(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """A recipe file as a mapping (text read by :func:`pisces_cli.textfile.read_text`, YAML by
+    :func:`parse_yaml`). Raises UsageError naming the file."""
+    text = read_text(path)
+    try:
+        data = parse_yaml(text)
+    except YamlTooLarge as exc:
+        raise UsageError(f"{path}: refused: {exc}") from exc
     except yaml.YAMLError as exc:
         raise UsageError(f"{path}: not valid YAML: {exc}") from exc
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read: {exc.strerror}") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -168,12 +283,12 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], source: str = "o
             problems.append((key, err))
             continue
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+            value = parse_yaml(raw) if raw.strip() else ""
+        except yaml.YAMLError:  # not YAML (or an alias bomb): the text itself
             value = raw
         _assign(out, key.split("."), value, problems, key)
     if problems:
-        raise schema.RecipeError(problems, source)
+        raise schema.RecipeError(problems, source, overrides)
     return out
 
 
@@ -202,7 +317,9 @@ def _remove(data: dict[str, Any], parts: list[str]) -> None:
 _REF = re.compile(r"\$\{([A-Za-z0-9_.]+)\}")
 
 
-def interpolate(data: dict[str, Any]) -> dict[str, Any]:
+def interpolate(
+    data: dict[str, Any], source: str = "interpolation", overrides: list[str] | None = None
+) -> dict[str, Any]:
     """Replace ``${a.b}`` references in string values by the referenced (resolved) values."""
     problems: list[tuple[str, str]] = []
 
@@ -239,16 +356,16 @@ def interpolate(data: dict[str, Any]) -> dict[str, Any]:
 
     out = walk(data, "")
     if problems:
-        raise schema.RecipeError(problems, "interpolation")
+        raise schema.RecipeError(problems, source, overrides or [])
     return out
 
 
 def resolve_data(data: dict[str, Any], overrides: list[str], source: str) -> ResolvedRecipe:
     """Validate raw recipe data (+ overrides), fill defaults, interpolate, validate again."""
     raw = apply_overrides(data, overrides, source)
-    first = schema.build(Recipe, raw, source=source)
-    full = interpolate(schema.to_dict(first))
-    recipe = schema.build(Recipe, full, source=source)
+    first = schema.build(Recipe, raw, source=source, overrides=overrides)
+    full = interpolate(schema.to_dict(first), source, overrides)
+    recipe = schema.build(Recipe, full, source=source, overrides=overrides)
     return ResolvedRecipe(
         recipe=recipe, data=schema.to_dict(recipe), source=source, overrides=list(overrides)
     )

@@ -6,6 +6,9 @@ dataclass, checking every key against the schema before any heavy import happens
 - unknown keys fail with a "did you mean" suggestion,
 - values must match the annotated type (``int``, ``float``, ``bool``, ``str``, ``Literal``,
   ``list[...]``, ``dict[str, ...]``, optional values, nested sections),
+- every number must be finite and lie in the :class:`Range` its key declares: numeric keys are typed
+  ``Annotated[int, Range(...)]`` / ``Annotated[float, Range(...)]`` (the aliases below: :data:`Count`,
+  :data:`Seed`, :data:`Probability`, ...), and a test fails on any numeric key without one,
 - fields without a default are required,
 - a section may define ``check(self) -> list[str]`` for invalid combinations.
 
@@ -15,27 +18,147 @@ reported together as one :class:`RecipeError` (exit code 2).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from pisces_cli.errors import UsageError
 
 MISSING = dataclasses.MISSING
 
 
-class RecipeError(UsageError):
-    """One or more recipe keys are invalid; ``problems`` lists ``(key_path, message)`` pairs."""
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The valid values of a numeric recipe key: ``low``/``high`` bounds (``None``: unbounded), each
+    inclusive unless ``low_open``/``high_open``. Floats must be finite whatever the bounds."""
 
-    def __init__(self, problems: list[tuple[str, str]], source: str | None = None) -> None:
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def describe(self) -> str:
+        """``>= 1``, ``> 0``, ``in [0, 1)``, or ``a finite number``."""
+        if self.low is not None and self.high is not None:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"in {left}{_number(self.low)}, {_number(self.high)}{right}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {_number(self.low)}"
+        if self.high is not None:
+            return f"{'<' if self.high_open else '<='} {_number(self.high)}"
+        return "a finite number"
+
+    def contains(self, value: float) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return not (self.high is not None and (value >= self.high if self.high_open else value > self.high))
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else repr(value)
+
+
+#: An integer count: >= 1 (batch sizes, steps, frames, ...).
+Count = Annotated[int, Range(low=1)]
+#: An integer >= 0 (workers, warm-up steps, indices).
+NonNegativeInt = Annotated[int, Range(low=0)]
+#: A random seed: what torch, NumPy and Python all accept, [0, 2**32 - 1].
+Seed = Annotated[int, Range(low=0, high=2**32 - 1)]
+#: A float > 0 (learning rates, tolerances, frame rates, time limits).
+PositiveFloat = Annotated[float, Range(low=0, low_open=True)]
+#: A float >= 0 (weights that switch a term off at 0, ridge, decay).
+NonNegativeFloat = Annotated[float, Range(low=0)]
+#: A probability or fraction in [0, 1].
+Probability = Annotated[float, Range(low=0, high=1)]
+#: Any finite float (signed weights).
+FiniteFloat = Annotated[float, Range()]
+
+
+@dataclasses.dataclass(frozen=True)
+class PathKey:
+    """Marks a recipe key that names a path, for :func:`pisces_cli.config.recipe.portable_data`.
+
+    ``kind="local"``: always a local file, folder or glob (outputs, data); ``kind="input"``: a local path
+    when one exists, else something else (a hub id, a bundled prompt suite, ``latest``)."""
+
+    kind: Literal["local", "input"]
+
+
+#: A key naming a local file, folder or glob (relative paths are relative to the working directory).
+LocalPath = Annotated[str, PathKey("local")]
+#: A key naming a local path or, when no such path exists, a hub id / bundled name.
+InputPath = Annotated[str, PathKey("input")]
+
+
+def path_kind(tp: Any) -> str | None:
+    """``"local"``/``"input"`` for a key typed :data:`LocalPath`/:data:`InputPath` (optional or not)."""
+    if get_origin(tp) in (Union, types.UnionType):
+        return next((k for k in map(path_kind, get_args(tp)) if k is not None), None)
+    if get_origin(tp) is Annotated:
+        return next((m.kind for m in tp.__metadata__ if isinstance(m, PathKey)), None)
+    return None
+
+
+def section_type(tp: Any) -> type | None:
+    """The section dataclass a key holds (optional or not), else ``None``."""
+    tp = _strip_annotated(tp)
+    if get_origin(tp) in (Union, types.UnionType):
+        return next((s for s in map(section_type, get_args(tp)) if s is not None), None)
+    return tp if dataclasses.is_dataclass(tp) else None
+
+
+def numeric_range(tp: Any) -> Range | None:
+    """The :class:`Range` declared by ``Annotated[int | float, Range(...)]``, else ``None``."""
+    if get_origin(tp) is Annotated:
+        return next((m for m in tp.__metadata__ if isinstance(m, Range)), None)
+    return None
+
+
+class RecipeError(UsageError):
+    """One or more recipe keys are invalid; ``problems`` lists ``(key_path, message)`` pairs.
+
+    A problem whose key was set (or removed) by one of ``overrides`` (the ``key=value`` arguments of the
+    command line) is reported as ``command-line override 'key=value': ...``, not as a fault of the file.
+    """
+
+    def __init__(
+        self, problems: list[tuple[str, str]], source: str | None = None, overrides: typing.Sequence[str] = ()
+    ) -> None:
         self.problems = problems
         self.source = source
-        where = f" in {source}" if source else ""
-        lines = [f"invalid recipe{where}:"] + [f"  {path or '<root>'}: {msg}" for path, msg in problems]
-        super().__init__("\n".join(lines))
+        lines = []
+        from_overrides = 0
+        for path, msg in problems:
+            item = override_for(path, overrides)
+            from_overrides += item is not None
+            where = f"command-line override '{item}': " if item is not None else ""
+            lines.append(f"  {where}{path or '<root>'}: {msg}")
+        if problems and from_overrides == len(problems):
+            title = "invalid command-line override" + ("s" if len(problems) > 1 else "") + ":"
+        else:
+            title = f"invalid recipe{f' in {source}' if source else ''}:"
+        super().__init__("\n".join([title, *lines]))
+
+
+def override_key(item: str) -> str:
+    """The key path an override argument sets (``a.b=1``) or removes (``~a.b``)."""
+    return item[1:].strip() if item.startswith("~") else item.split("=", 1)[0].strip()
+
+
+def override_for(path: str, overrides: typing.Sequence[str]) -> str | None:
+    """The last override that set ``path``, a section above it or a key below it; ``None`` if none did."""
+    for item in reversed(overrides):
+        key = override_key(item)
+        if key and (path == key or path.startswith((f"{key}.", f"{key}[")) or key.startswith(f"{path}.")):
+            return item
+    return None
 
 
 def suggest(name: str, candidates: typing.Iterable[str]) -> str:
@@ -50,6 +173,14 @@ def _join(path: str, key: str) -> str:
 
 def _type_name(tp: Any) -> str:
     origin = get_origin(tp)
+    if origin is Annotated:
+        bounds = numeric_range(tp)
+        base = _type_name(get_args(tp)[0])
+        if bounds is None:
+            return base
+        if bounds.low is None and bounds.high is None:
+            return f"finite {base}"
+        return f"{base} {bounds.describe()}"
     if tp is type(None):
         return "null"
     if origin is Literal:
@@ -66,6 +197,16 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def type_name(tp: Any) -> str:
+    """How a schema type reads in a message: ``int >= 1``, ``list of str``, ``mapping (section)``."""
+    return _type_name(tp)
+
+
+def describe_value(value: Any) -> str:
+    """A value as a message shows it (``repr``, cut to 60 characters)."""
+    return _describe(value)
+
+
 def _describe(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -76,10 +217,27 @@ def _coerce(value: Any, tp: Any, path: str, problems: list[tuple[str, str]]) -> 
     origin = get_origin(tp)
     if tp is Any:
         return value
+    if origin is Annotated:
+        problems_before = len(problems)
+        out = _coerce(value, get_args(tp)[0], path, problems)
+        bounds = numeric_range(tp)
+        if len(problems) == problems_before and bounds is not None and not bounds.contains(out):
+            problems.append((path, f"must be {bounds.describe()}, got {_describe(value)}"))
+            return None
+        return out
     if origin in (Union, types.UnionType):
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
+        alternatives = [arg for arg in args if arg is not type(None)]
+        if len(alternatives) == 1:  # an optional value: report the one type's own problem
+            before = len(problems)
+            out = _coerce(value, alternatives[0], path, problems)
+            for i in range(before, len(problems)):
+                where, msg = problems[i]
+                if where == path:
+                    problems[i] = (where, msg.replace(", got", " or null, got", 1))
+            return out
         for arg in args:
             if arg is type(None):
                 continue
@@ -147,15 +305,22 @@ def _coerce(value: Any, tp: Any, path: str, problems: list[tuple[str, str]]) -> 
         if isinstance(value, bool):
             problems.append((path, f"expected a number, got {_describe(value)}"))
             return None
+        number: float | None = None
         if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
             try:
-                return float(value)
-            except ValueError:
-                pass
-        problems.append((path, f"expected a number, got {_describe(value)}"))
-        return None
+                number = float(value)
+            except OverflowError:  # an integer too large for a float
+                number = math.inf
+        elif isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        if number is None:
+            problems.append((path, f"expected a number, got {_describe(value)}"))
+            return None
+        if not math.isfinite(number):
+            problems.append((path, f"expected a finite number, got {_describe(value)}"))
+            return None
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -168,8 +333,8 @@ def _coerce(value: Any, tp: Any, path: str, problems: list[tuple[str, str]]) -> 
 
 
 def section_fields(cls: type) -> dict[str, tuple[dataclasses.Field, Any]]:
-    """Map field name -> (field, resolved type) for a section dataclass."""
-    hints = get_type_hints(cls)
+    """Map field name -> (field, resolved type, ``Annotated`` ranges kept) for a section dataclass."""
+    hints = get_type_hints(cls, include_extras=True)
     return {f.name: (f, hints[f.name]) for f in dataclasses.fields(cls) if not f.name.startswith("_")}
 
 
@@ -196,7 +361,13 @@ def _build(cls: type, data: Mapping[str, Any], path: str, problems: list[tuple[s
     return obj
 
 
-def build(cls: type, data: Mapping[str, Any] | None, *, source: str | None = None) -> Any:
+def build(
+    cls: type,
+    data: Mapping[str, Any] | None,
+    *,
+    source: str | None = None,
+    overrides: typing.Sequence[str] = (),
+) -> Any:
     """Validate ``data`` against section dataclass ``cls`` and return the instance.
 
     Raises :class:`RecipeError` listing every problem (unknown keys, wrong types, missing
@@ -205,7 +376,7 @@ def build(cls: type, data: Mapping[str, Any] | None, *, source: str | None = Non
     problems: list[tuple[str, str]] = []
     obj = _build(cls, data or {}, "", problems)
     if problems:
-        raise RecipeError(problems, source)
+        raise RecipeError(problems, source, overrides)
     return obj
 
 
@@ -224,12 +395,16 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def _strip_annotated(tp: Any) -> Any:
+    return get_args(tp)[0] if get_origin(tp) is Annotated else tp
+
+
 def schema_for_path(cls: type, dotted: str) -> tuple[Any, str | None]:
     """Resolve ``a.b.c`` against the schema: return (type at that path, error message or None)."""
     tp: Any = cls
     walked: list[str] = []
     for part in dotted.split("."):
-        inner = tp
+        inner = _strip_annotated(tp)
         if get_origin(inner) in (Union, types.UnionType):
             non_none = [a for a in get_args(inner) if a is not type(None)]
             inner = non_none[0] if len(non_none) == 1 else inner

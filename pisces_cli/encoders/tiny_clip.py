@@ -225,6 +225,7 @@ def save_tiny_clip(
     Returns:
         The directory path.
     """
+    from pisces_cli.atomic import apply_default_mode
     from pisces_cli.runtime import quiet_model_loading
 
     quiet_model_loading()
@@ -234,4 +235,5 @@ def save_tiny_clip(
     model.save_pretrained(target, safe_serialization=True)
     tokenizer.save_pretrained(target)
     (target / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
+    apply_default_mode(target)  # transformers' safetensors files are 0600 whatever the umask
     return target

@@ -26,6 +26,7 @@ from typing import Any
 from pisces_cli.errors import UsageError
 from pisces_cli.evaluation.vbench_aggregate import DIMENSION_BY_KEY, canonical_dimension_name
 from pisces_cli.io.jsonl import iter_jsonl
+from pisces_cli.textfile import read_text
 
 _DATA_PACKAGE = "pisces_cli.data.prompts"
 _VBENCH_FILE = "vbench_full_info.json"
@@ -103,7 +104,7 @@ def _load_path(path: Path) -> list[Prompt]:
             "vbench:<dimension>) nor an existing file"
         )
     suffix = path.suffix.lower()
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     if suffix == ".txt":
         prompts = _text_prompts(text)
     elif suffix == ".jsonl":

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import io
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pisces_cli.errors import UsageError
+from pisces_cli.textfile import read_text
 
 Group = Literal["quality", "semantic"]
 Scale = Literal["fraction", "percent"]
@@ -202,7 +204,7 @@ def _read_one(path: Path) -> dict[str, float]:
     suffix = path.suffix.lower()
     if suffix == ".json":
         try:
-            payload = json.loads(path.read_text(encoding="utf-8"))
+            payload = json.loads(read_text(path))
         except json.JSONDecodeError as exc:
             raise UsageError(f"{path}: not valid JSON ({exc})") from exc
         if not isinstance(payload, dict):
@@ -212,7 +214,7 @@ def _read_one(path: Path) -> dict[str, float]:
         return {str(k): _as_score(v, f"{path}: key {k!r}") for k, v in payload.items()}
     if suffix == ".csv":
         scores: dict[str, float] = {}
-        with path.open(newline="", encoding="utf-8") as handle:
+        with io.StringIO(read_text(path), newline="") as handle:
             for row_number, row in enumerate(csv.reader(handle), start=1):
                 cells = [c.strip() for c in row]
                 if not any(cells) or cells[0].startswith("#"):

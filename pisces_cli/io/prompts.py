@@ -12,7 +12,11 @@ Folder prompts (:func:`list_prompted_folder`), sources in precedence order:
     (a header row with the same column names) at the folder root. The file value is the
     video's path relative to the folder (POSIX ``/``); a bare file name also matches a video
     of that name in a sub-folder when exactly one video has it.
-(b) ``sidecar``: ``NAME.txt`` next to ``NAME.mp4`` (UTF-8, surrounding whitespace stripped).
+(b) ``sidecar``: ``NAME.txt`` next to ``NAME.mp4`` (surrounding whitespace stripped).
+
+Every text file (mappings, sidecars, tar captions) is read by :mod:`pisces_cli.textfile`: UTF-8 or
+BOM-marked UTF-16/32. An undecodable mapping file is a UsageError; an undecodable sidecar or tar caption
+is that video's error row, naming the file and what its bytes look like.
 (c) ``filename``: VBench names ``{prompt}-{index}.mp4`` → the stem with a trailing
     ``-<digits>`` removed (:func:`prompt_from_filename`).
 
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import io
 import json
 import os
 import re
@@ -49,6 +54,7 @@ from typing import Literal
 
 from pisces_cli.errors import PiscesRuntimeError, UsageError
 from pisces_cli.io.jsonl import iter_jsonl
+from pisces_cli.textfile import decode_text, read_text
 
 __all__ = [
     "CAPTION_KEYS",
@@ -279,7 +285,7 @@ def _read_jsonl_mapping(path: Path) -> dict[str, str]:
 
 def _read_csv_mapping(path: Path) -> dict[str, str]:
     mapping: dict[str, str] = {}
-    with path.open(encoding="utf-8", newline="") as handle:
+    with io.StringIO(read_text(path), newline="") as handle:
         reader = csv.DictReader(handle)
         columns = reader.fieldnames or []
         file_col = next((c for c in FILE_KEYS if c in columns), None)
@@ -321,13 +327,15 @@ def read_prompt_mapping(folder: str | os.PathLike) -> dict[str, str] | None:
 
 
 def _read_sidecar(video: Path) -> str | None:
+    """The sidecar ``NAME.txt`` of ``video``, stripped; ``None`` without one.
+
+    Raises:
+        UsageError: the sidecar cannot be read as text (the message names it and its encoding).
+    """
     sidecar = video.with_suffix(".txt")
     if not sidecar.is_file():
         return None
-    try:
-        return sidecar.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError):
-        return None
+    return read_text(sidecar).strip()
 
 
 @dataclass
@@ -377,19 +385,24 @@ def list_prompted_folder(
             return mapping[rel]
         return by_name.get(video.name)
 
-    found: list[tuple[str, Path, str | None]] = []
+    found: list[tuple[str, Path, str | None, str | None]] = []  # (rel, path, prompt, unreadable sidecar)
     for video in videos:
         rel = video.relative_to(root).as_posix()
-        prompt = None
+        prompt = unreadable = None
         if prompt_source in ("auto", "mapping"):
             prompt = from_mapping(rel, video)
         if prompt is None and prompt_source in ("auto", "sidecar"):
-            prompt = _read_sidecar(video)
-        found.append((rel, video, prompt))
+            try:
+                prompt = _read_sidecar(video)
+            except UsageError as exc:  # this video's error row, not the run's end
+                unreadable = str(exc)
+        found.append((rel, video, prompt, unreadable))
 
     # file names: asked for (prompt_source=filename, prompts_from_names), or a plain VBench folder
     # (auto, no mapping entry or sidecar for any video) for the names of VBench's form
-    vbench_folder = prompt_source == "auto" and all(prompt is None for _, _, prompt in found)
+    vbench_folder = prompt_source == "auto" and all(
+        prompt is None and unreadable is None for _, _, prompt, unreadable in found
+    )
     tried = {
         "auto": "prompts.jsonl/csv, NAME.txt",
         "mapping": "prompts.jsonl/csv",
@@ -403,7 +416,10 @@ def list_prompted_folder(
         else ""
     )
     items: list[VideoItem] = []
-    for rel, video, prompt in found:
+    for rel, video, prompt, unreadable in found:
+        if unreadable is not None:
+            items.append(VideoItem(rel, str(video), None, unreadable))
+            continue
         if prompt is None and (
             prompt_source == "filename"
             or (prompts_from_names and prompt_source != "mapping")
@@ -526,10 +542,10 @@ def _split_key(member_name: str) -> tuple[str, str]:
     return key, (dot + extension).lower()
 
 
-def _caption_from_json(data: bytes) -> str | None:
+def _caption_from_json(data: bytes, name: str) -> str | None:
     try:
-        record = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        record = json.loads(decode_text(data, name))
+    except json.JSONDecodeError:
         return None
     if not isinstance(record, dict):
         return None
@@ -546,15 +562,18 @@ def _read_one_shard(shard: str) -> list[VideoItem]:
                 key, field = _split_key(member.name)
                 samples.setdefault(key, {})[field] = member
             captions: dict[str, str | None] = {}
+            unreadable: dict[str, str] = {}
             for key, fields in samples.items():
                 caption = None
-                if ".txt" in fields:
-                    handle = archive.extractfile(fields[".txt"])
-                    raw = handle.read() if handle else b""
-                    caption = raw.decode("utf-8", errors="replace").strip()
-                elif ".json" in fields:
-                    handle = archive.extractfile(fields[".json"])
-                    caption = _caption_from_json(handle.read() if handle else b"")
+                text_member = fields.get(".txt") or fields.get(".json")
+                if text_member is not None:
+                    handle = archive.extractfile(text_member)
+                    raw, name = (handle.read() if handle else b""), f"{shard}:{text_member.name}"
+                    try:
+                        is_txt = text_member is fields.get(".txt")
+                        caption = decode_text(raw, name).strip() if is_txt else _caption_from_json(raw, name)
+                    except UsageError as exc:  # an undecodable caption is this sample's error row
+                        unreadable[key] = str(exc)
                 captions[key] = caption
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise PiscesRuntimeError(f"cannot read tar shard {shard}: {exc}") from exc
@@ -571,7 +590,9 @@ def _read_one_shard(shard: str) -> list[VideoItem]:
         member = TarMember(shard, info.name, info.offset_data, info.size)
         source = f"{shard}:{key}"
         caption = captions.get(key)
-        if caption is None or not caption.strip():
+        if key in unreadable:
+            items.append(VideoItem(key, source, None, unreadable[key], member))
+        elif caption is None or not caption.strip():
             items.append(
                 VideoItem(
                     key, source, None, f"no prompt for {source} (needs {key}.txt or {key}.json)", member

@@ -14,8 +14,16 @@ therefore validated against ``[H, W, 3]`` and a mismatch counts as a decord fail
 decord cannot read GIFs; those always go through PyAV.
 
 Every failure (missing, zero-byte, corrupt, truncated, zero-frame, unreadable
-input, index out of range) raises :class:`VideoDecodeError`, whose message names the
-file, the reason and every decoder tried. No decoder error escapes as another type.
+input, index out of range) raises :class:`VideoDecodeError`, whose message is one readable
+sentence naming the file and the reason; its ``detail`` keeps what every decoder tried said.
+No decoder error escapes as another type.
+
+Before any decoder runs, an mp4/mov's declared sizes are read from its boxes (no decoding) and
+capped: a header that declares more than :data:`MAX_DECLARED_FRAMES` frames, frames lasting far
+longer than its track, or a side longer than :data:`MAX_FRAME_SIDE` pixels is refused, because
+decoders allocate for what the header declares (decord aborts the process with ``std::bad_alloc``
+on a clip whose ``stts`` box claims 2^31 frames). A decoder that still crashes or hangs is
+contained by :mod:`pisces_cli.io.dataset`, which decodes in child processes.
 A truncated file fails as soon as its index is lost (an mp4 cut before its trailing
 ``moov`` atom) or a requested frame lies in the missing part; decoding stops after the
 last requested frame, so damage beyond it is not noticed.
@@ -29,6 +37,7 @@ the exact rule.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
@@ -43,6 +52,8 @@ from pisces_cli.errors import PiscesRuntimeError, UsageError
 
 __all__ = [
     "DECODERS",
+    "MAX_DECLARED_FRAMES",
+    "MAX_FRAME_SIDE",
     "VideoDecodeError",
     "VideoInfo",
     "VideoSource",
@@ -65,8 +76,27 @@ IndexSelector = Callable[[int, float], Sequence[int]]
 """``select(num_frames, fps) -> indices``: chooses frames once the length is known."""
 
 
+#: Most frames a container may declare (about 18 hours at 30 fps); more is a corrupt or hostile header.
+MAX_DECLARED_FRAMES = 2_000_000
+#: Longest frame side, in pixels, a container may declare (16K video is 15360 px wide).
+MAX_FRAME_SIDE = 16_384
+
+
 class VideoDecodeError(PiscesRuntimeError):
-    """A video could not be decoded: the message names the file, the reason and the decoders tried."""
+    """A video could not be decoded.
+
+    ``str(error)`` is one sentence naming the file and the reason (``cannot decode video X: reason``);
+    ``reason`` is that reason alone and ``detail`` what every decoder tried said, for bug reports.
+    """
+
+    def __init__(self, label: str, reason: str, detail: str | None = None) -> None:
+        super().__init__(f"cannot decode video {label}: {reason}")
+        self.label = label
+        self.reason = reason
+        self.detail = detail or reason
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:  # picklable from a decode process
+        return (type(self), (self.label, self.reason, self.detail))
 
 
 @dataclass(frozen=True)
@@ -95,6 +125,10 @@ class VideoInfo:
 
 
 def _decord_module():
+    with contextlib.suppress(Exception):
+        # PyAV's FFmpeg libraries first: loaded after decord's bundled copies, PyAV's libvpx-vp9 encoder
+        # fails to open (EINVAL); in this order both work
+        import av  # noqa: F401
     try:
         import decord
     except Exception:  # ImportError, or a broken native library
@@ -136,29 +170,40 @@ def _short(exc: BaseException) -> str:
 
 
 class _DecoderFailure(Exception):
-    """Internal: one decoder failed for a known reason (message is the reason)."""
+    """Internal: one decoder failed. The message is what happened (kept in the error's ``detail``);
+    ``reason`` the readable sentence a user sees, ``None`` when the failure says nothing about the file
+    (a decoder that is not installed) or nothing readable (a raw library error)."""
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+#: The reason shown when no decoder gave a readable one (raw library errors on unreadable data).
+UNREADABLE = "not a video pisces can read (unknown format, or damaged data)"
 
 
 def _check_source(source: VideoSource, label: str) -> None:
     """Reject missing and empty inputs before any decoder runs."""
     if isinstance(source, bytes):
         if len(source) == 0:
-            raise VideoDecodeError(f"cannot decode video {label}: empty input (0 bytes)")
+            raise VideoDecodeError(label, "empty input (0 bytes)")
         return
     path = Path(source)
     if not path.exists():
-        raise VideoDecodeError(f"cannot decode video {label}: file not found")
+        raise VideoDecodeError(label, "file not found")
     if not path.is_file():
-        raise VideoDecodeError(f"cannot decode video {label}: not a regular file")
+        raise VideoDecodeError(label, "not a regular file")
     if path.stat().st_size == 0:
-        raise VideoDecodeError(f"cannot decode video {label}: empty file (0 bytes)")
+        raise VideoDecodeError(label, "empty file (0 bytes)")
 
 
 def _validate_indices(indices: Sequence[int], num_frames: int) -> list[int]:
     out = [int(i) for i in indices]
     bad = [i for i in out if i < 0 or i >= num_frames]
     if bad:
-        raise _DecoderFailure(f"frame index {bad[0]} out of range for a video of {num_frames} frames")
+        message = f"frame index {bad[0]} out of range for a video of {num_frames} frames"
+        raise _DecoderFailure(message, message)
     return out
 
 
@@ -181,10 +226,10 @@ def _decord_open(source: VideoSource):
 def _decord_counts(reader) -> tuple[int, float]:
     num_frames = len(reader)
     if num_frames <= 0:
-        raise _DecoderFailure("no video frames")
+        raise _DecoderFailure("no video frames", "it holds no video frames")
     fps = float(reader.get_avg_fps())
     if not math.isfinite(fps) or fps <= 0:
-        raise _DecoderFailure(f"invalid frame rate {fps}")
+        raise _DecoderFailure(f"invalid frame rate {fps}", "its frame rate is missing or invalid")
     return num_frames, fps
 
 
@@ -271,7 +316,7 @@ def _pyav_length(source: VideoSource) -> tuple[int, float, str]:
     av = _pyav_module()
     with av.open(_pyav_target(source), mode="r") as container:
         if not container.streams.video:
-            raise _DecoderFailure("no video stream")
+            raise _DecoderFailure("no video stream", "it has no video stream")
         stream = container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         fps = float(rate) if rate else 0.0
@@ -293,9 +338,9 @@ def _pyav_read(source: VideoSource, select: IndexSelector | None) -> tuple[np.nd
     try:
         num_frames, fps, origin = _pyav_length(source)
         if num_frames <= 0:
-            raise _DecoderFailure("no video frames")
+            raise _DecoderFailure("no video frames", "it holds no video frames")
         if not math.isfinite(fps) or fps <= 0:
-            raise _DecoderFailure("unknown frame rate")
+            raise _DecoderFailure("unknown frame rate", "its frame rate is missing or invalid")
         wanted = list(range(num_frames)) if select is None else select(num_frames, fps)
         wanted = _validate_indices(wanted, num_frames)
         needed = set(wanted) or {0}  # decode frame 0 anyway: proves decodability, gives the size
@@ -316,11 +361,13 @@ def _pyav_read(source: VideoSource, select: IndexSelector | None) -> tuple[np.nd
     except Exception as exc:
         # Damage after some good frames (a truncated or corrupt tail) is still a failure.
         where = f" after {decoded} frames" if decoded else ""
-        raise _DecoderFailure(f"decoding failed{where}: {_short(exc)}") from exc
+        reason = f"it is damaged: decoding stopped after {decoded} frames" if decoded else None
+        raise _DecoderFailure(f"decoding failed{where}: {_short(exc)}", reason) from exc
     if decoded == 0:
-        raise _DecoderFailure("no video frames could be decoded")
+        raise _DecoderFailure("no video frames could be decoded", "no frame of it could be decoded")
     if decoded <= last_needed:
-        raise _DecoderFailure(f"truncated: {origin} {num_frames} frames, only {decoded} decoded")
+        message = f"truncated: {origin} {num_frames} frames, only {decoded} decoded"
+        raise _DecoderFailure(message, message)
     height, width = (int(v) for v in next(iter(kept.values())).shape[:2])
     info = VideoInfo(num_frames, fps, width, height, num_frames / fps, "pyav")
     if not wanted:
@@ -337,21 +384,62 @@ def _pyav_probe(source: VideoSource) -> VideoInfo:
 # public API
 
 
+def _check_declared_sizes(source: VideoSource, label: str) -> None:
+    """Refuse an mp4/mov whose header declares absurd sizes, before a decoder allocates for them.
+
+    Reads the boxes only (:func:`pisces_cli.io.mp4header.read_mp4_header`, no decoding). Other containers,
+    and headers it cannot read, pass: the decoders then report, and a decoder that crashes on them is
+    contained by the decode worker (:mod:`pisces_cli.io.isolation`).
+    """
+    from pisces_cli.io.mp4header import read_mp4_header
+
+    header = read_mp4_header(source)
+    if header is None:
+        return
+    detail = f"mp4 header: {header}"
+    if header.frames > MAX_DECLARED_FRAMES:
+        reason = (
+            f"its header declares {header.frames} frames, more than the {MAX_DECLARED_FRAMES} pisces reads "
+            "(a corrupt header?)"
+        )
+        raise VideoDecodeError(label, reason, detail)
+    if header.track_duration_s > 0 and header.table_duration_s > 10 * header.track_duration_s + 1:
+        reason = (
+            f"its header declares {header.frames} frames lasting {header.table_duration_s:g} s in a track of "
+            f"{header.track_duration_s:g} s (a corrupt header?)"
+        )
+        raise VideoDecodeError(label, reason, detail)
+    if max(header.width, header.height) > MAX_FRAME_SIDE:
+        reason = (
+            f"its header declares {header.width}x{header.height} frames, larger than the "
+            f"{MAX_FRAME_SIDE} px pisces reads"
+        )
+        raise VideoDecodeError(label, reason, detail)
+
+
 def _run_decoders(source: VideoSource, decoder: str, name: str | None, action: Callable[[str], object]):
     label = _describe(source, name)
     if decoder not in ("auto", *DECODERS):
         raise UsageError(f"unknown video decoder {decoder!r}; expected one of auto, decord, pyav")
     _check_source(source, label)
+    _check_declared_sizes(source, label)
     order = list(DECODERS) if decoder == "auto" else [decoder]
-    reasons: list[str] = []
+    failures: list[tuple[str, _DecoderFailure]] = []
     for backend in order:
         try:
             return action(backend)
         except _DecoderFailure as exc:
-            reasons.append(f"{backend}: {exc}")
-    raise VideoDecodeError(
-        f"cannot decode video {label}: " + "; ".join(reasons) + f" (tried {', '.join(order)})"
-    )
+            failures.append((backend, exc))
+    detail = "; ".join(f"{backend}: {exc}" for backend, exc in failures) + f" (tried {', '.join(order)})"
+    # the last decoder's readable reason (PyAV's are the clearer), else any, else a generic sentence
+    readable = [exc.reason for _backend, exc in reversed(failures) if exc.reason]
+    if readable:
+        reason = readable[0]
+    elif all("not importable" in str(exc) for _backend, exc in failures):
+        reason = f"no decoder is available ({detail})"
+    else:
+        reason = UNREADABLE
+    raise VideoDecodeError(label, reason, detail)
 
 
 def probe(source: VideoSource, *, decoder: DecoderName = "auto", name: str | None = None) -> VideoInfo:

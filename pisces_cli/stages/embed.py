@@ -277,6 +277,7 @@ class _Embedder:
         """Embed one shard, appending its error rows as they happen; returns (rows written, failures)."""
         import torch
 
+        from pisces_cli.io.dataset import error_detail
         from pisces_cli.runtime import cpu_threads_beside_workers
         from pisces_cli.stages.inputs import encoder_loader
 
@@ -289,8 +290,8 @@ class _Embedder:
             open(errors_path, "a", encoding="utf-8") as sink,
         ):
             for batch in loader:
-                batch_errors = [{"key": r["key"], "source": r["source"], "error": r["error"], "shard": index}
-                                for r in batch.errors]  # fmt: skip
+                batch_errors = [{"key": r["key"], "source": r["source"], "error": r["error"], "shard": index,
+                                 **error_detail(r)} for r in batch.errors]  # fmt: skip
                 for row in batch_errors:
                     sink.write(json.dumps(row, ensure_ascii=False) + "\n")
                 sink.flush()

@@ -241,7 +241,9 @@ class _Evaluator:
         rows: list[dict[str, Any]] = []
         with cpu_threads_beside_workers(self.device, loader.num_workers):
             for batch in loader:
-                batch_rows = [plan.error_row(r["key"], r["prompt"], r["error"]) for r in batch.errors]
+                batch_rows = [
+                    plan.error_row(r["key"], r["prompt"], r["error"], r.get("detail")) for r in batch.errors
+                ]
                 if batch.clips is not None:
                     clips = batch.clips.to(self.device)
                     with torch.no_grad():
@@ -259,7 +261,7 @@ class _Evaluator:
                         row.update({k: _finite(v[i]) for k, v in columns.items() if k != "semantic_no_ot"})
                         if pooled is not None:
                             row.update(_feature_rows(pooled, i), consistency_features=pooled.subject_source)
-                        _pixel_row(row, batch.sources[i], section)
+                        _pixel_row(row, batch.sources[i], section, recipe.runtime.decode_timeout_s)
                         row.update(plan.identities.get(key) or {})
                         batch_rows.append(row)
                 append(batch_rows)
@@ -274,7 +276,7 @@ class _Evaluator:
         rows = []
         for item in todo:
             row = {"video": item.key, "prompt": item.prompt, "error": None}
-            _pixel_row(row, item.source, section)
+            _pixel_row(row, item.source, section, self.resolved.recipe.runtime.decode_timeout_s)
             row.update(plan.identities.get(item.key) or {})
             append([row])
             rows.append(row)
@@ -306,13 +308,22 @@ def _load_evaluator(
     return encoder_model_part(encoder, num_frames), info, evaluator
 
 
-def _pixel_row(row: dict[str, Any], source: str, section: Any) -> None:
+def _pixel_row(row: dict[str, Any], source: str, section: Any, timeout_s: float | None) -> None:
+    """Add the pixel metrics of ``source`` to ``row``, decoding in a child process (a decoder that
+    crashes or passes ``timeout_s`` makes this row's error, not the run's end)."""
     from pisces_cli.errors import PiscesError
+    from pisces_cli.io.isolation import call_isolated
 
     try:
-        _add_pixel_metrics(row, source, section)
+        row.update(call_isolated(_pixel_metrics_of, source, section, label=source, timeout_s=timeout_s))
     except PiscesError as error:
         row["error"] = str(error)
+
+
+def _pixel_metrics_of(source: str, section: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    _add_pixel_metrics(values, source, section)
+    return values
 
 
 # --------------------------------------------------------------------------------------- aggregate

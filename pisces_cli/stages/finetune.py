@@ -195,7 +195,7 @@ def _run(
     if is_main:
         output = Path(resolved.recipe.finetune.output)
         output.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(output / "recipe.yaml", resolved.to_yaml())
+        atomic_write_text(output / "recipe.yaml", resolved.portable_yaml())
     try:
         trainer.setup()
         return trainer.train()

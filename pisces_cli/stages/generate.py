@@ -79,21 +79,28 @@ def plan_jobs(prompts: list[str], seeds: list[int]) -> list[VideoJob]:
 
 def apply_adapter(adapter: BackboneAdapter, adapter_dir: str) -> None:
     """Load a LoRA: a pisces checkpoint folder (``pisces_lora.json``) or any diffusers LoRA folder/file."""
+    from pisces_cli.artifacts import check_safetensors_file
     from pisces_cli.backbones.lora import METADATA_FILE, load_lora
+    from pisces_cli.errors import PiscesError
 
     path = Path(adapter_dir)
     if not path.exists():
         raise UsageError(f"--adapter: {adapter_dir} does not exist")
-    if path.is_dir() and (path / METADATA_FILE).is_file():
-        load_lora(path, adapter)
-        return
+    for weights in [path] if path.is_file() else sorted(path.rglob("*.safetensors")):
+        check_safetensors_file(weights, what="--adapter")  # a truncated file: a clear error, not a crash
     try:
-        if path.is_file():
+        if path.is_dir() and (path / METADATA_FILE).is_file():
+            load_lora(path, adapter)
+        elif path.is_file():
             adapter.pipeline.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name="pisces")
         else:
             adapter.pipeline.load_lora_weights(str(path), adapter_name="pisces")
-    except (OSError, ValueError, KeyError) as error:
-        raise UsageError(f"--adapter: cannot load a LoRA from {adapter_dir}: {error}") from error
+    except PiscesError:
+        raise
+    except Exception as error:  # diffusers/peft/safetensors raise many types for a bad adapter
+        raise UsageError(
+            f"--adapter: cannot load a LoRA from {adapter_dir}: {type(error).__name__}: {error}"
+        ) from error
 
 
 def load_generator(resolved: ResolvedRecipe, adapter_dir: str | None = None) -> BackboneAdapter:

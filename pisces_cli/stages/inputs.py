@@ -71,4 +71,5 @@ def encoder_loader(
         num_workers=recipe.runtime.num_workers,
         crop=crop,  # type: ignore[arg-type]
         seed=recipe.seed,
+        decode_timeout_s=recipe.runtime.decode_timeout_s,
     )

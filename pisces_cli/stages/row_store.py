@@ -141,9 +141,14 @@ class RowPlan:
     retried: int
     identities: dict[str, dict[str, int] | None]
 
-    def error_row(self, key: str, prompt: str | None, error: str) -> dict[str, Any]:
-        """An error row for ``key`` carrying its per-video key."""
-        return {"video": key, "prompt": prompt, "error": error, **(self.identities.get(key) or {})}
+    def error_row(
+        self, key: str, prompt: str | None, error: str, detail: str | None = None
+    ) -> dict[str, Any]:
+        """An error row for ``key`` carrying its per-video key (``detail``: what the decoders said)."""
+        row = {"video": key, "prompt": prompt, "error": error, **(self.identities.get(key) or {})}
+        if detail:
+            row["detail"] = detail
+        return row
 
 
 def plan_rows(

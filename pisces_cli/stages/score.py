@@ -212,7 +212,9 @@ class _Scorer:
             cpu_threads_beside_workers(self.device, loader.num_workers),
         ):
             for batch in loader:
-                rows = [plan.error_row(r["key"], r["prompt"], r["error"]) for r in batch.errors]
+                rows = [
+                    plan.error_row(r["key"], r["prompt"], r["error"], r.get("detail")) for r in batch.errors
+                ]
                 maps = []
                 if batch.clips is not None:
                     with torch.no_grad():

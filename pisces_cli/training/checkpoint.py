@@ -29,7 +29,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from pisces_cli.atomic import atomic_write_json, atomic_write_safetensors, remove_stale_temps, temp_path_for
+from pisces_cli.atomic import (
+    apply_default_mode,
+    atomic_write_json,
+    atomic_write_safetensors,
+    remove_stale_temps,
+    temp_path_for,
+)
 from pisces_cli.errors import UsageError
 
 FORMAT_VERSION = 1
@@ -217,6 +223,7 @@ def staging_dir(output: Path, step: int) -> Path:
 def publish(staging: Path, output: Path, step: int) -> Path:
     """Rename a finished staging folder to ``checkpoint-{step}`` (replacing an older one of that step)."""
     final = output / f"checkpoint-{step}"
+    apply_default_mode(staging)  # safetensors and tempfile write 0600/0700: give the umask's modes
     if final.exists():
         shutil.rmtree(final)
     os.replace(staging, final)

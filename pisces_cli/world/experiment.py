@@ -275,9 +275,9 @@ def run_world_experiment(
     raw = rebase(read_yaml_mapping(resolve_recipe_path(recipe)), root)
     runner = _Runner(root, raw, all_overrides, settings, console)
     header = f"# written by `pisces world run`; experiment settings: {json.dumps(settings.to_dict())}\n"
-    _check_root(root, header + runner.resolved.to_yaml())
+    _check_root(root, header + runner.resolved.portable_yaml())
     root.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(root / "recipe.yaml", header + runner.resolved.to_yaml())
+    atomic_write_text(root / "recipe.yaml", header + runner.resolved.portable_yaml())
     torch.set_num_threads(settings.threads)
 
     _data_steps(runner)

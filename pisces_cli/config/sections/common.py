@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from pisces_cli.config.schema import Count, InputPath, LocalPath, NonNegativeInt, PositiveFloat
+
 Dtype = Literal["float32", "bfloat16", "float16"]
 
 
@@ -13,17 +15,19 @@ class RuntimeSection:
     """Where and how stages run.
 
     ``device: auto`` picks CUDA when available (the local rank's GPU under torchrun), else CPU.
+    ``num_workers``: decode processes (0: one, without read-ahead; videos are always decoded outside the
+    main process, so a crashing decoder costs one video). ``decode_timeout_s``: seconds one video may take
+    to decode before its process is killed and the video gets an error row (null: no limit).
     """
 
     device: str = "auto"
     dtype: Dtype = "float32"
-    num_workers: int = 2
+    num_workers: NonNegativeInt = 2
+    decode_timeout_s: PositiveFloat | None = 300.0
     allow_tf32: bool = False
 
     def check(self) -> list[tuple[str, str]]:
         problems = []
-        if self.num_workers < 0:
-            problems.append(("num_workers", f"must be >= 0, got {self.num_workers}"))
         if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
             problems.append(("device", f"expected auto, cpu, cuda or cuda:N, got {self.device!r}"))
         return problems
@@ -39,16 +43,11 @@ class EncoderModel:
     """
 
     backend: Literal["clip", "internvideo2", "world"] = "clip"
-    path: str | None = None
-    tokenizer: str | None = None
+    path: InputPath | None = None
+    tokenizer: InputPath | None = None
     dtype: Dtype = "float32"
-    num_frames: int | None = None
+    num_frames: Count | None = None
     options: dict[str, Any] = field(default_factory=dict)
-
-    def check(self) -> list[tuple[str, str]]:
-        if self.num_frames is not None and self.num_frames < 1:
-            return [("num_frames", f"must be >= 1, got {self.num_frames}")]
-        return []
 
 
 @dataclass
@@ -56,7 +55,7 @@ class GeneratorModel:
     """The text-to-video generator (a diffusers-format directory or hub id)."""
 
     backbone: Literal["hunyuan", "wan"] = "hunyuan"
-    path: str | None = None
+    path: InputPath | None = None
     dtype: Dtype = "bfloat16"
 
 
@@ -77,14 +76,14 @@ class DataSection:
     default only VBench-style names ``{prompt}-{index}.mp4`` in a folder without prompt files do.
     """
 
-    videos: str | None = None
-    prompts: str | None = None
+    videos: LocalPath | None = None
+    prompts: LocalPath | None = None
     prompt_source: Literal["auto", "mapping", "sidecar", "filename"] = "auto"
     prompts_from_names: bool = False
-    manifest: str | None = None
-    shards: str | None = None
-    num_frames: int | None = None
-    fps: float | None = None
+    manifest: LocalPath | None = None
+    shards: LocalPath | None = None
+    num_frames: Count | None = None
+    fps: PositiveFloat | None = None
     crop: Literal["center", "random"] = "center"
 
     def check(self) -> list[tuple[str, str]]:
@@ -92,8 +91,4 @@ class DataSection:
         given = [k for k in ("videos", "manifest", "shards") if getattr(self, k)]
         if len(given) > 1:
             problems.append(("", f"give only one of videos, manifest, shards (got {', '.join(given)})"))
-        if self.num_frames is not None and self.num_frames < 1:
-            problems.append(("num_frames", f"must be >= 1, got {self.num_frames}"))
-        if self.fps is not None and self.fps <= 0:
-            problems.append(("fps", f"must be > 0, got {self.fps}"))
         return problems

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pisces_cli.config.schema import Count, InputPath, LocalPath
+
 
 @dataclass
 class EvalSection:
@@ -22,21 +24,14 @@ class EvalSection:
     resamples of the 95 % CI of every aggregate.
     """
 
-    output: str | None = None
-    prompts: str | None = None
-    batch_size: int = 4
+    output: LocalPath | None = None
+    prompts: InputPath | None = None
+    batch_size: Count = 4
     rewards: bool = True
     consistency: bool = True
     flicker: bool = True
     dynamic_degree: bool = True
     vbench: bool = False
     vbench_dimensions: list[str] = field(default_factory=list)
-    vbench_cache: str | None = None
-    bootstrap_samples: int = 2000
-
-    def check(self) -> list[tuple[str, str]]:
-        problems = []
-        for name in ("batch_size", "bootstrap_samples"):
-            if getattr(self, name) < 1:
-                problems.append((name, f"must be >= 1, got {getattr(self, name)}"))
-        return problems
+    vbench_cache: LocalPath | None = None
+    bootstrap_samples: Count = 2000

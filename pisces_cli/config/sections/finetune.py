@@ -6,7 +6,17 @@ Field names follow diffusers' training scripts and TRL's GRPO vocabulary where t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
+
+from pisces_cli.config.schema import (
+    Count,
+    InputPath,
+    LocalPath,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    Range,
+)
 
 
 @dataclass
@@ -14,9 +24,9 @@ class LoraSection:
     """peft LoRA on the transformer. ``targets``: a preset (``attn``, ``attn_mlp``) or module-name regexes."""
 
     enabled: bool = True
-    rank: int = 256
-    alpha: float = 32.0
-    dropout: float = 0.0
+    rank: Count = 256
+    alpha: PositiveFloat = 32.0
+    dropout: Annotated[float, Range(low=0, high=1, high_open=True)] = 0.0
     targets: list[str] = field(default_factory=lambda: ["attn_mlp"])
     init: Literal["default", "gaussian"] = "default"
 
@@ -35,8 +45,8 @@ class LoraSection:
 class FlowScheduleSection:
     """The shifted flow-matching σ grid of training (method.md §5.3): σ(u) = s·u / (1 + (s−1)·u)."""
 
-    shift: float = 17.0
-    euler_steps: int = 50
+    shift: PositiveFloat = 17.0
+    euler_steps: Count = 50
 
     def check(self) -> list[tuple[str, str]]:
         problems = []
@@ -51,8 +61,8 @@ class FlowScheduleSection:
 class ConsistencySection:
     """Consistency distillation against the teacher (= the model with its adapters disabled)."""
 
-    weight: float = 1.0
-    huber_c: float = 0.001
+    weight: NonNegativeFloat = 1.0
+    huber_c: PositiveFloat = 0.001
 
 
 @dataclass
@@ -74,21 +84,21 @@ class GrpoSection:
     update (``sanity_prompts`` or the first training prompt).
     """
 
-    num_generations: int = 8
-    eta: float = 0.3
+    num_generations: Annotated[int, Range(low=2)] = 8
+    eta: PositiveFloat = 0.3
     noise_schedule: Literal["constant", "flow_grpo"] = "constant"
-    sampling_steps: int = 16
-    shift: float = 5.0
-    guidance: float | None = None
+    sampling_steps: Annotated[int, Range(low=2)] = 16
+    shift: PositiveFloat = 5.0
+    guidance: NonNegativeFloat | None = None
     shared_noise: bool = True
     scale_rewards: Literal["group", "batch", "none"] = "group"
-    clip_range: float = 0.2
-    adv_clip: float = 5.0
-    timestep_fraction: float = 0.6
-    beta: float = 0.0
-    consistency_weight: float = 0.0
-    num_iterations: int = 1
-    chunk_size: int | None = None
+    clip_range: Annotated[float, Range(low=0, high=1, low_open=True, high_open=True)] = 0.2
+    adv_clip: PositiveFloat = 5.0
+    timestep_fraction: Annotated[float, Range(low=0, high=1, low_open=True)] = 0.6
+    beta: NonNegativeFloat = 0.0
+    consistency_weight: NonNegativeFloat = 0.0
+    num_iterations: Count = 1
+    chunk_size: Count | None = None
     sanity_check: bool = True
     sanity_prompts: list[str] | None = None
 
@@ -119,10 +129,10 @@ class FinetuneDataSection:
     (``videos`` folder / ``manifest``) encoded to latents on the fly or read from ``latents`` (a cache
     written by this stage)."""
 
-    prompts: str | None = None
-    videos: str | None = None
-    manifest: str | None = None
-    latents: str | None = None
+    prompts: InputPath | None = None
+    videos: LocalPath | None = None
+    manifest: LocalPath | None = None
+    latents: LocalPath | None = None
 
     def check(self) -> list[tuple[str, str]]:
         given = [k for k in ("prompts", "videos", "manifest", "latents") if getattr(self, k)]
@@ -138,30 +148,32 @@ class FinetuneSection:
     """Post-train the generator with the PISCES rewards (the ``reward`` section) — see README."""
 
     algorithm: Literal["backprop", "grpo"] = "backprop"
-    output: str = "${output_dir}/finetune"
+    output: LocalPath = "${output_dir}/finetune"
     data: FinetuneDataSection = field(default_factory=lambda: FinetuneDataSection(prompts="prompts.txt"))
-    max_steps: int = 256
-    batch_size: int = 1
-    gradient_accumulation_steps: int = 32
-    learning_rate: float = 1e-6
-    weight_decay: float = 1e-3
-    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    adam_eps: float = 1e-8
+    max_steps: Count = 256
+    batch_size: Count = 1
+    gradient_accumulation_steps: Count = 32
+    learning_rate: PositiveFloat = 1e-6
+    weight_decay: NonNegativeFloat = 1e-3
+    adam_betas: list[Annotated[float, Range(low=0, high=1, high_open=True)]] = field(
+        default_factory=lambda: [0.9, 0.999]
+    )
+    adam_eps: PositiveFloat = 1e-8
     lr_scheduler: Literal["constant", "constant_with_warmup", "cosine", "linear"] = "constant"
-    lr_warmup_steps: int = 0
-    max_grad_norm: float = 1.0
+    lr_warmup_steps: NonNegativeInt = 0
+    max_grad_norm: PositiveFloat = 1.0
     mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
     gradient_checkpointing: bool = True
     full_finetune: bool = False
     lora: LoraSection = field(default_factory=LoraSection)
-    num_frames: int = 33
-    height: int = 480
-    width: int = 848
-    guidance: float | None = 6.0
+    num_frames: Count = 33
+    height: Count = 480
+    width: Count = 848
+    guidance: NonNegativeFloat | None = 6.0
     # prompt-only data (no latents): x0 sampled by the frozen base model ("teacher", prompt_x0_steps Euler
     # steps) or training from pure noise at sigma = 1 ("noise"); see pisces_cli/training/backprop.py
     prompt_x0: Literal["teacher", "noise"] = "teacher"
-    prompt_x0_steps: int = 8
+    prompt_x0_steps: Count = 8
     # encode every training caption once at start-up, then move the text encoders to CPU (the paper trains
     # from precomputed prompt embeddings; saves ~16 GB of GPU memory for HunyuanVideo's Llama encoder)
     offload_text_encoders: bool = True
@@ -169,12 +181,12 @@ class FinetuneSection:
     consistency: ConsistencySection = field(default_factory=ConsistencySection)
     vae: VaeSection = field(default_factory=VaeSection)
     grpo: GrpoSection = field(default_factory=GrpoSection)
-    checkpointing_steps: int = 64
-    checkpoints_total_limit: int | None = 4
-    resume: str | None = "latest"
-    log_every: int = 1
+    checkpointing_steps: Count = 64
+    checkpoints_total_limit: Count | None = 4
+    resume: InputPath | None = "latest"
+    log_every: Count = 1
     report_to: list[Literal["jsonl", "tensorboard", "wandb"]] = field(default_factory=lambda: ["jsonl"])
-    max_nan_steps: int = 5
+    max_nan_steps: Count = 5
     distributed: Literal["ddp", "fsdp"] = "ddp"
 
     def check(self) -> list[tuple[str, str]]:

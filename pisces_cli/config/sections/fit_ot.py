@@ -3,40 +3,32 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
+
+from pisces_cli.config.schema import Count, LocalPath, NonNegativeFloat, PositiveFloat, Probability, Range
 
 
 @dataclass
 class NeuralOTSection:
     """Neural OT (method.md §2.3). Defaults are the paper's."""
 
-    hidden_dim: int = 1024
-    lr_map: float = 1e-4
-    lr_potential: float = 1e-4
-    weight_decay: float = 1e-10
-    grad_clip: float = 1.0
-    mse_weight: float = 1.0
-    t_iters: int = 10
-    batch_size: int = 128
-    max_steps: int = 160000
-    lr_min_ratio: float = 0.05
-    eval_every: int = 2000
-    knn_k: int = 10
-
-    def check(self) -> list[tuple[str, str]]:
-        problems = []
-        for name in ("hidden_dim", "t_iters", "batch_size", "max_steps", "eval_every", "knn_k"):
-            if getattr(self, name) < 1:
-                problems.append((name, f"must be >= 1, got {getattr(self, name)}"))
-        for name in ("lr_map", "lr_potential"):
-            if getattr(self, name) <= 0:
-                problems.append((name, f"must be > 0, got {getattr(self, name)}"))
-        return problems
+    hidden_dim: Count = 1024
+    lr_map: PositiveFloat = 1e-4
+    lr_potential: PositiveFloat = 1e-4
+    weight_decay: NonNegativeFloat = 1e-10
+    grad_clip: PositiveFloat = 1.0
+    mse_weight: NonNegativeFloat = 1.0
+    t_iters: Count = 10
+    batch_size: Count = 128
+    max_steps: Count = 160000
+    lr_min_ratio: Probability = 0.05
+    eval_every: Count = 2000
+    knn_k: Count = 10
 
 
 @dataclass
 class GaussianOTSection:
-    ridge: float = 1e-6
+    ridge: NonNegativeFloat = 1e-6
 
 
 @dataclass
@@ -51,15 +43,10 @@ class FitOTSection:
 
     method: Literal["neural", "gaussian", "identity"] = "neural"
     normalize: Literal["l2", "none"] = "l2"
-    embeddings: str = "${embed.output}"
-    output: str = "${output_dir}/ot"
-    val_fraction: float = 0.1
-    val_max: int = 1024
+    embeddings: LocalPath = "${embed.output}"
+    output: LocalPath = "${output_dir}/ot"
+    val_fraction: Annotated[float, Range(low=0, high=1, low_open=True, high_open=True)] = 0.1
+    val_max: Count = 1024
     select: Literal["mknn_after", "spearman", "last"] = "mknn_after"
     neural: NeuralOTSection = field(default_factory=NeuralOTSection)
     gaussian: GaussianOTSection = field(default_factory=GaussianOTSection)
-
-    def check(self) -> list[tuple[str, str]]:
-        if not 0 < self.val_fraction < 1:
-            return [("val_fraction", f"must be in (0, 1), got {self.val_fraction}")]
-        return []

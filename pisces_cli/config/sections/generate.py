@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
+
+from pisces_cli.config.schema import Count, InputPath, LocalPath, NonNegativeFloat, PositiveFloat, Range, Seed
 
 
 @dataclass
@@ -14,32 +17,25 @@ class GenerateSection:
     lossless; 0 lossless — use 0 when generated videos must decode to identical pixels on every run).
     """
 
-    prompts: str | None = None
-    output: str = "${output_dir}/videos"
-    adapter: str | None = None
-    videos_per_prompt: int = 1
-    seeds: list[int] = field(default_factory=list)
-    num_frames: int = 33
-    height: int = 480
-    width: int = 848
-    steps: int = 50
-    guidance: float | None = 6.0
-    shift: float | None = None
-    fps: float = 24.0
-    crf: int = 18
-    batch_size: int = 1
+    prompts: InputPath | None = None
+    output: LocalPath = "${output_dir}/videos"
+    adapter: LocalPath | None = None
+    videos_per_prompt: Count = 1
+    seeds: list[Seed] = field(default_factory=list)
+    num_frames: Count = 33
+    height: Count = 480
+    width: Count = 848
+    steps: Count = 50
+    guidance: NonNegativeFloat | None = 6.0
+    shift: PositiveFloat | None = None
+    fps: PositiveFloat = 24.0
+    crf: Annotated[int, Range(low=0, high=51)] = 18
+    batch_size: Count = 1
     negative_prompt: str | None = None
     vae_tiling: bool = True
 
     def check(self) -> list[tuple[str, str]]:
         problems = []
-        for name in ("videos_per_prompt", "num_frames", "height", "width", "steps", "batch_size"):
-            if getattr(self, name) < 1:
-                problems.append((name, f"must be >= 1, got {getattr(self, name)}"))
-        if not 0 <= self.crf <= 51:
-            problems.append(("crf", f"libx264 quality must be in 0..51 (0 = lossless), got {self.crf}"))
-        if self.fps <= 0:
-            problems.append(("fps", f"must be > 0, got {self.fps}"))
         if self.seeds and len(self.seeds) != self.videos_per_prompt:
             problems.append(("seeds", f"give {self.videos_per_prompt} seeds (videos_per_prompt) or none"))
         return problems

@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
+
+from pisces_cli.config.schema import (
+    Count,
+    FiniteFloat,
+    LocalPath,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    Range,
+)
 
 
 @dataclass
@@ -16,36 +26,22 @@ class TokenOTSection:
     """
 
     enabled: bool = True
-    gamma: float = 0.2
-    eta: float = 0.2
-    eps: float = 0.05
-    mass: float = 0.9
+    gamma: NonNegativeFloat = 0.2
+    eta: NonNegativeFloat = 0.2
+    eps: PositiveFloat = 0.05
+    mass: Annotated[float, Range(low=0, high=1, low_open=True)] = 0.9
     mode: Literal["unbalanced", "partial", "balanced"] = "unbalanced"
-    max_iter: int = 200
-    tol: float = 1e-3
-    check_every: int = 4
+    max_iter: Count = 200
+    tol: PositiveFloat = 1e-3
+    check_every: Count = 4
     exclude_cls: bool = False
-    layers: list[int] | None = None
-
-    def check(self) -> list[tuple[str, str]]:
-        problems = []
-        if self.eps <= 0:
-            problems.append(("eps", f"must be > 0, got {self.eps}"))
-        if not 0 < self.mass <= 1:
-            problems.append(("mass", f"must be in (0, 1], got {self.mass}"))
-        if self.max_iter < 1:
-            problems.append(("max_iter", f"must be >= 1, got {self.max_iter}"))
-        if self.check_every < 1:
-            problems.append(("check_every", f"must be >= 1, got {self.check_every}"))
-        if self.gamma < 0 or self.eta < 0:
-            problems.append(("gamma" if self.gamma < 0 else "eta", "must be >= 0"))
-        return problems
+    layers: list[NonNegativeInt] | None = None
 
 
 @dataclass
 class RewardWeights:
-    quality: float = 1.0
-    semantic: float = 1.0
+    quality: FiniteFloat = 1.0
+    semantic: FiniteFloat = 1.0
 
 
 @dataclass
@@ -56,7 +52,7 @@ class RewardSection:
     quality reward uses no OT (the paper's "No OT" arm).
     """
 
-    ot_map: str | None = None
+    ot_map: LocalPath | None = None
     weights: RewardWeights = field(default_factory=RewardWeights)
     token_ot: TokenOTSection = field(default_factory=TokenOTSection)
     crop: Literal["center", "random"] = "center"

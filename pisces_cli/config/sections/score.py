@@ -4,18 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pisces_cli.config.schema import Count, LocalPath
+
 
 @dataclass
 class ScoreSection:
     """``output: null`` writes to ``VIDEOS_DIR/pisces-scores/``."""
 
-    output: str | None = None
-    batch_size: int = 4
+    output: LocalPath | None = None
+    batch_size: Count = 4
     report: bool = False
     force: bool = False
-    bootstrap_samples: int = 2000
-
-    def check(self) -> list[tuple[str, str]]:
-        if self.batch_size < 1:
-            return [("batch_size", f"must be >= 1, got {self.batch_size}")]
-        return []
+    bootstrap_samples: Count = 2000

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from pisces_cli.atomic import apply_default_mode
 from pisces_cli.backbones.tiny import HINTS_FILE
 from pisces_cli.world.captions import world_vocabulary
 from pisces_cli.world.generator.pixel_vae import build_pixel_vae
@@ -142,6 +143,7 @@ def save_pipeline(
     target = Path(directory)
     target.mkdir(parents=True, exist_ok=True)
     pipeline.save_pretrained(target, safe_serialization=True)
+    apply_default_mode(target)  # diffusers' safetensors files are 0600 whatever the umask
     _write_json_atomic(
         target / HINTS_FILE, {"max_sequence_length": arch.max_sequence_length, "guidance": float(guidance)}
     )
