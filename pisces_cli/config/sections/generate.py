@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 
 @dataclass
@@ -12,6 +13,9 @@ class GenerateSection:
     Each prompt gets ``videos_per_prompt`` videos named ``{prompt}-{index}.mp4`` (VBench convention),
     seeds ``seeds[i]`` (or ``seed + i`` when ``seeds`` is empty). ``crf`` is the H.264 quality (18 visually
     lossless; 0 lossless — use 0 when generated videos must decode to identical pixels on every run).
+    ``sampler``: ``scheduler`` (the checkpoint's own scheduler, as its diffusers pipeline samples: UniPC for Wan,
+    flow-match Euler for HunyuanVideo) or ``euler`` (the Euler ODE over the shifted σ grid). ``shift`` null = the
+    checkpoint's scheduler config.
     """
 
     prompts: str | None = None
@@ -25,6 +29,7 @@ class GenerateSection:
     steps: int = 50
     guidance: float | None = 6.0
     shift: float | None = None
+    sampler: Literal["scheduler", "euler"] = "scheduler"
     fps: float = 24.0
     crf: int = 18
     batch_size: int = 1
