@@ -262,7 +262,7 @@ class Trainer:
         adapter.validate_geometry(self.section.num_frames, self.section.height, self.section.width)
         extra: dict[str, Any] = {}
         self.lora_regex = None
-        if self.section.full_finetune:
+        if not self.section.lora.enabled:  # full fine-tuning (the recipe check makes the two exclusive)
             extra["teacher_transformers"] = {
                 name: copy.deepcopy(module).requires_grad_(False).eval()
                 for name, module in adapter.transformers().items()
@@ -342,6 +342,7 @@ class Trainer:
             report_to=list(self.section.report_to),
             console=self.console,
             enabled=self.dist.is_main,
+            run_name=self.recipe.name or "pisces-finetune",
             config=self.resolved.data,
         )
         self.maybe_resume()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 Dtype = Literal["float32", "bfloat16", "float16"]
 
@@ -15,8 +15,13 @@ class RuntimeSection:
     ``device: auto`` picks CUDA when available (the local rank's GPU under torchrun), else CPU.
     """
 
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {
+        "dtype": "runtime.dtype was removed (no code read it): precision is set per model with "
+        "models.generator.dtype and models.encoder.dtype, and for training with finetune.mixed_precision "
+        "and finetune.reward_dtype; delete this key",
+    }
+
     device: str = "auto"
-    dtype: Dtype = "float32"
     num_workers: int = 2
     allow_tf32: bool = False
 
