@@ -52,7 +52,6 @@ def build(root: Path, backbone: str, frames: int, size: int):
     overrides = [
         f"output_dir={root / backbone}",
         "runtime.device=cpu",
-        "runtime.dtype=float32",
         "models.encoder.backend=clip",
         f"models.encoder.path={root / 'clip'}",
         f"models.generator.backbone={backbone}",

@@ -45,7 +45,6 @@ def overrides(root: Path, variant: str) -> list[str]:
         "output_dir": str(root / f"run-{variant}"),
         "seed": 5,
         "runtime.device": "cpu",
-        "runtime.dtype": "float32",
         "models.encoder.backend": "clip",
         "models.encoder.path": str(root / "clip"),
         "models.generator.backbone": "hunyuan",
