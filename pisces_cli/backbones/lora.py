@@ -104,7 +104,7 @@ def adapters_disabled(transformers) -> Iterator[None]:
     """Run the frozen base model (the teacher / reference) inside ``with``; adapters are re-enabled on exit.
 
     Use it only under ``torch.no_grad()`` and only *before* ``backward()``: the safe order is student forward
-    (grad) → ``no_grad``: disable → teacher forward → enable → backward (backbones.md §5b). Under grad it raises,
+    (grad) → ``no_grad``: disable → teacher forward → enable → backward. Under grad it raises,
     because backward through a disabled adapter silently drops LoRA gradients or breaks checkpoint recomputation.
     """
     if torch.is_grad_enabled():

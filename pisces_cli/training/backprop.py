@@ -1,4 +1,4 @@
-"""``finetune.algorithm: backprop`` — direct reward backprop + consistency distillation (method.md §5.3–5.4).
+"""``finetune.algorithm: backprop`` — direct reward backprop + consistency distillation (the paper's recipe).
 
 Per micro-batch of B clean latents ``x0`` ``[B, C, F, h, w]`` (transformer latent space) and captions:
 
@@ -15,7 +15,7 @@ Per micro-batch of B clean latents ``x0`` ``[B, C, F, h, w]`` (transformer laten
 6. ``loss = w_cd·L_cd − mean(w_q·r_q + w_s·r_s)`` (reward weights from ``reward.weights``), divided by the
    number of micro-batches, then ``backward()``.
 
-Order of passes (backbones.md §5b): student forward with grad → teacher/target under ``no_grad`` with the
+Order of passes: student forward with grad → teacher/target under ``no_grad`` with the
 adapters disabled/re-enabled → decode + reward → backward, so no backward ever runs through a disabled adapter.
 
 Prompt-only data (no latents): ``finetune.prompt_x0`` picks x0. ``teacher`` (default) samples x0 with

@@ -90,7 +90,7 @@ def lora_parameter_count(transformer_config: dict[str, Any], family: str, patter
 
 
 #: Hub ids whose layout the dry run knows without weights: transformer config overrides of the diffusers class
-#: defaults (docs/backbones.md §2.3, §3.2) and text-encoder parameter counts (approximate: Llama-3-8B body
+#: defaults (the published configurations) and text-encoder parameter counts (approximate: Llama-3-8B body
 #: without lm_head + CLIP-L text for HunyuanVideo, the UMT5-XXL encoder for Wan).
 KNOWN_HUB_MODELS: dict[str, dict[str, Any]] = {
     "hunyuanvideo-community/HunyuanVideo": {

@@ -33,7 +33,7 @@ class LoraSection:
 
 @dataclass
 class FlowScheduleSection:
-    """The shifted flow-matching σ grid of training (method.md §5.3): σ(u) = s·u / (1 + (s−1)·u)."""
+    """The shifted flow-matching σ grid of training: σ(u) = s·u / (1 + (s−1)·u)."""
 
     shift: float = 17.0
     euler_steps: int = 50

@@ -1,6 +1,6 @@
 """Native PyTorch InternVideo2-Stage2 (the PISCES reward model) and the loader of the released checkpoint.
 
-See /work/shared/docs/internvideo2.md for the architecture facts. Public API:
+The architecture follows the released InternVideo2-Stage2 model; the module docstrings say how. Public API:
 
 * :class:`InternVideo2Config` (``stage2_1b()``, ``tiny()``, JSON round trip)
 * :class:`InternVideo2Stage2` (``encode_vision``, ``encode_text``, ``fusion``, ``vtm_probability``,

@@ -10,7 +10,7 @@ Key mapping (released key → :class:`InternVideo2Stage2` parameter):
 released key                                           our parameter
 =====================================================  =====================================================
 ``vision_encoder.cls_token``                           ``vision_encoder.cls_token``
-``vision_encoder.pos_embed``                           ``vision_encoder.pos_embed`` (interpolated T₀ → T)
+``vision_encoder.pos_embed``                           ``vision_encoder.pos_embed`` (kept at T₀ frames)
 ``vision_encoder.img_pos_embed``                       ``vision_encoder.img_pos_embed``
 ``vision_encoder.patch_embed.proj.{weight,bias}``      same name
 ``vision_encoder.blocks.{i}.norm1.weight``             same name (also ``norm2.weight``)
@@ -34,9 +34,12 @@ strict check, exactly this set): ``vision_encoder.clip_decoder.*``, ``vision_enc
 ``text_encoder.bert.embeddings.position_ids``. Any other missing, unexpected or mis-shaped key raises
 :class:`~pisces_cli.errors.UsageError` listing them.
 
-``pos_embed`` frame change (internvideo2.md §1.3): CLS row kept; patch rows ``[1, T₀·g², C]`` viewed as
-``[g², C, T₀]`` and resized linearly (``align_corners=False``) to ``T``; then, only if the grid differs,
-bicubic per frame. Computed in fp32 and cast back to the stored dtype.
+``pos_embed`` frame change (the reference loader's ``interpolate_pos_embed_internvideo2``): CLS row kept; patch
+rows ``[1, T₀·g², C]`` viewed as ``[g², C, T₀]`` and resized linearly (``align_corners=False``) to ``T``; then, only
+if the grid differs, bicubic per frame. Computed in fp32 and cast back to the stored dtype. The loaders keep the
+checkpoint's own T₀-frame table (``config.vision.pos_embed_frames = T₀``, the stored tensor also as
+``vision_encoder.source_pos_embed``) and the vision encoder interpolates it to each clip's frame count on first
+use: every frame count is interpolated once, from the checkpoint's table (never 4 → 8 → 9).
 """
 
 from __future__ import annotations
@@ -185,8 +188,9 @@ def load_internvideo2(
 ) -> InternVideo2Stage2:
     """Load the released ``.pt`` (e.g. ``InternVideo2-stage2_1b-224p-f4.pt``) into :class:`InternVideo2Stage2`.
 
-    ``config`` defaults to :meth:`InternVideo2Config.stage2_1b`; ``num_frames`` defaults to the checkpoint's
-    frame count (4), otherwise ``pos_embed`` is interpolated to it. Refuses partial loads (see module docstring).
+    ``config`` defaults to :meth:`InternVideo2Config.stage2_1b`; ``num_frames`` (the frame count clips are sampled
+    at) defaults to the config's (4, the checkpoint's own); ``pos_embed`` keeps the checkpoint's table and other
+    frame counts are interpolated from it per clip. Refuses partial loads (see module docstring).
     """
     path = Path(path)
     source = str(path)
@@ -213,20 +217,30 @@ def _load_mapped(
     source: str,
     use_checkpoint: bool,
 ) -> InternVideo2Stage2:
+    """Build the model with ``pos_embed`` kept at the checkpoint's own frame count; ``num_frames`` (default:
+    ``config.vision.num_frames``) is the frame count clips are sampled at."""
     grid = config.vision.grid_size
+    stored_table = None
     if POS_EMBED_KEY in state_dict:
-        stored_frames = frames_in_pos_embed(state_dict[POS_EMBED_KEY], grid, source)
-        target_frames = stored_frames if num_frames is None else num_frames
+        stored_table = state_dict[POS_EMBED_KEY]
+        stored_frames = frames_in_pos_embed(stored_table, grid, source)
+        target_frames = config.vision.num_frames if num_frames is None else num_frames
         if target_frames < 1:
             raise UsageError(f"num_frames must be >= 1, got {target_frames}")
-        state_dict[POS_EMBED_KEY] = interpolate_pos_embed(
-            state_dict[POS_EMBED_KEY], stored_frames, target_frames, grid
-        )
     else:
         target_frames = num_frames or config.vision.num_frames  # the strict check reports the missing key
-    return build_from_state_dict(
-        config.with_num_frames(target_frames), state_dict, dtype, device, source, use_checkpoint
+        stored_frames = target_frames
+    model = build_from_state_dict(
+        config.with_num_frames(target_frames, pos_embed_frames=stored_frames),
+        state_dict,
+        dtype,
+        device,
+        source,
+        use_checkpoint,
     )
+    if stored_table is not None:
+        model.vision_encoder.source_pos_embed = stored_table.detach().to("cpu").clone()
+    return model
 
 
 def load_pretrained_dir(
@@ -236,8 +250,8 @@ def load_pretrained_dir(
     device: torch.device | str = "cpu",
     use_checkpoint: bool = False,
 ) -> InternVideo2Stage2:
-    """Load our export (``config.json`` + ``model.safetensors``); ``num_frames`` re-interpolates ``pos_embed``
-    from the stored frame count. Strict like :func:`load_internvideo2`."""
+    """Load our export (``config.json`` + ``model.safetensors``); ``num_frames`` (default: the export's) is the frame
+    count clips are sampled at, interpolated from the stored table on use. Strict like :func:`load_internvideo2`."""
     from safetensors.torch import load_file
 
     directory = Path(directory)

@@ -1,4 +1,4 @@
-"""Video preprocessing for InternVideo2 (§3 of the paper): short side to 224 (bicubic), one crop, ImageNet mean/std.
+"""Video preprocessing for InternVideo2 (as the paper's reward): short side to 224 (bicubic), one crop, ImageNet mean/std.
 
 A thin front for :func:`pisces_cli.io.preprocess.preprocess_pixels` with InternVideo2's defaults, so this
 function and the backend's reward path (which preprocesses through the same function) crop identically.
