@@ -163,7 +163,7 @@ class BackpropAlgorithm(TrainingAlgorithm):
         terms["num_frames"] = torch.tensor([float(pixels.shape[1])])
         terms["loss"] = loss.detach().reshape(1)
         if torch.isfinite(loss):
-            (loss * scale).backward()
+            self.backward(loss * scale)
         return terms
 
     def train_step(

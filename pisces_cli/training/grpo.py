@@ -311,7 +311,7 @@ class GRPOAlgorithm(TrainingAlgorithm):
                 keep("clip_fraction", is_clipped.float())
                 chunk_loss = per_sample.sum() * (scale / (total * trained))
                 if torch.isfinite(chunk_loss):
-                    chunk_loss.backward()
+                    self.backward(chunk_loss)
                 else:
                     keep("nonfinite", torch.ones(1))
         return terms

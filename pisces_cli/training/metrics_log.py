@@ -20,6 +20,7 @@ CONSOLE_COLUMNS = {
     "reward_quality_mean": "r_q",
     "reward_semantic_mean": "r_s",
     "grad_norm": "|grad|",
+    "loss_scale": "scale",
     "lr": "lr",
     "step_time_s": "s/step",
     "peak_memory_gb": "peak GB",

@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     from pisces_cli.config import ResolvedRecipe
 
 FAMILY_BY_BACKBONE = {"hunyuan": "hunyuan_video", "wan": "wan"}
-AUTOCAST = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 PROMPT_CACHE_SIZE = 4096
 
 
@@ -47,6 +46,7 @@ class FinetuneSummary:
     metrics: dict[str, float] = field(default_factory=dict)
     skipped_steps: int = 0
     resumed_from: Path | None = None
+    overflow_steps: int = 0
 
 
 def lora_pattern(adapter: BackboneAdapter, targets: list[str]) -> str:
@@ -205,6 +205,7 @@ class Trainer:
         self.step = 0
         self.nan_streak = 0
         self.skipped_steps = 0
+        self.overflow_steps = 0
         self.last_checkpoint: Path | None = None
         self.resumed_from: Path | None = None
         self.last_metrics: dict[str, float] = {}
@@ -241,12 +242,15 @@ class Trainer:
         )
         from pisces_cli.training.data import build_training_data
         from pisces_cli.training.metrics_log import MetricsLogger
+        from pisces_cli.training.precision import precision_plan
 
         self.check_plan()
         self.dist = init_distributed()
         self.device = resolve_device(self.recipe.runtime.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
+        self.precision = precision_plan(self.recipe, self.device)
+        self.scaler = self.precision.grad_scaler(self.device)
         configure_tf32(self.recipe.runtime.allow_tf32)
         seed_everything(self.recipe.seed)  # identical LoRA initialisation on every rank
         quiet_model_loading()
@@ -313,7 +317,7 @@ class Trainer:
             num_warmup_steps=self.section.lr_warmup_steps,
             num_training_steps=self.max_steps,
         )
-        encoder = load_encoder_from_recipe(self.recipe, self.device)
+        encoder = load_encoder_from_recipe(self.recipe, self.device, dtype=self.precision.reward_dtype)
         self.reward, self.reward_info = build_reward(self.recipe, encoder)
         self.ctx = TrainContext(
             recipe=self.recipe,
@@ -322,11 +326,12 @@ class Trainer:
             reward=self.reward,
             trainable=trainable,
             device=self.device,
-            autocast_dtype=AUTOCAST[self.section.mixed_precision],
+            autocast_dtype=self.precision.autocast_dtype,
             rank=self.dist.rank,
             world_size=self.dist.world_size,
             encode_prompts=PromptCache(adapter),
             extra=extra,
+            grad_scaler=self.scaler,
         )
         self.algorithm = build_algorithm(self.section.algorithm, self.ctx)
         self.data = build_training_data(
@@ -387,6 +392,9 @@ class Trainer:
         self.step = int(meta["step"])
         self.nan_streak = int(meta.get("nan_streak", 0))
         self.skipped_steps = int(meta.get("skipped_steps", 0))
+        self.overflow_steps = int(meta.get("overflow_steps", 0))
+        if self.scaler is not None and meta.get("grad_scaler"):
+            self.scaler.load_state_dict(meta["grad_scaler"])
         self.last_checkpoint = Path(folder)
 
     def _load_full_weights(self, folder: Path) -> None:
@@ -446,6 +454,8 @@ class Trainer:
                     "algorithm": self.algorithm.state_dict(),
                     "nan_streak": self.nan_streak,
                     "skipped_steps": self.skipped_steps,
+                    "overflow_steps": self.overflow_steps,
+                    "grad_scaler": None if self.scaler is None else self.scaler.state_dict(),
                     "recipe_hash": self.resolved.hash,
                     "world_size": self.dist.world_size,
                     "max_steps": self.max_steps,
@@ -519,7 +529,13 @@ class Trainer:
         return {n: float(v) / self.dist.world_size for n, v in zip(names, values.tolist())}
 
     def train_one_step(self) -> dict[str, float]:
-        """One optimizer step at ``self.step`` (or a skipped one when the loss/gradients are not finite)."""
+        """One optimizer step at ``self.step`` (or a skipped one when the loss/gradients are not finite).
+
+        With a gradient scaler (fp16 in the gradient path) the gradients are unscaled before clipping; a step
+        whose gradients overflow is skipped and the scale lowered (``scaler.update()``). Such an overflow counts
+        as a non-finite step towards ``max_nan_steps`` only once the scale is below 1, where scaling can no longer
+        be the cause.
+        """
         from pisces_cli.training.data import derived_seed
         from pisces_cli.training.memory import peak_memory_gb, reset_peak_memory
 
@@ -536,20 +552,33 @@ class Trainer:
         generator = torch.Generator().manual_seed(derived_seed(self.recipe.seed, step, self.dist.rank))
         self.optimizer.zero_grad(set_to_none=True)
         metrics = self.algorithm.train_step(batches, step, generator)
-        finite = self._all_finite(math.isfinite(metrics.get("loss", math.nan)))
+        loss_finite = self._all_finite(math.isfinite(metrics.get("loss", math.nan)))
+        loss_scale = None if self.scaler is None else float(self.scaler.get_scale())
         grad_norm = math.nan
-        if finite:
+        finite = loss_finite
+        if loss_finite:
             self._average_gradients()
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.ctx.trainable, self.section.max_grad_norm))
             finite = self._all_finite(math.isfinite(grad_norm))
+        overflow = self.scaler is not None and loss_finite and not finite
         lr = float(self.scheduler.get_last_lr()[0])
         if finite:
-            self.optimizer.step()
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+            else:
+                self.optimizer.step()
             self.nan_streak = 0
         else:
             self.optimizer.zero_grad(set_to_none=True)
-            self.nan_streak += 1
             self.skipped_steps += 1
+            if overflow:
+                self.overflow_steps += 1
+            if not overflow or loss_scale < 1.0:
+                self.nan_streak += 1
+        if self.scaler is not None and loss_finite:
+            self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step = step + 1
@@ -559,11 +588,23 @@ class Trainer:
                 "grad_norm": grad_norm,
                 "lr": lr,
                 "skipped": 0.0 if finite else 1.0,
+                "skipped_steps": float(self.skipped_steps),
                 "step_time_s": time.perf_counter() - start,
                 "peak_memory_gb": peak_memory_gb(self.device),
             }
         )
-        if not finite:
+        if self.scaler is not None:
+            metrics["loss_scale"] = loss_scale
+            metrics["overflow_steps"] = float(self.overflow_steps)
+        if overflow:
+            self.logger.event(
+                self.step,
+                "overflow_step_skipped",
+                loss_scale=loss_scale,
+                next_loss_scale=float(self.scaler.get_scale()),
+                overflow_steps=self.overflow_steps,
+            )
+        elif not finite:
             self.logger.event(
                 self.step,
                 "nan_step_skipped",
@@ -615,6 +656,7 @@ class Trainer:
             metrics=self.last_metrics,
             skipped_steps=self.skipped_steps,
             resumed_from=self.resumed_from,
+            overflow_steps=self.overflow_steps,
         )
 
     def cleanup(self) -> None:

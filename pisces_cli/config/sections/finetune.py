@@ -150,7 +150,11 @@ class FinetuneSection:
     lr_scheduler: Literal["constant", "constant_with_warmup", "cosine", "linear"] = "constant"
     lr_warmup_steps: int = 0
     max_grad_norm: float = 1.0
+    # bf16 autocast by default; fp16 (autocast, generator or reward) in the gradient path trains with a gradient
+    # scaler; reward_dtype: the reward encoder's dtype in training (null = models.encoder.dtype); see
+    # pisces_cli/training/precision.py
     mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
+    reward_dtype: Literal["float32", "bfloat16", "float16"] | None = None
     gradient_checkpointing: bool = True
     full_finetune: bool = False
     lora: LoraSection = field(default_factory=LoraSection)
