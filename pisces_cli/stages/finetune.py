@@ -125,6 +125,10 @@ def print_plan(resolved: ResolvedRecipe, console: Any, max_steps: int) -> None:
         console.print(mem_table)
     for note in memory.notes:
         console.print(f"[dim]note: {note}[/]")
+    if memory.parts:
+        console.print("[dim]not included in the estimate:[/]")
+        for item in memory.excluded:
+            console.print(f"[dim]  - {item}[/]")
     console.print("[dim]formulas: pisces_cli/training/memory.py (module docstring)[/]")
 
 
