@@ -97,6 +97,20 @@ def base_model(ctx: TrainContext) -> Iterator[None]:
             setattr(adapter, name, module)
 
 
+@contextlib.contextmanager
+def eval_mode(adapter: BackboneAdapter) -> Iterator[None]:
+    """The adapter's transformers in ``eval()`` inside (no LoRA dropout); their previous modes restored on exit."""
+    modules = list(adapter.transformers().values())
+    modes = [module.training for module in modules]
+    try:
+        for module in modules:
+            module.eval()
+        yield
+    finally:
+        for module, mode in zip(modules, modes):
+            module.train(mode)
+
+
 class TrainingAlgorithm(ABC):
     """One optimisation paradigm over the shared trainer."""
 

@@ -68,7 +68,7 @@ from pisces_cli.backbones.schedule import sigma_grid
 from pisces_cli.backbones.sde import sde_step
 from pisces_cli.errors import PiscesRuntimeError, UsageError
 from pisces_cli.training.advantages import combine_advantages, zero_std_group_fraction
-from pisces_cli.training.algorithm import PromptBatch, TrainContext, TrainingAlgorithm, base_model
+from pisces_cli.training.algorithm import PromptBatch, TrainContext, TrainingAlgorithm, base_model, eval_mode
 from pisces_cli.training.rollout import Trajectory, policy_step, sample_trajectories, train_timestep_indices
 
 SANITY_PROMPTS = ("a red ball rolling across a wooden table",)
@@ -140,18 +140,9 @@ class GRPOAlgorithm(TrainingAlgorithm):
         self._buffer_uses = 0
 
     # ------------------------------------------------------------------------------------------ pieces
-    @contextlib.contextmanager
-    def eval_mode(self) -> Iterator[None]:
+    def eval_mode(self) -> contextlib.AbstractContextManager:
         """Transformers in ``eval()`` (no LoRA dropout) inside; previous modes restored on exit."""
-        modules = list(self.ctx.adapter.transformers().values())
-        modes = [module.training for module in modules]
-        try:
-            for module in modules:
-                module.eval()
-            yield
-        finally:
-            for module, mode in zip(modules, modes):
-                module.train(mode)
+        return eval_mode(self.ctx.adapter)
 
     @contextlib.contextmanager
     def reference(self) -> Iterator[None]:

@@ -63,7 +63,7 @@ EXCLUDED = (
     "the CUDA context and kernel workspaces (cuBLAS/cuDNN/attention), typically 0.5-1.5 GiB per GPU",
     "allocator fragmentation and caching (PyTorch reserves more than it allocates)",
     "temporaries of backward: the gradient of the largest activation and its operands, a few activations' worth",
-    "no-grad passes (teacher, consistency target, prompt-x0 sampling, GRPO rollouts and decodes): their "
+    "no-grad passes (teacher, consistency target, prompt-x0 sampling, GRPO rollouts and decodes, validation): their "
     "transient activations are freed layer by layer and usually stay below the differentiable pass's",
     "FSDP's all-gathered block (with finetune.distributed: fsdp) and DDP/NCCL communication buffers",
     "the text encoders when finetune.offload_text_encoders moves them to CPU (host memory instead)",

@@ -243,6 +243,7 @@ class Trainer:
         from pisces_cli.training.data import build_training_data
         from pisces_cli.training.metrics_log import MetricsLogger
         from pisces_cli.training.precision import precision_plan
+        from pisces_cli.training.validation import Validator
 
         self.check_plan()
         self.dist = init_distributed()
@@ -337,9 +338,10 @@ class Trainer:
         self.data = build_training_data(
             self.resolved, adapter, rank=self.dist.rank, world_size=self.dist.world_size, console=self.console
         )
+        self.validator = Validator(self.ctx, self.recipe.generate, self.data.prompts, self.output)
         if self.section.offload_text_encoders:
             sanity = list(getattr(self.section.grpo, "sanity_prompts", None) or [])
-            self.ctx.encode_prompts.precompute(self.data.prompts + sanity)
+            self.ctx.encode_prompts.precompute(self.data.prompts + sanity + self.validator.prompts)
             self.ctx.encode_prompts.freeze()
             offload_text_encoders(adapter)
         self.logger = MetricsLogger(
@@ -632,6 +634,8 @@ class Trainer:
                 self.last_metrics = metrics
                 if self.step % self.section.log_every == 0 or self.step == self.max_steps:
                     self.logger.log(self.step, metrics)
+                if self.validator.due(self.step):
+                    self.validate()
                 if self.nan_streak >= self.section.max_nan_steps:
                     kept = self.last_checkpoint or "none (no checkpoint was written yet)"
                     self.logger.event(self.step, "stopped_on_nan", in_a_row=self.nan_streak)
@@ -658,6 +662,13 @@ class Trainer:
             resumed_from=self.resumed_from,
             overflow_steps=self.overflow_steps,
         )
+
+    def validate(self) -> dict[str, float]:
+        """Run the validation at the current step (every rank samples; rank 0 scores, writes and logs)."""
+        metrics, videos = self.validator.run(self.step, is_main=self.dist.is_main)
+        if metrics:
+            self.logger.log_validation(self.step, metrics, videos, fps=self.recipe.generate.fps)
+        return metrics
 
     def cleanup(self) -> None:
         import torch.distributed as dist

@@ -114,6 +114,30 @@ class GrpoSection:
 
 
 @dataclass
+class ValidationSection:
+    """Validation during training: every ``every`` optimizer steps (0 = off), sample the ``prompts`` (empty = the
+    first ``num_prompts`` training prompts) with fixed seeds ``seed + i`` and the current adapters, in ``steps``
+    sampling steps at the training geometry, the way ``generate`` samples (``generate.sampler``, ``shift``,
+    ``guidance``, ``fps``); score them with the reward; log ``validation/*`` and write the videos under
+    ``{finetune.output}/validation/step-N/``."""
+
+    every: int = 0
+    prompts: list[str] = field(default_factory=list)
+    num_prompts: int = 2
+    seed: int = 0
+    steps: int = 30
+
+    def check(self) -> list[tuple[str, str]]:
+        problems = []
+        if self.every < 0:
+            problems.append(("every", f"must be >= 0 (0 = off), got {self.every}"))
+        for name in ("num_prompts", "steps"):
+            if getattr(self, name) < 1:
+                problems.append((name, f"must be >= 1, got {getattr(self, name)}"))
+        return problems
+
+
+@dataclass
 class FinetuneDataSection:
     """Training data: ``prompts`` (txt/jsonl, reward-only training) or videos with captions
     (``videos`` folder / ``manifest``) encoded to latents on the fly or read from ``latents`` (a cache
@@ -173,6 +197,7 @@ class FinetuneSection:
     consistency: ConsistencySection = field(default_factory=ConsistencySection)
     vae: VaeSection = field(default_factory=VaeSection)
     grpo: GrpoSection = field(default_factory=GrpoSection)
+    validation: ValidationSection = field(default_factory=ValidationSection)
     checkpointing_steps: int = 64
     checkpoints_total_limit: int | None = 4
     resume: str | None = "latest"
