@@ -4,7 +4,8 @@ Measured: the peak of live heap bytes (glibc ``mallinfo2``: bytes in use in ever
 sampled after every tensor operation of one backprop micro-step (forward, decode, reward, backward — the
 recomputation of checkpointed parts included) above the bytes in use before it. Estimated: the activation terms
 plus the LoRA gradients. The stated factor: **the estimate is within a factor of 2 of the measured peak**, with
-and without checkpointing, for both backbones and both reward encoders (measured ratios 0.55-1.5).
+and without checkpointing, for both backbones and both reward encoders (estimated / measured: 0.88-1.43 at 9 frames
+of 32×32 when this test was written).
 """
 
 from __future__ import annotations
@@ -68,14 +69,22 @@ def peak_bytes_of(step) -> int:
 
 
 @functools.lru_cache(maxsize=1)
-def tiny_internvideo2() -> str:
+def measured_models() -> dict[str, str]:
+    """Tiny generators whose VAEs have 16 channels and two resnets per level (the released depth), so feature maps
+    dominate the decode as in the real models (with 3 channels the RGB output would), and a tiny InternVideo2."""
     import tempfile
     from pathlib import Path
 
+    from pisces_cli.backbones.tiny import save_tiny_hunyuan, save_tiny_wan
     from pisces_cli.encoders.internvideo2.tiny import save_tiny_internvideo2
     from pisces_cli.encoders.tiny_clip import TINY_WORDS
 
-    return str(save_tiny_internvideo2(Path(tempfile.mkdtemp(prefix="pisces-iv2-")) / "iv2", TINY_WORDS))
+    root = Path(tempfile.mkdtemp(prefix="pisces-memory-"))
+    return {
+        "hunyuan": str(save_tiny_hunyuan(root / "hunyuan", vae_width=16, vae_layers=2)),
+        "wan": str(save_tiny_wan(root / "wan", vae_width=16, vae_layers=2)),
+        "internvideo2": str(save_tiny_internvideo2(root / "iv2", TINY_WORDS)),
+    }
 
 
 @pytest.mark.parametrize(
@@ -95,15 +104,20 @@ def test_dry_run_estimate_is_within_a_factor_two_of_the_measured_peak(
     from pisces_cli.training.trainer import Trainer
 
     flag = str(checkpointing).lower()
-    extra = [f"finetune.vae.decode_checkpointing={flag}", "finetune.consistency.weight=0"]
+    models = measured_models()
+    extra = [
+        f"finetune.vae.decode_checkpointing={flag}",
+        "finetune.consistency.weight=0",
+        f"models.generator.path={models[backbone]}",
+    ]
     if encoder == "internvideo2":
         extra += [
             "models.encoder.backend=internvideo2",
-            f"models.encoder.path={tiny_internvideo2()}",
+            f"models.encoder.path={models['internvideo2']}",
             f"models.encoder.options={{use_checkpoint: {flag}}}",
         ]
     resolved = resolve(
-        tmp_path, backbone, extra, num_frames=9, height=64, width=64, gradient_checkpointing=flag
+        tmp_path, backbone, extra, num_frames=9, height=32, width=32, gradient_checkpointing=flag
     )
     planned = estimate(resolved)
     expected = planned.parts["trainable_fp32"]  # the LoRA gradients
@@ -119,6 +133,9 @@ def test_dry_run_estimate_is_within_a_factor_two_of_the_measured_peak(
 
     step()  # warm-up: one-off allocations (thread pools, kernels' buffers) are not the step's memory
     measured = peak_bytes_of(step)
+    print(
+        f"{backbone} {encoder} checkpointing={checkpointing}: estimated {expected / 2**20:.1f} MiB, measured {measured / 2**20:.1f} MiB"
+    )
     assert 1 / FACTOR <= expected / measured <= FACTOR, (expected, measured, planned.parts)
 
 

@@ -23,11 +23,12 @@ Estimate (bytes per process; B = samples per differentiable pass, b = bytes per 
   backprop: B = ``finetune.batch_size``; GRPO: B = ``grpo.chunk_size`` or all ``P·G`` samples of a micro-batch;
 - VAE decoder activations (backprop only; GRPO decodes without gradients), per resolution level l with c_l
   channels on T·(H·W/4^l) pixels and R_l resnets: ``A_level = 10·R_l·c_l·B·T·H·W/4^l·b`` (per resnet two norm
-  inputs, two activation inputs, two causally padded conv inputs, and the level's share of the upsampler's
-  padded input and the mid-block attention: about ten feature maps, the count measured on the tiny VAEs). Without checkpointing Σ_l A_level; with decoder checkpointing only the
-  resnet inputs stay, ``Σ_l R_l·c_l·B·T·H·W/4^l·b``, plus what one recomputation holds: one resnet,
-  ``10·c_0·B·T·H·W·b`` (HunyuanVideo, every resnet checkpointed), or one latent frame's whole decode,
-  ``Σ_l A_level / F_lat`` (Wan, decoded one latent frame at a time);
+  inputs, two activation inputs, two causally padded conv inputs, and the level's share of the upsampler's padded
+  input and the mid-block attention: about ten feature maps, the count measured on the tiny VAEs). Without
+  checkpointing Σ_l A_level. With decoder checkpointing, HunyuanVideo (every resnet checkpointed) keeps the resnet
+  inputs, ``Σ_l R_l·c_l·B·T·H·W/4^l·b``, plus one resnet being recomputed, ``10·c_0·B·T·H·W·b``; Wan (decoded one
+  latent frame at a time) recomputes one latent frame's decode, ``Σ_l A_level · 4/T``, while every frame's
+  causal-conv caches stay, ``F_lat · 2·(2R + 1) · Σ_l c_l·B·H·W/4^l·b`` (two frames of each conv's input);
 - reward activations (backprop only: the reward is differentiable w.r.t. the decoded pixels): the vision tower
   as a ViT over n tokens (InternVideo2: one sequence of ``1 + T·g²`` tokens per video; CLIP-like: ``B·T`` frames
   of ``1 + g²`` tokens), one block ``b_r·n·(10·C + 2·C_ff)``, all blocks without ``models.encoder.options.
@@ -465,8 +466,12 @@ def _decoder_activations(estimate, section, family, vae_config, weight_bytes, la
     levels = [resnets * 10 * c * pixels / 4**level * weight_bytes for level, c in enumerate(channels)]
     inputs = sum(resnets * c * pixels / 4**level * weight_bytes for level, c in enumerate(channels))
     full = sum(levels)
-    if family == "wan":  # one latent frame's whole decode is recomputed at a time; the resnet inputs stay
-        checkpointed = full / latent_frames + inputs
+    if family == "wan":
+        # one latent frame (4 pixel frames) is recomputed at a time; every frame's causal-conv caches stay (two
+        # frames of the input of each of the 2R + 1 convs per level)
+        per_frame_maps = sum(c * pixels / section.num_frames / 4**level for level, c in enumerate(channels))
+        caches = latent_frames * 2 * (2 * resnets + 1) * per_frame_maps * weight_bytes
+        checkpointed = full * min(1.0, 4 / section.num_frames) + caches
     else:  # diffusers checkpoints every resnet: their inputs stay, one resnet is recomputed at a time
         checkpointed = inputs + 10 * channels[0] * pixels * weight_bytes
     estimate.parts["activations:vae_decoder"] = checkpointed if section.vae.decode_checkpointing else full
