@@ -10,7 +10,6 @@ of 32×32 when this test was written).
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import sys
 
@@ -18,54 +17,11 @@ import pytest
 import torch
 from test_finetune_support import PROMPTS, resolve
 
+from pisces_cli.training.memory import cpu_peak_bytes
+
 FACTOR = 2.0
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallinfo2 is glibc's")
-
-
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in (
-            "arena",
-            "ordblks",
-            "smblks",
-            "hblks",
-            "hblkhd",
-            "usmblks",
-            "fsmblks",
-            "uordblks",
-            "fordblks",
-            "keepcost",
-        )
-    ]
-
-
-def live_heap_bytes() -> int:
-    libc = ctypes.CDLL(None)
-    libc.mallinfo2.restype = _MallInfo2
-    info = libc.mallinfo2()
-    return int(info.uordblks + info.hblkhd)
-
-
-def peak_bytes_of(step) -> int:
-    """Peak live heap bytes above the start, sampled after every aten operation ``step()`` runs."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class PeakMode(TorchDispatchMode):
-        def __init__(self) -> None:
-            super().__init__()
-            self.start = live_heap_bytes()
-            self.peak = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            self.peak = max(self.peak, live_heap_bytes() - self.start)
-            return out
-
-    with PeakMode() as mode:
-        step()
-    return mode.peak
 
 
 @functools.lru_cache(maxsize=1)
@@ -132,7 +88,7 @@ def test_dry_run_estimate_is_within_a_factor_two_of_the_measured_peak(
         trainer.algorithm.micro_step(batch, torch.Generator().manual_seed(0), 1.0)
 
     step()  # warm-up: one-off allocations (thread pools, kernels' buffers) are not the step's memory
-    measured = peak_bytes_of(step)
+    measured = cpu_peak_bytes(step)
     print(
         f"{backbone} {encoder} checkpointing={checkpointing}: estimated {expected / 2**20:.1f} MiB, measured {measured / 2**20:.1f} MiB"
     )

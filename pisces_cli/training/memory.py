@@ -83,6 +83,51 @@ def peak_memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
 
 
+def live_heap_bytes() -> int:
+    """Bytes the C allocator has handed out and not freed (glibc ``mallinfo2``: in-use bytes of every arena plus
+    mmapped blocks); raises OSError off glibc."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [
+            (name, ctypes.c_size_t)
+            for name in (
+                "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                "keepcost",
+            )
+        ]  # fmt: skip
+
+    try:
+        mallinfo2 = ctypes.CDLL(None).mallinfo2
+    except AttributeError as error:
+        raise OSError("mallinfo2 needs glibc >= 2.33") from error
+    mallinfo2.restype = MallInfo2
+    info = mallinfo2()
+    return int(info.uordblks + info.hblkhd)
+
+
+def cpu_peak_bytes(step) -> int:
+    """Peak live heap bytes above the start while ``step()`` runs on CPU, sampled after every aten operation
+    (forward, backward and checkpoint recomputation alike). Precise where RSS is not: freed memory is not counted
+    and allocator caching does not hide new allocations."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class PeakMode(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.start = live_heap_bytes()
+            self.peak = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            self.peak = max(self.peak, live_heap_bytes() - self.start)
+            return out
+
+    with PeakMode() as mode:
+        step()
+    return mode.peak
+
+
 def safetensors_numel(folder: str | Path) -> dict[str, int]:
     """Elements of every tensor in the ``*.safetensors`` files under ``folder``, by top-level sub-folder."""
     from safetensors import safe_open
