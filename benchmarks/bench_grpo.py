@@ -118,6 +118,18 @@ def this_tree_memory():
     return module
 
 
+def median_seconds(call, repeats: int, *, warm_up: bool = True) -> float:
+    """Median wall time of ``repeats`` calls (after one untimed call when ``warm_up``)."""
+    if warm_up:
+        call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def worker(root: Path, variant: str, repeats: int) -> dict:
     import torch
 
@@ -130,20 +142,8 @@ def worker(root: Path, variant: str, repeats: int) -> dict:
     trainer.setup()
     result: dict = {"variant": variant, "package": str(Path(pisces_cli.__file__).parent)}
     if variant == "validation":
-        trainer.validate()  # warm-up
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            trainer.validate()
-            times.append(time.perf_counter() - start)
-        result["validate_s"] = statistics.median(times)
-        trainer.train_one_step()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            trainer.train_one_step()
-            times.append(time.perf_counter() - start)
-        result["step_s"] = statistics.median(times)
+        result["validate_s"] = median_seconds(trainer.validate, repeats)
+        result["step_s"] = median_seconds(trainer.train_one_step, repeats)
         return result
     algorithm = trainer.algorithm
     if variant == "grpo":
@@ -153,12 +153,7 @@ def worker(root: Path, variant: str, repeats: int) -> dict:
     rss0 = current_rss_bytes()
     trainer.train_one_step()  # warm-up
     result["peak_heap_mib"] = this_tree_memory().cpu_peak_bytes(trainer.train_one_step) / 2**20
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        trainer.train_one_step()
-        times.append(time.perf_counter() - start)
-    result["step_s"] = statistics.median(times)
+    result["step_s"] = median_seconds(trainer.train_one_step, repeats, warm_up=False)
     result["peak_rss_above_start_mib"] = (
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss0
     ) / 2**20
