@@ -61,7 +61,6 @@ def build(
     overrides = [
         f"output_dir={root / backbone}",
         f"runtime.device={device}",
-        f"runtime.dtype={dtype}",
         "models.encoder.backend=clip",
         f"models.encoder.path={root / 'clip'}",
         f"models.generator.backbone={backbone}",

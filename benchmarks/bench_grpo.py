@@ -10,11 +10,19 @@ models, fp32, LoRA r=4 on ``attn_mlp``, 9 frames at 32×32, one prompt per optim
 - ``backprop`` (the paper's recipe): prompt-only data with ``prompt_x0: teacher`` (8 teacher Euler steps),
   one-step jump, differentiable decode + reward, consistency distillation; batch 1 and batch 4.
 
-Each variant runs in its own subprocess; per variant, 1 warm-up step then ``--repeats`` timed steps (median).
-Memory (CPU) is the peak resident set size reached during the steps (warm-up included) above the RSS right
-after setup: ``ru_maxrss`` minus the starting RSS, so it includes allocator caching and is a rough figure.
+- ``validation`` (this tree only): the cost of one in-training validation call (``Trainer.validate``: 2 prompts
+  sampled with fixed seeds in 8 scheduler steps at the training geometry, scored, written, logged).
 
-Run: ``.venv/bin/python benchmarks/bench_grpo.py [--repeats N] [--threads N]``.
+Each variant runs in its own subprocess; per variant, 1 warm-up step then ``--repeats`` timed steps (median).
+Memory (CPU): the peak live heap bytes of one step above the start (``cpu_peak_bytes``: glibc's in-use bytes
+sampled after every tensor operation, precise), and the peak resident set size reached during the steps
+(warm-up included) above the RSS right after setup (``ru_maxrss`` minus the starting RSS: includes allocator
+caching, rough). With ``--baseline`` the baseline tree has no ``cpu_peak_bytes``; this tree's is used on both.
+
+``--baseline DIR``: also run every variant on another checkout of pisces (its package on ``PYTHONPATH``), the
+two trees alternating variant by variant, and print before / after / ratio side by side.
+
+Run: ``.venv/bin/python benchmarks/bench_grpo.py [--repeats N] [--threads N] [--baseline DIR]``.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import time
 from pathlib import Path
 
 VARIANTS = ("grpo", "backprop_b1", "backprop_b4")
+THIS_TREE = Path(__file__).resolve().parents[1]
 
 
 def current_rss_bytes() -> int:
@@ -45,7 +54,6 @@ def overrides(root: Path, variant: str) -> list[str]:
         "output_dir": str(root / f"run-{variant}"),
         "seed": 5,
         "runtime.device": "cpu",
-        "runtime.dtype": "float32",
         "models.encoder.backend": "clip",
         "models.encoder.path": str(root / "clip"),
         "models.generator.backbone": "hunyuan",
@@ -65,6 +73,15 @@ def overrides(root: Path, variant: str) -> list[str]:
         "finetune.guidance": 6.0,
         "finetune.checkpointing_steps": 1000,
     }
+    if variant == "validation":
+        values.update(
+            {
+                "finetune.validation.every": 1,
+                "finetune.validation.num_prompts": 2,
+                "finetune.validation.steps": 8,
+                "generate.fps": 8,
+            }
+        )
     if variant == "grpo":
         values.update(
             {
@@ -88,16 +105,46 @@ def overrides(root: Path, variant: str) -> list[str]:
     return [f"{key}={value}" for key, value in values.items()]
 
 
+def this_tree_memory():
+    """This tree's ``pisces_cli.training.memory`` loaded from its file (a ``--baseline`` worker imports the other
+    tree's package, which may not have the measurement)."""
+    import importlib.util
+
+    path = THIS_TREE / "pisces_cli" / "training" / "memory.py"
+    spec = importlib.util.spec_from_file_location("pisces_bench_memory", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def median_seconds(call, repeats: int, *, warm_up: bool = True) -> float:
+    """Median wall time of ``repeats`` calls (after one untimed call when ``warm_up``)."""
+    if warm_up:
+        call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def worker(root: Path, variant: str, repeats: int) -> dict:
     import torch
 
+    import pisces_cli
     from pisces_cli.config import load_recipe
     from pisces_cli.training.algorithm import PromptBatch
     from pisces_cli.training.trainer import Trainer
 
     trainer = Trainer(load_recipe("demo", overrides(root, variant)), resume=False)
     trainer.setup()
-    result: dict = {"variant": variant}
+    result: dict = {"variant": variant, "package": str(Path(pisces_cli.__file__).parent)}
+    if variant == "validation":
+        result["validate_s"] = median_seconds(trainer.validate, repeats)
+        result["step_s"] = median_seconds(trainer.train_one_step, repeats)
+        return result
     algorithm = trainer.algorithm
     if variant == "grpo":
         start = time.perf_counter()
@@ -105,12 +152,8 @@ def worker(root: Path, variant: str, repeats: int) -> dict:
         result["sanity_s"] = time.perf_counter() - start
     rss0 = current_rss_bytes()
     trainer.train_one_step()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        trainer.train_one_step()
-        times.append(time.perf_counter() - start)
-    result["step_s"] = statistics.median(times)
+    result["peak_heap_mib"] = this_tree_memory().cpu_peak_bytes(trainer.train_one_step) / 2**20
+    result["step_s"] = median_seconds(trainer.train_one_step, repeats, warm_up=False)
     result["peak_rss_above_start_mib"] = (
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss0
     ) / 2**20
@@ -146,11 +189,44 @@ def build_models(root: Path) -> None:
     )
 
 
+def run_worker(root: Path, variant: str, tree: Path, repeats: int, threads: int) -> dict:
+    """One variant in a fresh process importing pisces from ``tree``."""
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        variant,
+        "--root",
+        str(root),
+        "--repeats",
+        str(repeats),
+        "--threads",
+        str(threads),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    output = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
+    line = next(row for row in output.splitlines() if row.startswith("RESULT "))
+    result = json.loads(line[len("RESULT ") :])
+    if Path(result["package"]).resolve() != (tree / "pisces_cli").resolve():
+        raise SystemExit(f"the worker imported {result['package']}, not {tree}/pisces_cli")
+    return result
+
+
+def detail(row: dict) -> str:
+    if row["variant"] != "grpo":
+        return ""
+    return (
+        f"rollout {row['rollout_s']:.3f} s, decode+reward {row['reward_s']:.3f} s, "
+        f"update {row['update_s']:.3f} s; sanity check {row['sanity_s']:.3f} s"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--worker", choices=VARIANTS)
+    parser.add_argument("--baseline", help="another pisces checkout to compare with (run side by side)")
+    parser.add_argument("--worker", choices=(*VARIANTS, "validation"))
     parser.add_argument("--root")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -161,42 +237,51 @@ def main() -> None:
     if args.worker:
         print("RESULT " + json.dumps(worker(Path(args.root), args.worker, args.repeats)))
         return
+    baseline = Path(args.baseline).resolve() if args.baseline else None
     with tempfile.TemporaryDirectory(prefix="pisces-bench-grpo-") as tmp:
         root = Path(tmp)
         build_models(root)
-        results = []
+        results, before = [], {}
         for variant in VARIANTS:
-            command = [
-                sys.executable,
-                __file__,
-                "--worker",
-                variant,
-                "--root",
-                str(root),
-                "--repeats",
-                str(args.repeats),
-                "--threads",
-                str(args.threads),
-            ]
-            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-            line = next(row for row in output.splitlines() if row.startswith("RESULT "))
-            results.append(json.loads(line[len("RESULT ") :]))
+            if baseline is not None:
+                before[variant] = run_worker(root, variant, baseline, args.repeats, args.threads)
+            results.append(run_worker(root, variant, THIS_TREE, args.repeats, args.threads))
+        validation = run_worker(root, "validation", THIS_TREE, args.repeats, args.threads)
     print(
         f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, threads {args.threads}, "
         f"median of {args.repeats}"
     )
-    print("| variant | step (s) | peak RSS above start (MiB) | detail |")
-    print("| --- | --- | --- | --- |")
-    for row in results:
-        detail = ""
-        if row["variant"] == "grpo":
-            detail = (
-                f"rollout {row['rollout_s']:.3f} s, decode+reward {row['reward_s']:.3f} s, "
-                f"update {row['update_s']:.3f} s; sanity check {row['sanity_s']:.3f} s"
+    if baseline is None:
+        print("| variant | step (s) | peak heap (MiB) | peak RSS above start (MiB) | detail |")
+        print("| --- | --- | --- | --- | --- |")
+        for row in results:
+            print(
+                f"| {row['variant']} | {row['step_s']:.3f} | {row['peak_heap_mib']:.2f} "
+                f"| {row['peak_rss_above_start_mib']:.0f} | {detail(row)} |"
             )
+    else:
+        print(f"# before: {baseline}; after: {THIS_TREE}")
         print(
-            f"| {row['variant']} | {row['step_s']:.3f} | {row['peak_rss_above_start_mib']:.0f} | {detail} |"
+            "| variant | step before (s) | step after (s) | after / before | peak heap before (MiB) "
+            "| peak heap after (MiB) | after / before | RSS before / after (MiB) |"
         )
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for row in results:
+            old = before[row["variant"]]
+            print(
+                f"| {row['variant']} | {old['step_s']:.3f} | {row['step_s']:.3f} | {row['step_s'] / old['step_s']:.2f} "
+                f"| {old['peak_heap_mib']:.2f} | {row['peak_heap_mib']:.2f} "
+                f"| {row['peak_heap_mib'] / old['peak_heap_mib']:.2f} "
+                f"| {old['peak_rss_above_start_mib']:.0f} / {row['peak_rss_above_start_mib']:.0f} |"
+            )
+        for row in results:
+            if row["variant"] == "grpo":
+                print(f"# grpo before: {detail(before['grpo'])}")
+                print(f"# grpo after:  {detail(row)}")
+    print(
+        f"# validation call (2 prompts × 8 steps, 9 frames 32×32, scored + written): {validation['validate_s']:.3f} s "
+        f"= {validation['validate_s'] / validation['step_s']:.2f} × a backprop step ({validation['step_s']:.3f} s)"
+    )
 
 
 if __name__ == "__main__":

@@ -135,3 +135,10 @@ def test_yaml_errors_are_usage_errors(tmp_path: Path):
     listy.write_text("- 1\n- 2\n")
     with pytest.raises(UsageError, match="must be a YAML mapping"):
         load_recipe(str(listy))
+
+
+def test_removed_runtime_dtype_says_what_replaced_it():
+    with pytest.raises(
+        RecipeError, match=r"runtime\.dtype: runtime\.dtype was removed.*models\.generator\.dtype"
+    ):
+        load_recipe("demo", ["runtime.dtype=float32"])

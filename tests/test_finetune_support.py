@@ -48,7 +48,6 @@ def tiny_overrides(tmp: Path, backbone: str = "hunyuan", **finetune) -> list[str
         "output_dir": str(tmp / "run"),
         "seed": 5,
         "runtime.device": "cpu",
-        "runtime.dtype": "float32",
         "models.encoder.backend": "clip",
         "models.encoder.path": str(root / "clip"),
         "models.generator.backbone": backbone,

@@ -124,7 +124,7 @@ def test_rollout_log_probs_match_a_direct_gaussian_computation():
     _, embeds, trajectory = algorithm.rollout(PROMPTS[:1], torch.Generator().manual_seed(3))
     adapter = algorithm.ctx.adapter
     sigmas = trajectory.sigmas.tolist()
-    for i in range(trajectory.num_steps):
+    for i in range(trajectory.num_stochastic_steps):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         x, x_next = trajectory.latents[:, i], trajectory.latents[:, i + 1]
         with torch.no_grad():
@@ -162,7 +162,7 @@ def test_ratio_is_exactly_one_before_the_first_update(backbone):
     report = algorithm.before_training()
     assert report["sanity_max_abs_ratio_dev"] < 1e-6
     assert report["sanity_max_abs_mean_dev"] == 0.0
-    assert report["sanity_samples"] == 4 and report["sanity_steps"] == 4
+    assert report["sanity_samples"] == 4 and report["sanity_steps"] == 3  # 4 steps, the last deterministic
     metrics = run_step(algorithm, optimizer, 0)
     assert metrics["ratio_abs_dev_max"] < 1e-6
     assert metrics["clip_fraction"] == 0.0
@@ -369,6 +369,37 @@ def test_reward_scores_the_decoded_final_sample():
     assert torch.allclose(rollout.rewards["total"], expected)
     assert rollout.rewards["total"].std() > 0  # the sampled action changes the reward
     assert torch.allclose(rollout.advantages.mean(), torch.zeros(()), atol=1e-6)
+
+
+@pytest.mark.parametrize("backbone", ["hunyuan", "wan"])
+def test_reward_input_is_the_last_steps_predicted_clean_sample_with_no_injected_noise(backbone):
+    """The reward scores x̂0 = x_{S-1} - σ_{S-1}·v(x_{S-1}): a deterministic function of the state before the last
+    step. With a large η an SDE last step would add noise of std η·√σ_{S-1} (here ≈ 1.4) to what is decoded."""
+    algorithm, _ = make_algorithm(backbone, eta=2.0, noise_schedule="constant")
+    randomize_lora(algorithm)
+    rollout = algorithm.collect(PromptBatch(prompts=PROMPTS[:1]), torch.Generator().manual_seed(7))
+    trajectory = rollout.trajectory
+    steps = trajectory.num_steps
+    assert steps == 4 and trajectory.num_stochastic_steps == 3
+    assert trajectory.log_probs.shape == (4, 3) and trajectory.means.shape[1] == 3
+    before_last = trajectory.latents[:, steps - 1]
+    sigma_last = float(trajectory.sigmas[steps - 1])
+    assert float(trajectory.sigmas[steps]) == 0.0 and sigma_last > 0.4
+    with torch.no_grad():
+        velocity = algorithm.ctx.adapter.predict_velocity(
+            before_last, torch.full((4,), sigma_last), rollout.embeds, guidance=algorithm.guidance
+        )
+    predicted_clean = before_last.double() - sigma_last * velocity.double()
+    assert torch.allclose(trajectory.final.double(), predicted_clean, atol=1e-5, rtol=0)
+    # the decoded reward input is that prediction: nothing was added after it
+    with torch.no_grad():
+        pixels = algorithm.ctx.adapter.decode(predicted_clean.float(), grad=False, checkpoint=False)
+    assert torch.allclose(rollout.rewards["total"], pixels.mean(dim=(1, 2, 3, 4)), atol=1e-6)
+    # and the last (deterministic) step is never trained
+    from pisces_cli.training.rollout import train_timestep_indices
+
+    indices = train_timestep_indices(64, steps, 1.0, torch.Generator().manual_seed(0))
+    assert int(indices.max()) == steps - 2
 
 
 def test_independent_noise_per_sample_without_shared_noise():

@@ -45,3 +45,44 @@ def test_stored_frame_count_and_cache():
         x_vis, _ = model.encode_vision(torch.randn(1, frames, 3, size, size))
         assert x_vis.shape[1] == 1 + frames * model.config.vision.grid_size**2
     assert model.vision_encoder.video_pos_embed(4) is model.vision_encoder.pos_embed
+
+
+def reference_temporal_interpolation(
+    pos_embed: torch.Tensor, orig_frames: int, new_frames: int
+) -> torch.Tensor:
+    """The reference loader's frame-count change, written here from its definition (not from pisces' code):
+    keep the first (CLS) token; view the patch tokens [1, T₀·N, C] as [1, T₀, N, C]; move time last to get
+    [N, C, T₀]; ``F.interpolate(size=T, mode="linear")`` (align_corners False); move time back to frame-major
+    [1, T·N, C]; put the CLS token back in front."""
+    import torch.nn.functional as F
+
+    cls_token, patches = pos_embed[:, :1], pos_embed[:, 1:]
+    channels = pos_embed.shape[-1]
+    per_frame = patches.shape[1] // orig_frames
+    by_time = patches.view(1, orig_frames, per_frame, channels).permute(0, 2, 3, 1)
+    by_time = by_time.reshape(per_frame, channels, orig_frames)
+    resized = F.interpolate(by_time, size=new_frames, mode="linear")
+    resized = resized.view(1, per_frame, channels, new_frames).permute(0, 3, 1, 2).reshape(1, -1, channels)
+    return torch.cat([cls_token, resized], dim=1)
+
+
+def test_a_nine_frame_clip_uses_the_direct_four_to_nine_interpolation(tmp_path):
+    """A model set to sample 8 frames (the bundled recipes) scoring a 9-frame decoded clip (training) interpolates
+    the checkpoint's 4-frame table straight to 9 frames, never 4 → 8 → 9."""
+    checkpoint = _model(4)
+    checkpoint.save_pretrained(tmp_path / "export")
+    loaded = InternVideo2Stage2.from_pretrained(tmp_path / "export", num_frames=8)
+    table = checkpoint.vision_encoder.pos_embed.detach()
+    direct = reference_temporal_interpolation(table, 4, 9)
+    torch.testing.assert_close(loaded.vision_encoder.video_pos_embed(9), direct, rtol=0, atol=1e-6)
+    # what interpolating twice would have given differs by ~10 % (relative norm) on a random table
+    twice = reference_temporal_interpolation(reference_temporal_interpolation(table, 4, 8), 8, 9)
+    assert float((twice - direct).norm() / direct.norm()) > 0.05
+    # and the encoder's tokens are those of a model whose table is the reference's 9-frame table
+    size = loaded.config.vision.img_size
+    pixels = torch.randn(1, 9, 3, size, size, generator=torch.Generator().manual_seed(2))
+    expected_model = InternVideo2Stage2(InternVideo2Config.tiny(num_frames=9)).eval()
+    state = dict(checkpoint.state_dict())
+    state["vision_encoder.pos_embed"] = direct
+    expected_model.load_state_dict(state)
+    torch.testing.assert_close(loaded.encode_vision(pixels)[0], expected_model.encode_vision(pixels)[0])

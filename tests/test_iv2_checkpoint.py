@@ -192,7 +192,10 @@ def test_iv2_pos_embed_interpolation_matches_f_interpolate(
 ) -> None:
     stored = source_model.vision_encoder.pos_embed.detach()  # [1, 1 + 4·256, 64]
     loaded = load_internvideo2(released_file, config=InternVideo2Config.tiny(), num_frames=8)
-    result = loaded.vision_encoder.pos_embed.detach()
+    # the checkpoint's own 4-frame table is kept; 8 frames are interpolated from it when an 8-frame clip arrives
+    assert loaded.vision_encoder.pos_embed.shape == (1, 1 + 4 * 256, 64)
+    assert loaded.config.vision.num_frames == 8 and loaded.config.vision.pos_embed_frames == 4
+    result = loaded.vision_encoder.video_pos_embed(8).detach()
     assert result.shape == (1, 1 + 8 * 256, 64)
     torch.testing.assert_close(result[:, 0], stored[:, 0], rtol=0, atol=0)
     layout = stored[0, 1:].reshape(4, 256, 64).permute(1, 2, 0)  # [g², C, T]
@@ -256,7 +259,13 @@ def test_iv2_save_and_from_pretrained_round_trip(source_model: InternVideo2Stage
     # Re-interpolation at load time equals the released loader's interpolation from the same 4-frame weights.
     eight = InternVideo2Stage2.from_pretrained(tmp_path / "export", num_frames=8)
     reference = interpolate_pos_embed(source_model.vision_encoder.pos_embed.detach(), 4, 8, 16)
-    torch.testing.assert_close(eight.vision_encoder.pos_embed, reference, rtol=0, atol=0)
+    torch.testing.assert_close(eight.vision_encoder.video_pos_embed(8), reference, rtol=0, atol=0)
+    # an export of a model sampling 8 frames still stores (and reloads from) the 4-frame table
+    eight.save_pretrained(tmp_path / "export8")
+    again = InternVideo2Stage2.from_pretrained(tmp_path / "export8")
+    assert again.config.vision.num_frames == 8 and again.config.vision.table_frames == 4
+    nine = interpolate_pos_embed(source_model.vision_encoder.pos_embed.detach(), 4, 9, 16)
+    torch.testing.assert_close(again.vision_encoder.video_pos_embed(9), nine, rtol=0, atol=0)
 
 
 def test_iv2_from_pretrained_refuses_partial_export(source_model: InternVideo2Stage2, tmp_path: Path) -> None:
@@ -333,7 +342,14 @@ def test_iv2_bf16_checkpoint_interpolates_in_fp32_and_keeps_its_dtype(
     assert model.dtype == torch.bfloat16 and model.config.vision.num_frames == 26
     stored = weights["vision_encoder.pos_embed"]
     expected = interpolate_pos_embed(stored.float(), 4, 26, 16).to(torch.bfloat16)
-    torch.testing.assert_close(model.vision_encoder.pos_embed, expected, rtol=0, atol=0)
+    torch.testing.assert_close(model.vision_encoder.video_pos_embed(26), expected, rtol=0, atol=0)
+    # a model cast to fp16 still interpolates the checkpoint's stored table, then casts the result
+    model = load_internvideo2(
+        tmp_path / "bf16.pt", config=InternVideo2Config.tiny(), num_frames=26, dtype=torch.float16
+    )
+    torch.testing.assert_close(
+        model.vision_encoder.video_pos_embed(26), expected.to(torch.float16), rtol=0, atol=0
+    )
 
 
 def test_iv2_loader_refuses_a_pos_embed_that_does_not_fit_the_grid(

@@ -1,7 +1,7 @@
 """The backbone interface shared by the HunyuanVideo and Wan adapters.
 
-Conventions (docs/backbones.md §1): σ ∈ [0, 1] (1 = noise), ``x_σ = σ·ε + (1 − σ)·x0``, the transformer predicts
-``v ≈ ε − x0`` at timestep ``1000·σ``. Latents are ``[B, C, F_lat, h, w]`` in *transformer* latent space
+Conventions (diffusers' flow matching, both backbones): σ ∈ [0, 1] (1 = noise), ``x_σ = σ·ε + (1 − σ)·x0``, the
+transformer predicts ``v ≈ ε − x0`` at timestep ``1000·σ``. Latents are ``[B, C, F_lat, h, w]`` in *transformer* latent space
 (already scaled / normalised); pixels are ``[B, T, 3, H, W]`` in [0, 1].
 """
 
@@ -90,15 +90,20 @@ def load_frozen_pipeline(pipeline_class, path_or_hub_id, *, dtype, device, skip:
 
 
 def sigma_to_timestep(sigma: torch.Tensor | float, batch: int, device: torch.device) -> torch.Tensor:
-    """``[B]`` fp32 timesteps ``1000·σ`` from a float or ``[B]`` σ."""
-    sigma_tensor = torch.as_tensor(sigma, dtype=torch.float32, device=device)
+    """``[B]`` fp32 timesteps ``1000·σ`` from a float or ``[B]`` σ.
+
+    The product is formed in fp64 and rounded once to fp32, so ``σ = t / 1000`` gives back exactly the
+    scheduler's timestep ``t`` (UniPC's integers, FlowMatchEuler's fp32 values), and an fp32 σ gives the
+    correctly rounded fp32 ``1000·σ``.
+    """
+    sigma_tensor = torch.as_tensor(sigma, dtype=torch.float64, device=device)
     if sigma_tensor.ndim == 0:
         sigma_tensor = sigma_tensor.expand(batch)
     if sigma_tensor.shape != (batch,):
         raise UsageError(f"sigma must be a float or shaped [{batch}], got {tuple(sigma_tensor.shape)}")
     if bool(((sigma_tensor < 0) | (sigma_tensor > 1)).any()):
         raise UsageError(f"sigma must lie in [0, 1] (1 = pure noise), got {sigma_tensor.tolist()}")
-    return 1000.0 * sigma_tensor
+    return (1000.0 * sigma_tensor).to(torch.float32)
 
 
 class BackboneAdapter(ABC):
@@ -106,8 +111,8 @@ class BackboneAdapter(ABC):
 
     Subclasses set: ``family`` (name), ``pipeline`` (the diffusers pipeline holding every component),
     ``transformer`` (and ``transformer_2`` for two-expert Wan 2.2), ``vae``, ``latent_channels``,
-    ``spatial_factor``, ``temporal_factor``, ``size_multiple`` (H and W must be multiples), ``default_shift``,
-    ``default_guidance``.
+    ``spatial_factor``, ``temporal_factor``, ``size_multiple`` (H and W must be multiples), ``default_shift`` (used
+    only when the checkpoint's scheduler config has no shift), ``default_guidance``.
     """
 
     family: str = ""
@@ -168,6 +173,21 @@ class BackboneAdapter(ABC):
         if self.transformer_2 is not None:
             found["transformer_2"] = self.transformer_2
         return found
+
+    # ----------------------------------------------------------------------------------- scheduler
+    def scheduler_shift(self) -> float:
+        """The flow shift of the checkpoint's own scheduler config (``flow_shift`` for UniPC, ``shift`` for
+        FlowMatchEuler), else :attr:`default_shift`."""
+        config = self.pipeline.scheduler.config
+        for key in ("flow_shift", "shift"):
+            if config.get(key) is not None:
+                return float(config[key])
+        return self.default_shift
+
+    @abstractmethod
+    def set_scheduler_timesteps(self, scheduler, steps: int, device: torch.device) -> None:
+        """Call ``scheduler.set_timesteps`` for ``steps`` sampling steps exactly as this backbone's diffusers
+        pipeline does (the grid depends on the pipeline, not only on the scheduler)."""
 
     def enable_gradient_checkpointing(self) -> None:
         """Checkpoint every transformer block (active only while gradients are enabled)."""

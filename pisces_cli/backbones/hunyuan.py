@@ -1,4 +1,4 @@
-"""HunyuanVideo (T2V, guidance-distilled) behind :class:`BackboneAdapter` (docs/backbones.md §2)."""
+"""HunyuanVideo (T2V, guidance-distilled) behind :class:`BackboneAdapter`, as ``HunyuanVideoPipeline`` runs it."""
 
 from __future__ import annotations
 
@@ -113,6 +113,20 @@ class HunyuanVideoAdapter(BackboneAdapter):
             default_guidance=hints.get("guidance"),
             **kwargs,
         )
+
+    def set_scheduler_timesteps(self, scheduler, steps: int, device: torch.device) -> None:
+        """``HunyuanVideoPipeline``: ``set_timesteps(sigmas=linspace(1, 0, steps + 1)[:-1])`` — the scheduler shifts
+        them once and appends σ = 0 (flow-match Euler: the grid of :func:`~pisces_cli.backbones.schedule.sigma_grid`)."""
+        import inspect
+
+        import numpy as np
+
+        if "sigmas" not in inspect.signature(scheduler.set_timesteps).parameters:
+            raise UsageError(
+                f"{type(scheduler).__name__} does not take custom sigmas, which HunyuanVideo sampling needs; "
+                "set generate.sampler=euler"
+            )
+        scheduler.set_timesteps(sigmas=np.linspace(1.0, 0.0, steps + 1)[:-1], device=device)
 
     # ------------------------------------------------------------------------------------------- text
     @torch.no_grad()

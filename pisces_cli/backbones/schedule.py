@@ -34,7 +34,7 @@ def sigma_grid(num_steps: int, shift: float = 1.0) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class TrainingSigmaGrid:
-    """The paper's Euler-solver grid (method.md §5.3): ``sigmas[k]`` and ``sigmas_prev[k]``, both ``[euler_steps]``."""
+    """The paper's Euler-solver grid: ``sigmas[k]`` and ``sigmas_prev[k]``, both ``[euler_steps]``."""
 
     sigmas: torch.Tensor
     sigmas_prev: torch.Tensor
@@ -43,7 +43,7 @@ class TrainingSigmaGrid:
 def training_sigma_grid(
     shift: float = 17.0, euler_steps: int = 50, num_train_timesteps: int = 1000
 ) -> TrainingSigmaGrid:
-    """Shifted Euler grid of the PISCES distillation (method.md §5.3), ascending in ``k``.
+    """Shifted Euler grid of the PISCES distillation (the reference's ``EulerSolver`` over a shifted flow-match table), ascending in ``k``.
 
     The scheduler table is ``s(u)`` for ``u = 1, 1 − 1/T, …, 1/T`` (T = ``num_train_timesteps``), reversed to
     ascending order; the solver keeps every ``T // euler_steps``-th entry. With T = 1000 and 50 steps this gives

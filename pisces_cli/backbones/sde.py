@@ -1,4 +1,4 @@
-"""Flow-matching Euler (ODE) and SDE steps with Gaussian log-probabilities, for GRPO (backbones.md §6.1).
+"""Flow-matching Euler (ODE) and SDE steps with Gaussian log-probabilities, for GRPO (the step Flow-GRPO and DanceGRPO share).
 
 Step from σ to σ' < σ with Δ = σ' − σ < 0, h = −Δ and velocity ``v``. Predicted noise ``ε̂ = x + (1 − σ)·v``.
 SDE (Euler–Maruyama of the reverse SDE with diffusion g)::

@@ -1,7 +1,9 @@
 """Tiny random-weight HunyuanVideo / Wan pipelines saved as diffusers-format directories.
 
-The configurations follow the diffusers fast tests (see docs/backbones.md §4); the tokenizers are built in
-memory from small character vocabularies, so nothing is downloaded. Tests and demos load the saved
+The configurations follow diffusers' own fast tests of these pipelines; the tokenizers are built in memory from
+small character vocabularies, so nothing is downloaded. Each tiny pipeline ships the scheduler its released
+checkpoints ship (flow-match Euler, shift 7 for HunyuanVideo; UniPC multistep with flow sigmas, flow shift 3
+for Wan). Tests and demos load the saved
 directories through the adapters' ``from_pretrained`` exactly like real checkpoints.
 """
 
@@ -171,7 +173,7 @@ def build_tiny_wan(seed: int = 0, variant: str = "2.1", *, vae_width: int = 3, v
 
     ``vae_width`` / ``vae_layers``: the VAE's ``base_dim`` and ``num_res_blocks`` (2 in the released VAE).
     """
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline
     from transformers import UMT5Config, UMT5EncoderModel
 
     if variant not in WAN_VARIANTS:
@@ -231,7 +233,9 @@ def build_tiny_wan(seed: int = 0, variant: str = "2.1", *, vae_width: int = 3, v
         tokenizer=_t5_tokenizer(),
         text_encoder=text_encoder,
         vae=vae,
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        scheduler=UniPCMultistepScheduler(
+            prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=3.0
+        ),
         transformer=transformer,
         **kwargs,
     )

@@ -1,7 +1,8 @@
 """Wan 2.1 / 2.2 (incl. A14B two experts and TI2V-5B per-token timesteps) behind :class:`BackboneAdapter`.
 
-See docs/backbones.md §3: UMT5 text (zero-padded, no mask), real CFG with a negative prompt, per-channel latent
-normalisation ``z = (μ_vae − mean_c) / std_c``, causal VAE without built-in gradient checkpointing.
+As ``WanPipeline`` does it: UMT5 text (zero-padded, no mask), real CFG with a negative prompt, per-channel latent
+normalisation ``z = (μ_vae − mean_c) / std_c``, causal VAE without built-in gradient checkpointing. The released
+checkpoints sample with a UniPC multistep scheduler (flow prediction, shifted flow sigmas).
 """
 
 from __future__ import annotations
@@ -152,12 +153,18 @@ class WanAdapter(BackboneAdapter):
             embeds=embeds, negative=None if negative is None else PromptEmbeds(embeds=negative)
         )
 
+    def set_scheduler_timesteps(self, scheduler, steps: int, device: torch.device) -> None:
+        """``WanPipeline``: ``set_timesteps(steps)`` (UniPC: shifted flow sigmas from 1 to 1/1000, integer
+        timesteps, final σ 0)."""
+        scheduler.set_timesteps(steps, device=device)
+
     # ------------------------------------------------------------------------------------ denoising
-    def expert_for_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
-        """``[B]`` bool: True where the high-noise ``transformer`` runs (``1000σ ≥ boundary_ratio·1000``)."""
+    def expert_for_timestep(self, timestep: torch.Tensor) -> torch.Tensor:
+        """``[B]`` bool: True where the high-noise ``transformer`` runs (``t ≥ boundary_ratio·1000``, as
+        ``WanPipeline``)."""
         if self.transformer_2 is None:
-            return torch.ones_like(sigma, dtype=torch.bool)
-        return 1000.0 * sigma >= self.boundary_ratio * 1000.0
+            return torch.ones_like(timestep, dtype=torch.bool)
+        return timestep >= self.boundary_ratio * 1000.0
 
     def _run(
         self, model, latents: torch.Tensor, timestep: torch.Tensor, embeds: torch.Tensor
@@ -197,7 +204,7 @@ class WanAdapter(BackboneAdapter):
             raise UsageError(f"batch mismatch: {batch} latents but {len(prompt_embeds)} prompt embeddings")
         timestep = sigma_to_timestep(sigma, batch, latents.device)
         scale = self.default_guidance if guidance is None else float(guidance)
-        high = self.expert_for_sigma(timestep / 1000.0)
+        high = self.expert_for_timestep(timestep)
         if bool(high.all()):
             return self._velocity(self.transformer, latents, timestep, prompt_embeds, scale).to(latents.dtype)
         if not bool(high.any()):

@@ -3,7 +3,8 @@
 A recipe section is a dataclass. :func:`build` turns a mapping (parsed YAML) into that
 dataclass, checking every key against the schema before any heavy import happens:
 
-- unknown keys fail with a "did you mean" suggestion,
+- unknown keys fail with a "did you mean" suggestion (a key a section lists in ``REMOVED_KEYS`` fails with
+  the message it gives there),
 - values must match the annotated type (``int``, ``float``, ``bool``, ``str``, ``Literal``,
   ``list[...]``, ``dict[str, ...]``, optional values, nested sections),
 - every number must be finite and lie in the :class:`Range` its key declares: numeric keys are typed
@@ -342,8 +343,11 @@ def _build(cls: type, data: Mapping[str, Any], path: str, problems: list[tuple[s
     fields = section_fields(cls)
     problems_before = len(problems)
     kwargs: dict[str, Any] = {}
+    removed = getattr(cls, "REMOVED_KEYS", {})
     for key in data:
-        if key not in fields:
+        if key in removed:
+            problems.append((_join(path, str(key)), removed[key]))
+        elif key not in fields:
             problems.append((_join(path, str(key)), "unknown key" + suggest(str(key), fields)))
     for name, (field, tp) in fields.items():
         sub = _join(path, name)
@@ -410,6 +414,9 @@ def schema_for_path(cls: type, dotted: str) -> tuple[Any, str | None]:
             inner = non_none[0] if len(non_none) == 1 else inner
         if dataclasses.is_dataclass(inner):
             fields = section_fields(inner)
+            removed = getattr(inner, "REMOVED_KEYS", {})
+            if part in removed:
+                return None, removed[part]
             if part not in fields:
                 where = ".".join(walked) or "the recipe root"
                 return None, f"'{part}' is not a key of {where}" + suggest(part, fields)

@@ -42,8 +42,11 @@ def encoder_options(recipe: Recipe) -> dict[str, Any]:
     return options
 
 
-def load_encoder_from_recipe(recipe: Recipe, device: torch.device) -> EncoderBackend:
-    """Load ``models.encoder`` (UsageError with the key path when it is not set or not found)."""
+def load_encoder_from_recipe(
+    recipe: Recipe, device: torch.device, dtype: str | None = None
+) -> EncoderBackend:
+    """Load ``models.encoder`` (UsageError with the key path when it is not set or not found), in ``dtype``
+    (a dtype name; default ``models.encoder.dtype``)."""
     from pisces_cli.encoders.registry import load_encoder
     from pisces_cli.runtime import resolve_dtype
 
@@ -65,7 +68,7 @@ def load_encoder_from_recipe(recipe: Recipe, device: torch.device) -> EncoderBac
         section.backend,
         section.path,
         device=device,
-        dtype=resolve_dtype(section.dtype),
+        dtype=resolve_dtype(dtype or section.dtype),
         **encoder_options(recipe),
     )
 

@@ -70,15 +70,33 @@ def plan_rows(resolved: ResolvedRecipe, world_size: int, max_steps: int) -> list
         ),
         (
             "precision",
-            f"{section.mixed_precision} autocast, transformer checkpointing {section.gradient_checkpointing}, "
+            f"{section.mixed_precision} autocast, reward model in "
+            f"{section.reward_dtype or recipe.models.encoder.dtype}, "
+            f"transformer checkpointing {section.gradient_checkpointing}, "
             f"VAE decode checkpointing {section.vae.decode_checkpointing}, tiling {section.vae.tiling}",
         ),
         ("geometry", f"{section.num_frames} frames × {section.height}×{section.width}"),
         ("schedule", f"shift {section.schedule.shift}, {section.schedule.euler_steps}-point Euler grid"),
         ("consistency", f"weight {section.consistency.weight}, pseudo-Huber c={section.consistency.huber_c}"),
+        ("validation", _validation_row(recipe)),
         ("output", f"{section.output} (resume: {section.resume})"),
         ("distributed", f"{section.distributed}, world size {world_size}"),
     ]
+
+
+def _validation_row(recipe) -> str:
+    validation = recipe.finetune.validation
+    if validation.every <= 0:
+        return "off (finetune.validation.every = 0)"
+    prompts = (
+        f"{len(validation.prompts)} prompts"
+        if validation.prompts
+        else f"first {validation.num_prompts} prompts"
+    )
+    return (
+        f"every {validation.every} steps: {prompts}, seeds {validation.seed}+i, {validation.steps} "
+        f"{recipe.generate.sampler} steps, guidance {recipe.generate.guidance}"
+    )
 
 
 def estimate(resolved: ResolvedRecipe) -> MemoryEstimate:
@@ -128,6 +146,10 @@ def print_plan(resolved: ResolvedRecipe, console: Any, max_steps: int) -> None:
         print_table(console, mem_table)
     for note in memory.notes:
         console.print(f"[dim]note: {note}[/]")
+    if memory.parts:
+        console.print("[dim]not included in the estimate:[/]")
+        for item in memory.excluded:
+            console.print(f"[dim]  - {item}[/]")
     console.print("[dim]formulas: pisces_cli/training/memory.py (module docstring)[/]")
 
 

@@ -1,8 +1,9 @@
 """``pisces generate``: sample videos from the (fine-tuned) generator into a VBench-style folder.
 
 For every prompt and index ``i < videos_per_prompt`` the video ``{prompt}-{i}.mp4`` (:func:`vbench_filename`) is
-sampled with seed ``generate.seeds[i]`` (or ``seed + i``) by the deterministic Euler sampler over
-``sigma_grid(steps, shift)`` and written atomically. The folder also gets:
+sampled with seed ``generate.seeds[i]`` (or ``seed + i``) by ``generate.sampler`` — by default the checkpoint's own
+scheduler, so a video equals what the backbone's diffusers pipeline gives for the same noise — and written
+atomically. The folder also gets:
 
 - ``prompts.jsonl``: ``{"file", "prompt", "index", "seed"}`` per video (what ``pisces score`` reads);
 - ``manifest.json``: every setting (backbone, weights, adapter, steps, guidance, shift, geometry, fps, seeds) and
@@ -145,12 +146,15 @@ def sample_videos(adapter: BackboneAdapter, prompts: list[str], seeds: list[int]
         seeds=seeds,
         prompt_embeds=embeds,
         decode_tiling=section.vae_tiling,
+        sampler=section.sampler,
     )
 
 
 def settings_record(
     resolved: ResolvedRecipe, adapter: BackboneAdapter, adapter_dir: str | None, seeds: list[int]
 ) -> dict[str, Any]:
+    from pisces_cli.backbones.sampling import describe_sampler
+
     section = resolved.recipe.generate
     generator = resolved.recipe.models.generator
     return {
@@ -160,7 +164,7 @@ def settings_record(
         "adapter": str(Path(adapter_dir).resolve()) if adapter_dir else None,
         "steps": section.steps,
         "guidance": adapter.default_guidance if section.guidance is None else section.guidance,
-        "shift": adapter.default_shift if section.shift is None else section.shift,
+        "shift": adapter.scheduler_shift() if section.shift is None else section.shift,
         "num_frames": section.num_frames,
         "height": section.height,
         "width": section.width,
@@ -169,7 +173,7 @@ def settings_record(
         "seeds": seeds,
         "negative_prompt": section.negative_prompt,
         "vae_tiling": section.vae_tiling,
-        "sampler": "euler-ode over sigma_grid(steps, shift)",
+        "sampler": describe_sampler(adapter, section.sampler, section.shift),
     }
 
 

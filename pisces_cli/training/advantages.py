@@ -1,4 +1,4 @@
-"""Group-relative advantages for GRPO (backbones.md §6.5, TRL's ``scale_rewards``).
+"""Group-relative advantages for GRPO (Flow-GRPO / DanceGRPO, TRL's ``scale_rewards``).
 
 Rewards arrive as ``[N]`` tensors, ``N = P·G``: ``P`` prompts, each with a group of ``G`` consecutive samples
 (sample ``n`` belongs to group ``n // G``). For one reward ``r``::

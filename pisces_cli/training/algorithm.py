@@ -55,6 +55,8 @@ class TrainContext:
         device: this rank's device; autocast_dtype: ``torch.bfloat16``/``float16`` or ``None`` (fp32).
         rank / world_size: the distributed layout (1 process: 0 / 1).
         encode_prompts: cached ``prompts -> PromptEmbeds`` on ``device`` (no grad).
+        grad_scaler: the fp16 ``torch.amp.GradScaler`` (None without fp16 in the gradient path); algorithms
+            call :meth:`TrainingAlgorithm.backward`, which scales the loss with it.
     """
 
     recipe: Recipe
@@ -68,6 +70,7 @@ class TrainContext:
     world_size: int = 1
     encode_prompts: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+    grad_scaler: Any = None
 
 
 @contextlib.contextmanager
@@ -94,6 +97,20 @@ def base_model(ctx: TrainContext) -> Iterator[None]:
             setattr(adapter, name, module)
 
 
+@contextlib.contextmanager
+def eval_mode(adapter: BackboneAdapter) -> Iterator[None]:
+    """The adapter's transformers in ``eval()`` inside (no LoRA dropout); their previous modes restored on exit."""
+    modules = list(adapter.transformers().values())
+    modes = [module.training for module in modules]
+    try:
+        for module in modules:
+            module.eval()
+        yield
+    finally:
+        for module, mode in zip(modules, modes):
+            module.train(mode)
+
+
 class TrainingAlgorithm(ABC):
     """One optimisation paradigm over the shared trainer."""
 
@@ -108,7 +125,7 @@ class TrainingAlgorithm(ABC):
     ) -> dict[str, float]:
         """Accumulate gradients for one optimizer step over ``batches`` (the micro-batches).
 
-        Must call ``backward()`` on each micro-loss already divided by ``len(batches)``, never step the
+        Must call :meth:`backward` on each micro-loss already divided by ``len(batches)``, never step the
         optimizer. ``generator`` is seeded by the trainer from (seed, step, rank) so a resumed run
         draws identical noise. Returns floats to log: at least ``loss``, plus per-component terms
         (e.g. ``loss_cd``, ``reward_quality_mean``, ``reward_quality_std``, ``reward_semantic_mean``...).
@@ -123,6 +140,11 @@ class TrainingAlgorithm(ABC):
         if dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.ctx.device.type, dtype=dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """``loss.backward()``, through the run's gradient scaler when it has one (fp16 in the gradient path)."""
+        scaler = self.ctx.grad_scaler
+        (loss if scaler is None else scaler.scale(loss)).backward()
 
     def state_dict(self) -> dict[str, Any]:
         """Extra algorithm state to checkpoint (JSON-able), e.g. running statistics."""

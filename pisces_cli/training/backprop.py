@@ -1,4 +1,4 @@
-"""``finetune.algorithm: backprop`` — direct reward backprop + consistency distillation (method.md §5.3–5.4).
+"""``finetune.algorithm: backprop`` — direct reward backprop + consistency distillation (the paper's recipe).
 
 Per micro-batch of B clean latents ``x0`` ``[B, C, F, h, w]`` (transformer latent space) and captions:
 
@@ -163,7 +163,7 @@ class BackpropAlgorithm(TrainingAlgorithm):
         terms["num_frames"] = torch.tensor([float(pixels.shape[1])])
         terms["loss"] = loss.detach().reshape(1)
         if torch.isfinite(loss):
-            (loss * scale).backward()
+            self.backward(loss * scale)
         return terms
 
     def train_step(

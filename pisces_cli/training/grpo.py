@@ -4,11 +4,13 @@ Per micro-batch of ``P`` prompts (``N = P·G`` samples, ``G = grpo.num_generatio
 
 1. **Rollout** (no grad, eval mode, the same autocast as the update): each prompt is repeated ``G`` times
    (consecutive rows form its group); the initial noise ``[N, C, F, h, w]`` is shared inside a group when
-   ``grpo.shared_noise``. ``S = grpo.sampling_steps`` SDE steps over ``sigma_grid(S, grpo.shift)`` (ODE velocity
-   plus noise of scale η, :mod:`pisces_cli.training.rollout`) store every latent, mean and log-prob.
-2. **Reward** (no grad): each *final* sample ``x_S`` is decoded to pixels ``[N, T, 3, H, W]`` in [0, 1] and scored
-   by the reward module; the reward therefore depends on the sampled action (unlike the reference's GRPO,
-   method.md §6.2, whose reward ignored it, making the policy gradient zero in expectation).
+   ``grpo.shared_noise``. ``S = grpo.sampling_steps`` steps over ``sigma_grid(S, grpo.shift)``: ``S − 1`` SDE steps
+   (ODE velocity plus noise of scale η) store every latent, mean and log-prob, and the last step is the
+   deterministic jump to the predicted clean sample ``x̂0`` (:mod:`pisces_cli.training.rollout` says why).
+2. **Reward** (no grad): each clean sample ``x̂0`` is decoded to pixels ``[N, T, 3, H, W]`` in [0, 1] and scored
+   by the reward module. It carries no injected noise, and it depends on every sampled action before it (unlike
+   the reference implementation's GRPO, whose reward is computed from the state before the sampled step and so
+   does not depend on the action, which makes its policy gradient zero in expectation).
 3. **Advantages**: per reward component, group-normalised (``grpo.scale_rewards``), combined with the reward
    weights, clipped to ``±grpo.adv_clip`` (:mod:`pisces_cli.training.advantages`).
 4. **Update**: each sample trains ``K = int((S − 1)·timestep_fraction)`` steps drawn by a random permutation of
@@ -19,10 +21,10 @@ Per micro-batch of ``P`` prompts (``N = P·G`` samples, ``G = grpo.num_generatio
    samples and trained steps.
 
 **Why ε = 0.2 by default** (``grpo.clip_range``). Log-probs are *means* over the latent elements
-(backbones.md §6.1), so one update moves ``log π`` very little: off-policy ratios are ``1 ± 1e-4…1e-3``, which is
-why Flow-GRPO and DanceGRPO use ε = 1e-4 (backbones.md §6.6). An ε that small sits at the level of numerical
-noise between the rollout and the recompute (a bf16 recompute of an fp32 rollout already deviates by 2.5e-4,
-backbones.md §5) and silently zeroes the gradient of every sample it touches. With one update per rollout
+(as in Flow-GRPO and DanceGRPO), so one update moves ``log π`` very little: off-policy ratios are ``1 ± 1e-4…1e-3``,
+which is why both use ε = 1e-4. An ε that small sits at the level of numerical noise between the rollout and the
+recompute (a bf16 recompute of an fp32 rollout deviates by about 2.5e-4 on a tiny HunyuanVideo) and silently
+zeroes the gradient of every sample it touches. With one update per rollout
 (``grpo.num_iterations = 1``, the default) the ratio is exactly 1 in every update, the clip never binds, and the
 loss is the group-baselined policy gradient; with rollout reuse (``num_iterations > 1``) the PPO/TRL value 0.2
 acts as a guard against runaway updates rather than as a regulariser. Set 1e-4 to reproduce DanceGRPO, after the
@@ -30,19 +32,19 @@ sanity check shows rollout/recompute deviations far below it.
 
 **KL** (``grpo.beta`` > 0): for the two Gaussian step policies with equal std, the exact per-element KL is
 ``(μ_θ − μ_ref)² / (2·std²)`` with ``std² = g²·h``; we average it over elements (like the log-probs). Flow-GRPO's
-code divides by ``2·g²`` instead (a per-step factor ``h``, backbones.md §6.6).
+code divides by ``2·g²`` instead (a per-step factor ``h``).
 
 **Consistency term** (``grpo.consistency_weight`` > 0): on each trained rollout state ``x_i`` the student's jump to
 σ = 0, ``x̂ = x_i − σ_i·v_θ``, is pulled (pseudo-Huber, ``finetune.consistency.huber_c``) towards the teacher's
-Euler step to σ_{i+1} followed by the current student's (no-grad) jump to 0 — method.md §5.4's target on the
-rollout's own states.
+Euler step to σ_{i+1} followed by the current student's (no-grad) jump to 0 — the backprop recipe's consistency
+target (:mod:`pisces_cli.training.backprop`) on the rollout's own states.
 
 **Rollout reuse** (``grpo.num_iterations``, optional field, default 1; TRL's μ): the rollouts of a step are reused
 for that many optimizer steps (later ones are off-policy, the clip matters there). The buffer is not
 checkpointed; a resumed run starts with fresh rollouts.
 
 **Sanity check** (:meth:`GRPOAlgorithm.sanity_check`, run by :meth:`before_training`): a fresh rollout is
-re-scored with the training code path before any update; every ratio must be 1 (``|ratio − 1| < 1e-6`` in fp32,
+re-scored with the training code path before any update (every stochastic step); every ratio must be 1 (``|ratio − 1| < 1e-6`` in fp32,
 < ``0.1·clip_range`` under bf16/fp16 autocast) or :class:`PiscesRuntimeError` is raised.
 
 Rollouts and updates run the transformers in ``eval()`` mode (LoRA dropout off) so both compute the same policy.
@@ -66,7 +68,7 @@ from pisces_cli.backbones.schedule import sigma_grid
 from pisces_cli.backbones.sde import sde_step
 from pisces_cli.errors import PiscesRuntimeError, UsageError
 from pisces_cli.training.advantages import combine_advantages, zero_std_group_fraction
-from pisces_cli.training.algorithm import PromptBatch, TrainContext, TrainingAlgorithm, base_model
+from pisces_cli.training.algorithm import PromptBatch, TrainContext, TrainingAlgorithm, base_model, eval_mode
 from pisces_cli.training.rollout import Trajectory, policy_step, sample_trajectories, train_timestep_indices
 
 SANITY_PROMPTS = ("a red ball rolling across a wooden table",)
@@ -138,18 +140,9 @@ class GRPOAlgorithm(TrainingAlgorithm):
         self._buffer_uses = 0
 
     # ------------------------------------------------------------------------------------------ pieces
-    @contextlib.contextmanager
-    def eval_mode(self) -> Iterator[None]:
+    def eval_mode(self) -> contextlib.AbstractContextManager:
         """Transformers in ``eval()`` (no LoRA dropout) inside; previous modes restored on exit."""
-        modules = list(self.ctx.adapter.transformers().values())
-        modes = [module.training for module in modules]
-        try:
-            for module in modules:
-                module.eval()
-            yield
-        finally:
-            for module, mode in zip(modules, modes):
-                module.train(mode)
+        return eval_mode(self.ctx.adapter)
 
     @contextlib.contextmanager
     def reference(self) -> Iterator[None]:
@@ -206,7 +199,7 @@ class GRPOAlgorithm(TrainingAlgorithm):
 
     @torch.no_grad()
     def score(self, final_latents: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
-        """Decode the final samples and score them → ``{component: [N], "total": [N]}`` fp32 on CPU.
+        """Decode the clean samples ``x̂0`` and score them → ``{component: [N], "total": [N]}`` fp32 on CPU.
 
         One sample at a time unless ``chunk_size`` is set: a full-resolution decode is the largest activation
         of the rollout, and batching it gains little.
@@ -309,7 +302,7 @@ class GRPOAlgorithm(TrainingAlgorithm):
                 keep("clip_fraction", is_clipped.float())
                 chunk_loss = per_sample.sum() * (scale / (total * trained))
                 if torch.isfinite(chunk_loss):
-                    chunk_loss.backward()
+                    self.backward(chunk_loss)
                 else:
                     keep("nonfinite", torch.ones(1))
         return terms
@@ -416,7 +409,8 @@ class GRPOAlgorithm(TrainingAlgorithm):
         return list(SANITY_PROMPTS)
 
     def sanity_check(self, prompts: list[str] | None = None, seed: int | None = None) -> dict[str, float]:
-        """Roll out one group per prompt, re-score **every** step with the training code path, check ratio = 1.
+        """Roll out one group per prompt, re-score **every** stochastic step with the training code path, check
+        ratio = 1.
 
         Runs before any update (parameters unchanged), so each ``exp(log π_θ − log π_old)`` must be 1 and each
         recomputed mean must equal the stored one. Returns ``sanity_*`` metrics; raises
@@ -428,7 +422,7 @@ class GRPOAlgorithm(TrainingAlgorithm):
             seed = int(getattr(self.ctx.recipe, "seed", 0) or 0)
         generator = torch.Generator().manual_seed(seed)
         _, embeds, trajectory = self.rollout(prompts, generator)
-        total, steps = trajectory.log_probs.shape
+        total, steps = trajectory.log_probs.shape  # the S − 1 stochastic steps
         ratio_dev = torch.zeros(total, steps, dtype=torch.float64)
         mean_dev = torch.zeros(total, steps, dtype=torch.float64)
         for step_index in range(steps):
@@ -467,8 +461,8 @@ class GRPOAlgorithm(TrainingAlgorithm):
             sample, step_index = divmod(flat, steps)
             raise PiscesRuntimeError(
                 f"GRPO sanity check failed: max |ratio - 1| = {worst:.3e} (sample {sample}, step {step_index}) "
-                f">= {tolerance:.1e} before any update; the training recompute differs from the rollout. Usual causes "
-                "(backbones.md §6.7): a different dtype/autocast, dropout or train-mode layers, a σ/timestep or "
+                f">= {tolerance:.1e} before any update; the training recompute differs from the rollout. Usual causes: "
+                "a different dtype/autocast, dropout or train-mode layers, a σ/timestep or "
                 "guidance mismatch, LoRA scale/adapter state, non-deterministic attention kernels. "
                 "Check finetune.mixed_precision and finetune.lora.dropout."
             )

@@ -1,4 +1,4 @@
-"""Loss terms of the direct-backprop recipe (method.md §5.4)."""
+"""Loss terms of the direct-backprop recipe."""
 
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ CONSOLE_COLUMNS = {
     "reward_quality_mean": "r_q",
     "reward_semantic_mean": "r_s",
     "grad_norm": "|grad|",
+    "loss_scale": "scale",
     "lr": "lr",
     "step_time_s": "s/step",
     "peak_memory_gb": "peak GB",
@@ -129,6 +130,43 @@ class MetricsLogger:
             return
         self.rows = (self.rows + [(step, metrics)])[-CONSOLE_ROWS:]
         self._refresh()
+
+    def log_validation(
+        self, step: int, metrics: dict[str, float], videos: Any = None, fps: float = 8.0
+    ) -> None:
+        """A validation row (``validation/*`` metrics) at ``step``; TensorBoard / W&B also get the videos
+        (``[P, T, 3, H, W]`` in [0, 1]) when those sinks are on."""
+        if not self.enabled:
+            return
+        self._write({"step": step, "time": round(time.time(), 3), **metrics})
+        if self._tensorboard is not None:
+            for name, value in metrics.items():
+                self._tensorboard.add_scalar(name, value, step)
+            if videos is not None:
+                import importlib.util
+
+                if importlib.util.find_spec("moviepy") is None:  # TensorBoard encodes videos with moviepy
+                    self._note_once("TensorBoard validation videos need moviepy (pip install moviepy)")
+                else:
+                    self._tensorboard.add_video("validation/videos", videos, step, fps=max(1, round(fps)))
+        if self._wandb is not None:
+            payload: dict[str, Any] = dict(metrics)
+            if videos is not None:
+                import torch
+                import wandb
+
+                frames = (videos.clamp(0, 1) * 255).to(dtype=torch.uint8).numpy()
+                payload["validation/videos"] = [wandb.Video(clip, fps=max(1, round(fps))) for clip in frames]
+            self._wandb.log(payload, step=step)
+        if self.console is not None:
+            shown = " ".join(f"{k[len('validation/') :]}={v:.4g}" for k, v in metrics.items())
+            self.console.print(f"[magenta]validation[/] step {step} {shown}")
+
+    def _note_once(self, note: str) -> None:
+        if note not in self.notes:
+            self.notes.append(note)
+            if self.console is not None:
+                self.console.print(f"[yellow]note:[/] {note}")
 
     def event(self, step: int, name: str, **fields: Any) -> None:
         """An event line (``{"event": name, "step": step, ...}``) plus a console message."""

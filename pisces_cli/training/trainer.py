@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     from pisces_cli.config import ResolvedRecipe
 
 FAMILY_BY_BACKBONE = {"hunyuan": "hunyuan_video", "wan": "wan"}
-AUTOCAST = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 PROMPT_CACHE_SIZE = 4096
 
 
@@ -47,6 +46,7 @@ class FinetuneSummary:
     metrics: dict[str, float] = field(default_factory=dict)
     skipped_steps: int = 0
     resumed_from: Path | None = None
+    overflow_steps: int = 0
 
 
 def lora_pattern(adapter: BackboneAdapter, targets: list[str]) -> str:
@@ -205,6 +205,7 @@ class Trainer:
         self.step = 0
         self.nan_streak = 0
         self.skipped_steps = 0
+        self.overflow_steps = 0
         self.last_checkpoint: Path | None = None
         self.resumed_from: Path | None = None
         self.last_metrics: dict[str, float] = {}
@@ -241,12 +242,16 @@ class Trainer:
         )
         from pisces_cli.training.data import build_training_data
         from pisces_cli.training.metrics_log import MetricsLogger
+        from pisces_cli.training.precision import precision_plan
+        from pisces_cli.training.validation import Validator
 
         self.check_plan()
         self.dist = init_distributed()
         self.device = resolve_device(self.recipe.runtime.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
+        self.precision = precision_plan(self.recipe, self.device)
+        self.scaler = self.precision.grad_scaler(self.device)
         configure_tf32(self.recipe.runtime.allow_tf32)
         seed_everything(self.recipe.seed)  # identical LoRA initialisation on every rank
         quiet_model_loading()
@@ -262,7 +267,7 @@ class Trainer:
         adapter.validate_geometry(self.section.num_frames, self.section.height, self.section.width)
         extra: dict[str, Any] = {}
         self.lora_regex = None
-        if self.section.full_finetune:
+        if not self.section.lora.enabled:  # full fine-tuning (the recipe check makes the two exclusive)
             extra["teacher_transformers"] = {
                 name: copy.deepcopy(module).requires_grad_(False).eval()
                 for name, module in adapter.transformers().items()
@@ -313,7 +318,7 @@ class Trainer:
             num_warmup_steps=self.section.lr_warmup_steps,
             num_training_steps=self.max_steps,
         )
-        encoder = load_encoder_from_recipe(self.recipe, self.device)
+        encoder = load_encoder_from_recipe(self.recipe, self.device, dtype=self.precision.reward_dtype)
         self.reward, self.reward_info = build_reward(self.recipe, encoder)
         self.ctx = TrainContext(
             recipe=self.recipe,
@@ -322,19 +327,21 @@ class Trainer:
             reward=self.reward,
             trainable=trainable,
             device=self.device,
-            autocast_dtype=AUTOCAST[self.section.mixed_precision],
+            autocast_dtype=self.precision.autocast_dtype,
             rank=self.dist.rank,
             world_size=self.dist.world_size,
             encode_prompts=PromptCache(adapter),
             extra=extra,
+            grad_scaler=self.scaler,
         )
         self.algorithm = build_algorithm(self.section.algorithm, self.ctx)
         self.data = build_training_data(
             self.resolved, adapter, rank=self.dist.rank, world_size=self.dist.world_size, console=self.console
         )
+        self.validator = Validator(self.ctx, self.recipe.generate, self.data.prompts, self.output)
         if self.section.offload_text_encoders:
             sanity = list(getattr(self.section.grpo, "sanity_prompts", None) or [])
-            self.ctx.encode_prompts.precompute(self.data.prompts + sanity)
+            self.ctx.encode_prompts.precompute(self.data.prompts + sanity + self.validator.prompts)
             self.ctx.encode_prompts.freeze()
             offload_text_encoders(adapter)
         self.logger = MetricsLogger(
@@ -342,6 +349,7 @@ class Trainer:
             report_to=list(self.section.report_to),
             console=self.console,
             enabled=self.dist.is_main,
+            run_name=self.recipe.name or "pisces-finetune",
             config=self.resolved.data,
         )
         self.maybe_resume()
@@ -386,6 +394,9 @@ class Trainer:
         self.step = int(meta["step"])
         self.nan_streak = int(meta.get("nan_streak", 0))
         self.skipped_steps = int(meta.get("skipped_steps", 0))
+        self.overflow_steps = int(meta.get("overflow_steps", 0))
+        if self.scaler is not None and meta.get("grad_scaler"):
+            self.scaler.load_state_dict(meta["grad_scaler"])
         self.last_checkpoint = Path(folder)
 
     def _load_full_weights(self, folder: Path) -> None:
@@ -445,6 +456,8 @@ class Trainer:
                     "algorithm": self.algorithm.state_dict(),
                     "nan_streak": self.nan_streak,
                     "skipped_steps": self.skipped_steps,
+                    "overflow_steps": self.overflow_steps,
+                    "grad_scaler": None if self.scaler is None else self.scaler.state_dict(),
                     "recipe_hash": self.resolved.hash,
                     "world_size": self.dist.world_size,
                     "max_steps": self.max_steps,
@@ -518,7 +531,13 @@ class Trainer:
         return {n: float(v) / self.dist.world_size for n, v in zip(names, values.tolist())}
 
     def train_one_step(self) -> dict[str, float]:
-        """One optimizer step at ``self.step`` (or a skipped one when the loss/gradients are not finite)."""
+        """One optimizer step at ``self.step`` (or a skipped one when the loss/gradients are not finite).
+
+        With a gradient scaler (fp16 in the gradient path) the gradients are unscaled before clipping; a step
+        whose gradients overflow is skipped and the scale lowered (``scaler.update()``). Such an overflow counts
+        as a non-finite step towards ``max_nan_steps`` only once the scale is below 1, where scaling can no longer
+        be the cause.
+        """
         from pisces_cli.training.data import derived_seed
         from pisces_cli.training.memory import peak_memory_gb, reset_peak_memory
 
@@ -535,20 +554,33 @@ class Trainer:
         generator = torch.Generator().manual_seed(derived_seed(self.recipe.seed, step, self.dist.rank))
         self.optimizer.zero_grad(set_to_none=True)
         metrics = self.algorithm.train_step(batches, step, generator)
-        finite = self._all_finite(math.isfinite(metrics.get("loss", math.nan)))
+        loss_finite = self._all_finite(math.isfinite(metrics.get("loss", math.nan)))
+        loss_scale = None if self.scaler is None else float(self.scaler.get_scale())
         grad_norm = math.nan
-        if finite:
+        finite = loss_finite
+        if loss_finite:
             self._average_gradients()
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.ctx.trainable, self.section.max_grad_norm))
             finite = self._all_finite(math.isfinite(grad_norm))
+        overflow = self.scaler is not None and loss_finite and not finite
         lr = float(self.scheduler.get_last_lr()[0])
         if finite:
-            self.optimizer.step()
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+            else:
+                self.optimizer.step()
             self.nan_streak = 0
         else:
             self.optimizer.zero_grad(set_to_none=True)
-            self.nan_streak += 1
             self.skipped_steps += 1
+            if overflow:
+                self.overflow_steps += 1
+            if not overflow or loss_scale < 1.0:
+                self.nan_streak += 1
+        if self.scaler is not None and loss_finite:
+            self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step = step + 1
@@ -558,11 +590,23 @@ class Trainer:
                 "grad_norm": grad_norm,
                 "lr": lr,
                 "skipped": 0.0 if finite else 1.0,
+                "skipped_steps": float(self.skipped_steps),
                 "step_time_s": time.perf_counter() - start,
                 "peak_memory_gb": peak_memory_gb(self.device),
             }
         )
-        if not finite:
+        if self.scaler is not None:
+            metrics["loss_scale"] = loss_scale
+            metrics["overflow_steps"] = float(self.overflow_steps)
+        if overflow:
+            self.logger.event(
+                self.step,
+                "overflow_step_skipped",
+                loss_scale=loss_scale,
+                next_loss_scale=float(self.scaler.get_scale()),
+                overflow_steps=self.overflow_steps,
+            )
+        elif not finite:
             self.logger.event(
                 self.step,
                 "nan_step_skipped",
@@ -590,6 +634,8 @@ class Trainer:
                 self.last_metrics = metrics
                 if self.step % self.section.log_every == 0 or self.step == self.max_steps:
                     self.logger.log(self.step, metrics)
+                if self.validator.due(self.step):
+                    self.validate()
                 if self.nan_streak >= self.section.max_nan_steps:
                     kept = self.last_checkpoint or "none (no checkpoint was written yet)"
                     self.logger.event(self.step, "stopped_on_nan", in_a_row=self.nan_streak)
@@ -614,7 +660,15 @@ class Trainer:
             metrics=self.last_metrics,
             skipped_steps=self.skipped_steps,
             resumed_from=self.resumed_from,
+            overflow_steps=self.overflow_steps,
         )
+
+    def validate(self) -> dict[str, float]:
+        """Run the validation at the current step (every rank samples; rank 0 scores, writes and logs)."""
+        metrics, videos = self.validator.run(self.step, is_main=self.dist.is_main)
+        if metrics:
+            self.logger.log_validation(self.step, metrics, videos, fps=self.recipe.generate.fps)
+        return metrics
 
     def cleanup(self) -> None:
         import torch.distributed as dist

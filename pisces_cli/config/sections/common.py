@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pisces_cli.config.schema import Count, InputPath, LocalPath, NonNegativeInt, PositiveFloat
 
@@ -20,8 +20,13 @@ class RuntimeSection:
     to decode before its process is killed and the video gets an error row (null: no limit).
     """
 
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {
+        "dtype": "runtime.dtype was removed (no code read it): precision is set per model with "
+        "models.generator.dtype and models.encoder.dtype, and for training with finetune.mixed_precision "
+        "and finetune.reward_dtype; delete this key",
+    }
+
     device: str = "auto"
-    dtype: Dtype = "float32"
     num_workers: NonNegativeInt = 2
     decode_timeout_s: PositiveFloat | None = 300.0
     allow_tf32: bool = False

@@ -16,6 +16,7 @@ from pisces_cli.config.schema import (
     NonNegativeInt,
     PositiveFloat,
     Range,
+    Seed,
 )
 
 
@@ -43,7 +44,7 @@ class LoraSection:
 
 @dataclass
 class FlowScheduleSection:
-    """The shifted flow-matching σ grid of training (method.md §5.3): σ(u) = s·u / (1 + (s−1)·u)."""
+    """The shifted flow-matching σ grid of training: σ(u) = s·u / (1 + (s−1)·u)."""
 
     shift: PositiveFloat = 17.0
     euler_steps: Count = 50
@@ -124,6 +125,21 @@ class GrpoSection:
 
 
 @dataclass
+class ValidationSection:
+    """Validation during training: every ``every`` optimizer steps (0 = off), sample the ``prompts`` (empty = the
+    first ``num_prompts`` training prompts) with fixed seeds ``seed + i`` and the current adapters, in ``steps``
+    sampling steps at the training geometry, the way ``generate`` samples (``generate.sampler``, ``shift``,
+    ``guidance``, ``fps``); score them with the reward; log ``validation/*`` and write the videos under
+    ``{finetune.output}/validation/step-N/``."""
+
+    every: NonNegativeInt = 0
+    prompts: list[str] = field(default_factory=list)
+    num_prompts: Count = 2
+    seed: Seed = 0
+    steps: Count = 30
+
+
+@dataclass
 class FinetuneDataSection:
     """Training data: ``prompts`` (txt/jsonl, reward-only training) or videos with captions
     (``videos`` folder / ``manifest``) encoded to latents on the fly or read from ``latents`` (a cache
@@ -162,7 +178,11 @@ class FinetuneSection:
     lr_scheduler: Literal["constant", "constant_with_warmup", "cosine", "linear"] = "constant"
     lr_warmup_steps: NonNegativeInt = 0
     max_grad_norm: PositiveFloat = 1.0
+    # bf16 autocast by default; fp16 (autocast, generator or reward) in the gradient path trains with a gradient
+    # scaler; reward_dtype: the reward encoder's dtype in training (null = models.encoder.dtype); see
+    # pisces_cli/training/precision.py
     mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
+    reward_dtype: Literal["float32", "bfloat16", "float16"] | None = None
     gradient_checkpointing: bool = True
     full_finetune: bool = False
     lora: LoraSection = field(default_factory=LoraSection)
@@ -181,6 +201,7 @@ class FinetuneSection:
     consistency: ConsistencySection = field(default_factory=ConsistencySection)
     vae: VaeSection = field(default_factory=VaeSection)
     grpo: GrpoSection = field(default_factory=GrpoSection)
+    validation: ValidationSection = field(default_factory=ValidationSection)
     checkpointing_steps: Count = 64
     checkpoints_total_limit: Count | None = 4
     resume: InputPath | None = "latest"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pisces_cli.config.schema import Count, InputPath, LocalPath, NonNegativeFloat, PositiveFloat, Range, Seed
 
@@ -15,6 +15,9 @@ class GenerateSection:
     Each prompt gets ``videos_per_prompt`` videos named ``{prompt}-{index}.mp4`` (VBench convention),
     seeds ``seeds[i]`` (or ``seed + i`` when ``seeds`` is empty). ``crf`` is the H.264 quality (18 visually
     lossless; 0 lossless — use 0 when generated videos must decode to identical pixels on every run).
+    ``sampler``: ``scheduler`` (the checkpoint's own scheduler, as its diffusers pipeline samples: UniPC for Wan,
+    flow-match Euler for HunyuanVideo) or ``euler`` (the Euler ODE over the shifted σ grid). ``shift`` null = the
+    checkpoint's scheduler config.
     """
 
     prompts: InputPath | None = None
@@ -28,6 +31,7 @@ class GenerateSection:
     steps: Count = 50
     guidance: NonNegativeFloat | None = 6.0
     shift: PositiveFloat | None = None
+    sampler: Literal["scheduler", "euler"] = "scheduler"
     fps: PositiveFloat = 24.0
     crf: Annotated[int, Range(low=0, high=51)] = 18
     batch_size: Count = 1

@@ -4,10 +4,11 @@
 * Token features: video tokens ``x_vis [B, 1 + T·g², C]`` (CLS first, frame-major); text tokens are the
   text-mode output ``[B, L, hidden]`` (also in ``extra["text_embeds"]``, the fusion input).
 * Semantic reward: the VTM probability ``softmax(itm_head(fused [CLS]))[:, 1]`` of the fusion layers run on the
-  text-mode states with cross-attention to ``x_vis`` (method.md §4.7). With token OT, every selected fusion
+  text-mode states with cross-attention to ``x_vis`` (the reference's fine-grained reward). With token OT, every selected fusion
   layer's cross-attention probabilities are fused with the token-OT prior (``pisces_cli.ot.token_ot_prior_rows`` →
   ``fuse_rows``, through ``prior_fusion.PriorFusionHook``) on lexical rows; one batched solve per layer for all videos × heads. Default layers: all
-  fusion layers but the last, whose prior cannot reach the [CLS] output (method.md §9.5).
+  fusion layers but the last, whose prior cannot reach the [CLS] output (the VTM head reads only [CLS], and a
+  layer's cross-attention never changes the [CLS] row it outputs).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """BERT-large text / fusion encoder of InternVideo2-Stage2 (``xbert.py``) in plain PyTorch.
 
 Post-norm BERT; layers ``>= fusion_layer`` add a cross-attention to the video tokens ``x_vis`` between
-self-attention and the feed-forward block (internvideo2.md §2). Parameter names equal the released
+self-attention and the feed-forward block (the released BERT-large layout). Parameter names equal the released
 checkpoint's names under ``text_encoder.bert.`` (see ``checkpoint.py``).
 
 Modes: ``forward_text`` runs the embeddings and layers ``[0, fusion_layer)``; ``forward_fusion`` runs layers

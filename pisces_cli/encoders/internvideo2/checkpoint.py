@@ -10,7 +10,7 @@ Key mapping (released key → :class:`InternVideo2Stage2` parameter):
 released key                                           our parameter
 =====================================================  =====================================================
 ``vision_encoder.cls_token``                           ``vision_encoder.cls_token``
-``vision_encoder.pos_embed``                           ``vision_encoder.pos_embed`` (interpolated T₀ → T)
+``vision_encoder.pos_embed``                           ``vision_encoder.pos_embed`` (kept at T₀ frames)
 ``vision_encoder.img_pos_embed``                       ``vision_encoder.img_pos_embed``
 ``vision_encoder.patch_embed.proj.{weight,bias}``      same name
 ``vision_encoder.blocks.{i}.norm1.weight``             same name (also ``norm2.weight``)
@@ -38,9 +38,12 @@ The loader and ``pisces validate --weights`` share these rules: :func:`read_rele
 ignore set, key mapping; memory-mapped for the preflight) and :func:`check_mapped_weights` (the strict
 key/shape comparison at the file's own frame count, before any interpolation).
 
-``pos_embed`` frame change (internvideo2.md §1.3): CLS row kept; patch rows ``[1, T₀·g², C]`` viewed as
-``[g², C, T₀]`` and resized linearly (``align_corners=False``) to ``T``; then, only if the grid differs,
-bicubic per frame. Computed in fp32 and cast back to the stored dtype.
+``pos_embed`` frame change (the reference loader's ``interpolate_pos_embed_internvideo2``): CLS row kept; patch
+rows ``[1, T₀·g², C]`` viewed as ``[g², C, T₀]`` and resized linearly (``align_corners=False``) to ``T``; then, only
+if the grid differs, bicubic per frame. Computed in fp32 and cast back to the stored dtype. The loaders keep the
+checkpoint's own T₀-frame table (``config.vision.pos_embed_frames = T₀``, the stored tensor also as
+``vision_encoder.source_pos_embed``) and the vision encoder interpolates it to each clip's frame count on first
+use: every frame count is interpolated once, from the checkpoint's table (never 4 → 8 → 9).
 """
 
 from __future__ import annotations
@@ -232,8 +235,9 @@ def load_internvideo2(
 ) -> InternVideo2Stage2:
     """Load the released ``.pt`` (e.g. ``InternVideo2-stage2_1b-224p-f4.pt``) into :class:`InternVideo2Stage2`.
 
-    ``config`` defaults to :meth:`InternVideo2Config.stage2_1b`; ``num_frames`` defaults to the checkpoint's
-    frame count (4), otherwise ``pos_embed`` is interpolated to it. Refuses partial loads (see module docstring).
+    ``config`` defaults to :meth:`InternVideo2Config.stage2_1b`; ``num_frames`` (the frame count clips are sampled
+    at) defaults to the config's (4, the checkpoint's own); ``pos_embed`` keeps the checkpoint's table and other
+    frame counts are interpolated from it per clip. Refuses partial loads (see module docstring).
     """
     mapped = read_released_weights(path)
     config = config or InternVideo2Config.stage2_1b()
@@ -249,17 +253,24 @@ def _load_mapped(
     source: str,
     use_checkpoint: bool,
 ) -> InternVideo2Stage2:
+    """Build the model with ``pos_embed`` kept at the checkpoint's own frame count; ``num_frames`` (default:
+    ``config.vision.num_frames``) is the frame count clips are sampled at."""
     check, stored_frames = check_mapped_weights(state_dict, config, source)
     refuse_partial_load(check, source)
-    target_frames = stored_frames if num_frames is None else num_frames
+    target_frames = config.vision.num_frames if num_frames is None else num_frames
     if target_frames < 1:
         raise UsageError(f"num_frames must be >= 1, got {target_frames}")
-    state_dict[POS_EMBED_KEY] = interpolate_pos_embed(
-        state_dict[POS_EMBED_KEY], stored_frames, target_frames, config.vision.grid_size
+    stored_table = state_dict[POS_EMBED_KEY]
+    model = build_from_state_dict(
+        config.with_num_frames(target_frames, pos_embed_frames=stored_frames),
+        state_dict,
+        dtype,
+        device,
+        source,
+        use_checkpoint,
     )
-    return build_from_state_dict(
-        config.with_num_frames(target_frames), state_dict, dtype, device, source, use_checkpoint
-    )
+    model.vision_encoder.source_pos_embed = stored_table.detach().to("cpu").clone()
+    return model
 
 
 def load_pretrained_dir(
@@ -269,8 +280,8 @@ def load_pretrained_dir(
     device: torch.device | str = "cpu",
     use_checkpoint: bool = False,
 ) -> InternVideo2Stage2:
-    """Load our export (``config.json`` + ``model.safetensors``); ``num_frames`` re-interpolates ``pos_embed``
-    from the stored frame count. Strict like :func:`load_internvideo2`."""
+    """Load our export (``config.json`` + ``model.safetensors``); ``num_frames`` (default: the export's) is the frame
+    count clips are sampled at, interpolated from the stored table on use. Strict like :func:`load_internvideo2`."""
     from safetensors.torch import load_file
 
     directory = Path(directory)

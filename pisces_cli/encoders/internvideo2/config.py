@@ -23,9 +23,11 @@ GELU_APPROXIMATIONS = ("tanh", "none")
 class VisionConfig:
     """Vision encoder (``PretrainInternVideo2``) sizes.
 
-    ``num_frames`` is the frame count the temporal position embedding ``pos_embed`` is built for
-    (``[1, 1 + grid² · num_frames, embed_dim]``); ``gelu_approximate`` is the MLP activation
-    (``"tanh"``: the fused-MLP path the checkpoint was trained with; ``"none"``: exact erf GELU).
+    ``num_frames`` is the frame count clips are sampled at (the encoder's preprocessing); ``pos_embed_frames`` the
+    frame count of the stored temporal position embedding ``pos_embed`` (``[1, 1 + grid² · pos_embed_frames,
+    embed_dim]``: the checkpoint's own table, 4 for the released model; None = ``num_frames``). Any other frame
+    count is interpolated from that table when a clip of that length arrives. ``gelu_approximate`` is the MLP
+    activation (``"tanh"``: the fused-MLP path the checkpoint was trained with; ``"none"``: exact erf GELU).
     """
 
     img_size: int = 224
@@ -42,6 +44,12 @@ class VisionConfig:
     clip_embed_dim: int = 768
     num_frames: int = 4
     gelu_approximate: str = "tanh"
+    pos_embed_frames: int | None = None
+
+    @property
+    def table_frames(self) -> int:
+        """Frames held by the stored ``pos_embed`` (``pos_embed_frames``, else ``num_frames``)."""
+        return self.pos_embed_frames if self.pos_embed_frames is not None else self.num_frames
 
     @property
     def grid_size(self) -> int:
@@ -103,7 +111,7 @@ class InternVideo2Config:
 
     @classmethod
     def tiny(cls, num_frames: int = 4) -> InternVideo2Config:
-        """The test model of internvideo2.md §6 (16×16 grid kept, widths 64/32, 3 ViT blocks, 4 BERT layers)."""
+        """The test model (16×16 grid kept, widths 64/32, 3 ViT blocks, 4 BERT layers)."""
         vision = VisionConfig(
             img_size=32,
             patch_size=2,
@@ -124,9 +132,10 @@ class InternVideo2Config:
         )
         return cls(vision=vision, text=text, embed_dim=16)
 
-    def with_num_frames(self, num_frames: int) -> InternVideo2Config:
-        """A copy whose ``pos_embed`` is built for ``num_frames`` frames."""
-        vision = dataclasses.replace(self.vision, num_frames=num_frames)
+    def with_num_frames(self, num_frames: int, pos_embed_frames: int | None = None) -> InternVideo2Config:
+        """A copy that samples clips of ``num_frames`` frames and stores a ``pos_embed`` of ``pos_embed_frames``
+        frames (None: ``num_frames``)."""
+        vision = dataclasses.replace(self.vision, num_frames=num_frames, pos_embed_frames=pos_embed_frames)
         return InternVideo2Config(
             vision=vision, text=dataclasses.replace(self.text), embed_dim=self.embed_dim
         )
@@ -147,6 +156,8 @@ class InternVideo2Config:
             problems.append(f"vision.tubelet_size must be 1 (got {v.tubelet_size})")
         if v.num_frames < 1:
             problems.append(f"vision.num_frames must be >= 1 (got {v.num_frames})")
+        if v.pos_embed_frames is not None and v.pos_embed_frames < 1:
+            problems.append(f"vision.pos_embed_frames must be >= 1 (got {v.pos_embed_frames})")
         if v.gelu_approximate not in GELU_APPROXIMATIONS:
             problems.append(
                 f"vision.gelu_approximate must be one of {GELU_APPROXIMATIONS} (got {v.gelu_approximate!r})"

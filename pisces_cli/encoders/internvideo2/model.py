@@ -106,7 +106,7 @@ class InternVideo2Stage2(nn.Module):
         device: torch.device | str = "cpu",
         use_checkpoint: bool = False,
     ) -> InternVideo2Stage2:
-        """Load a :meth:`save_pretrained` export; ``num_frames`` (default: the stored count) re-interpolates ``pos_embed``."""
+        """Load a :meth:`save_pretrained` export; ``num_frames`` (default: the export's) is the clip frame count."""
         from pisces_cli.encoders.internvideo2.checkpoint import load_pretrained_dir
 
         return load_pretrained_dir(directory, num_frames, dtype, device, use_checkpoint)

@@ -1,6 +1,6 @@
 """A tiny random-weight InternVideo2-Stage2 export (config.json + model.safetensors + vocab.txt).
 
-For tests and the offline demo: the tiny config of internvideo2.md §6 (16×16 patch grid kept so the
+For tests and the offline demo: the tiny config (:meth:`InternVideo2Config.tiny`) (16×16 patch grid kept so the
 token geometry matches the 1B model's), saved through the real export format and loaded through the
 real loader. Weights are drawn so activations stay in a useful range (norm gains near 1, layer scale
 ~0.5, other weights N(0, 0.15²)).

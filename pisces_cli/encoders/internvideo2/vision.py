@@ -182,9 +182,13 @@ class VisionEncoder(nn.Module):
     """InternVideo2 ViT plus attention pooling.
 
     ``forward(video [B, 3, T, H, W])`` returns ``(x_vis [B, 1 + T·g², C], pooled [B, clip_embed_dim])``.
-    ``T == 1`` uses ``img_pos_embed``; any other ``T`` uses ``pos_embed``, linearly interpolated in time
-    from the ``config.num_frames`` it holds when ``T`` differs (the reference's frame-count change, applied
-    on the fly so a reward works on whatever frame count a VAE decodes; cached per ``T``).
+    ``T == 1`` uses ``img_pos_embed``; any other ``T`` uses the temporal position embedding: ``pos_embed`` holds the
+    checkpoint's own table (``config.table_frames`` frames, 4 for the released model) and every other frame count
+    is interpolated **once, directly from that table** — the reference's frame-count change
+    (:func:`~pisces_cli.encoders.internvideo2.checkpoint.interpolate_pos_embed`), applied when a clip of that length
+    first arrives and cached per ``T``, so a reward works on whatever frame count a VAE decodes. When the loader
+    kept the table as stored in the checkpoint (``source_pos_embed``, a plain CPU tensor in the checkpoint's
+    dtype), it interpolates from that, exactly as the reference does before casting the model.
     ``use_checkpoint`` recomputes block activations in backward (same numbers, less memory).
     """
 
@@ -195,10 +199,11 @@ class VisionEncoder(nn.Module):
         dim, patches = config.embed_dim, config.patches_per_frame
         self.patch_embed = PatchEmbed(config)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + patches * config.num_frames, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + patches * config.table_frames, dim))
         self.img_pos_embed = nn.Parameter(torch.zeros(1, 1 + patches, dim))
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.depth))
         self.clip_projector = AttentionPoolingBlock(config)
+        self.source_pos_embed: Tensor | None = None
 
     def embed(self, video: Tensor) -> Tensor:
         """Patch tokens with CLS and position embedding: [B, 3, T, H, W] → [B, 1 + T·g², C]."""
@@ -215,11 +220,16 @@ class VisionEncoder(nn.Module):
         return tokens + position.to(tokens.dtype)
 
     def video_pos_embed(self, frames: int) -> Tensor:
-        """``pos_embed`` for ``frames`` frames: the stored one, or its temporal interpolation (cached)."""
-        if frames == self.config.num_frames:
+        """``[1, 1 + frames·g², C]``: the stored table, or its temporal interpolation from the checkpoint's own
+        ``table_frames`` (cached per frame count; recomputed every call while ``pos_embed`` is trainable)."""
+        stored_frames = self.config.table_frames
+        if frames == stored_frames:
             return self.pos_embed
         from pisces_cli.encoders.internvideo2.checkpoint import interpolate_pos_embed
 
+        grid = self.config.grid_size
+        if self.pos_embed.requires_grad:
+            return interpolate_pos_embed(self.pos_embed, stored_frames, frames, grid)
         key = (
             frames,
             self.pos_embed.data_ptr(),
@@ -228,14 +238,11 @@ class VisionEncoder(nn.Module):
             self.pos_embed._version,
         )
         cache = self.__dict__.setdefault("_pos_cache", {})
-        if self.pos_embed.requires_grad or key not in cache:
-            table = interpolate_pos_embed(
-                self.pos_embed, self.config.num_frames, frames, self.config.grid_size
-            )
-            if self.pos_embed.requires_grad:
-                return table
+        if key not in cache:
+            source = self.source_pos_embed if self.source_pos_embed is not None else self.pos_embed.detach()
+            table = interpolate_pos_embed(source, stored_frames, frames, grid)
             cache.clear()
-            cache[key] = table.detach()
+            cache[key] = table.to(device=self.pos_embed.device, dtype=self.pos_embed.dtype)
         return cache[key]
 
     def forward(self, video: Tensor) -> tuple[Tensor, Tensor]:

@@ -77,7 +77,7 @@ def evaluate_generator(
         chunk = prompts[start : start + batch]
         pixels = generate(
             adapter, chunk, num_frames=frames, height=size, width=size, steps=steps,
-            guidance=guidance, seeds=seed + start,
+            guidance=guidance, seeds=seed + start, sampler="euler",
         )  # fmt: skip
         for clip, text in zip(pixels_to_uint8(pixels), chunk, strict=True):
             verdicts.append(judge(clip, text))
