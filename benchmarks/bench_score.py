@@ -136,11 +136,12 @@ def time_score(resolved, clips: Path, out: Path) -> tuple[float, float]:
         class Wrapper:
             def __enter__(self):
                 advance = bar.__enter__()
-                marks.append(time.perf_counter())
 
-                def timed_advance(n):
-                    marks.append(time.perf_counter())
-                    return advance(n)
+                def timed_advance(n=1, **fields):
+                    # the loop starts at the "scoring" phase (after the model load) and ends at the last batch
+                    if fields.get("phase") == "scoring" or n > 0:
+                        marks.append(time.perf_counter())
+                    return advance(n, **fields)
 
                 return timed_advance
 

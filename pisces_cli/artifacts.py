@@ -41,6 +41,8 @@ from pisces_cli.errors import PiscesRuntimeError, UsageError
 if TYPE_CHECKING:
     import torch
 
+    from pisces_cli.safetensors_header import SafetensorsHeader
+
 HEADER_KEY = "pisces"
 MANIFEST = "manifest.json"
 
@@ -184,6 +186,18 @@ class ShardEntry:
     index: int
     rows: int
     keys_file: str | None = None
+    #: hash of the items the shard was made from (``embed``), and its error rows
+    items_sha256: str | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class EmptyShardEntry:
+    """A shard that finished without rows (every item failed): its index, items hash and error rows."""
+
+    index: int
+    items_sha256: str | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -195,6 +209,7 @@ class ManifestSchema:
     name: str | None = None
     complete: bool = False
     header: dict[str, Any] = field(default_factory=dict)
+    empty_shards: list[EmptyShardEntry] = field(default_factory=list)
 
 
 def read_manifest_file(path: str | Path) -> dict[str, Any]:
@@ -222,6 +237,9 @@ def read_manifest_file(path: str | Path) -> dict[str, Any]:
         for key in ("index", "rows"):
             if shard[key] < 0:
                 problems.append(f"shards[{i}].{key}: must be >= 0, got {shard[key]}")
+    for i, entry in enumerate(data.get("empty_shards", []) if not problems else []):
+        if entry["index"] < 0:
+            problems.append(f"empty_shards[{i}].index: must be >= 0, got {entry['index']}")
     if problems:
         raise UsageError(f"{path}: invalid manifest: " + "; ".join(problems))
     return data
@@ -241,18 +259,27 @@ def save_artifact(path: str | Path, tensors: Mapping[str, torch.Tensor], header:
     return path
 
 
-def read_header(path: str | Path) -> ArtifactHeader:
-    """Read only the header of an artifact (no tensor data is loaded)."""
-    from safetensors import safe_open
+def safetensors_header_of(path: str | Path, what: str = "") -> SafetensorsHeader:
+    """The parsed header of a safetensors file (plain Python, no torch), or UsageError naming the file."""
+    from pisces_cli.safetensors_header import SafetensorsHeaderError, read_safetensors_header
 
+    prefix = f"{what}: " if what else ""
+    try:
+        return read_safetensors_header(path)
+    except SafetensorsHeaderError as exc:
+        raise UsageError(
+            f"{prefix}{path}: not a complete safetensors file (truncated or damaged?): {exc}"
+        ) from exc
+    except OSError as exc:
+        raise UsageError(f"{prefix}{path}: cannot read ({exc.strerror or exc})") from exc
+
+
+def read_header(path: str | Path) -> ArtifactHeader:
+    """Read only the header of an artifact (no tensor data is loaded; no torch import)."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{path}: no such artifact file")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            meta = handle.metadata() or {}
-    except Exception as exc:  # safetensors raises several error types for bad files
-        raise UsageError(f"{path}: not a safetensors file ({exc})") from exc
+    meta = safetensors_header_of(path).metadata
     if HEADER_KEY not in meta:
         raise UsageError(f"{path}: safetensors file without a pisces header (not written by pisces?)")
     return ArtifactHeader.from_json(meta[HEADER_KEY], source=str(path))
@@ -262,31 +289,14 @@ def check_safetensors_file(path: str | Path, *, what: str = "") -> None:
     """Refuse a file that is not a complete safetensors file (truncated, damaged, another format), naming
     it (and ``what`` asked for it, e.g. ``--adapter``), before a library crashes on it. Reads the header only.
     """
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            handle.metadata()
-    except Exception as exc:  # safetensors raises several error types for bad files
-        prefix = f"{what}: " if what else ""
-        raise UsageError(
-            f"{prefix}{path}: not a complete safetensors file (truncated or damaged?): {exc}"
-        ) from exc
+    safetensors_header_of(path, what)
 
 
 def tensor_shapes(path: str | Path) -> dict[str, tuple[list[int], str]]:
-    """Name -> (shape, dtype) of every tensor in a safetensors file, without loading data."""
-    from safetensors import safe_open
-
-    out = {}
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            for name in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
-                sl = handle.get_slice(name)
-                out[name] = (list(sl.get_shape()), str(sl.get_dtype()))
-    except Exception as exc:  # safetensors raises several error types for bad files
-        raise UsageError(f"{path}: not a complete safetensors file (truncated or damaged?): {exc}") from exc
-    return out
+    """Name -> (shape, dtype) of every tensor in a safetensors file, without loading data (dtype as the file
+    spells it: ``F32``, ``BF16``, ...)."""
+    header = safetensors_header_of(path)
+    return {name: (list(entry.shape), entry.dtype) for name, entry in header.tensors.items()}
 
 
 def load_artifact(
@@ -368,7 +378,7 @@ class ShardedArtifactWriter:
                     f"{self.manifest_path}: holds a {data.get('schema')!r} artifact, not {self.header.schema!r}; "
                     "use another output folder"
                 )
-            old_hash = data.get("header", {}).get("recipe_fingerprint")
+            old_hash = (data.get("header", {}).get("extra") or {}).get("recipe_fingerprint")
             new_hash = self.header.extra.get("recipe_fingerprint")
             if old_hash and new_hash and old_hash != new_hash:
                 raise UsageError(

@@ -64,7 +64,7 @@ def test_non_pisces_file_refused(tmp_path: Path):
     with pytest.raises(UsageError, match="without a pisces header"):
         artifacts.read_header(tmp_path / "plain.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"not a file at all")
-    with pytest.raises(UsageError, match="not a safetensors file"):
+    with pytest.raises(UsageError, match="not a complete safetensors file"):
         artifacts.read_header(tmp_path / "junk.safetensors")
 
 

@@ -245,7 +245,7 @@ def test_eval_keeps_every_other_row(world: Path, monkeypatch):
         assert words in rows[name]["error"]
     for i in range(GOOD):
         row = rows[f"clip_{i:03d}.mp4"]
-        assert row["error"] is None and row["temporal_flickering"] is not None and row["total"] is not None
+        assert row["error"] is None and row["frame_stability"] is not None and row["total"] is not None
 
 
 def test_eval_pixel_metrics_of_a_crashing_video_are_its_error_row(world: Path, monkeypatch):

@@ -1,28 +1,30 @@
 """Video-text reward encoders behind one interface (:class:`~pisces_cli.encoders.base.EncoderBackend`).
 
-Backends are imported lazily by :func:`~pisces_cli.encoders.registry.load_encoder`; importing this
-package loads neither transformers nor any model code.
+Backends are imported lazily by :func:`~pisces_cli.encoders.registry.load_encoder`, and the names below on first
+use: importing this package (or ``pisces_cli.encoders.registry``) loads neither torch, transformers nor any model
+code.
 """
 
 from __future__ import annotations
 
-from pisces_cli.encoders.base import (
-    EncoderBackend,
-    SemanticResult,
-    TextFeatures,
-    TokenGeometry,
-    VideoFeatures,
-    VideoPreprocessing,
-)
-from pisces_cli.encoders.registry import KNOWN_BACKENDS, load_encoder
+import importlib
+from typing import Any
 
-__all__ = [
-    "KNOWN_BACKENDS",
-    "EncoderBackend",
-    "SemanticResult",
-    "TextFeatures",
-    "TokenGeometry",
-    "VideoFeatures",
-    "VideoPreprocessing",
-    "load_encoder",
-]
+_WHERE = {
+    "EncoderBackend": "pisces_cli.encoders.base",
+    "SemanticResult": "pisces_cli.encoders.base",
+    "TextFeatures": "pisces_cli.encoders.base",
+    "TokenGeometry": "pisces_cli.encoders.base",
+    "VideoFeatures": "pisces_cli.encoders.base",
+    "VideoPreprocessing": "pisces_cli.encoders.base",
+    "KNOWN_BACKENDS": "pisces_cli.encoders.registry",
+    "load_encoder": "pisces_cli.encoders.registry",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name]), name)

@@ -71,7 +71,8 @@ def writable_problem(folder: str | Path) -> str | None:
     target = Path(folder).expanduser()
     base = nearest_existing(target)
     if not base.is_dir():
-        return f"{base} is a file, so {target} cannot be created"
+        within = f" (to write {target})" if base != target.absolute() else ""
+        return f"{base} is a file, but pisces needs a folder there{within}"
     try:
         with tempfile.NamedTemporaryFile(dir=base, prefix=".pisces-preflight-"):
             pass

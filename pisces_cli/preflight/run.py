@@ -49,8 +49,13 @@ def run_preflight(
     stages: tuple[str, ...] = STAGES,
     deep: bool = True,
     inputs: StageInputs | None = None,
+    identify: bool = True,
 ) -> PreflightReport:
-    """Check what ``stages`` of the recipe read and write; ``deep`` adds the weight, disk and device checks."""
+    """Check what ``stages`` of the recipe read and write; ``deep`` adds the weight, disk and device checks.
+
+    ``identify=False`` leaves out what needs the encoder's code (its identity from its config, and the OT map
+    compared with it): the rest imports no torch, so a stage can run it before knowing whether it has work.
+    """
     unknown = [stage for stage in stages if stage not in STAGES]
     if unknown:
         raise UsageError(f"unknown stage(s) {', '.join(unknown)}; expected one of {', '.join(STAGES)}")
@@ -63,7 +68,7 @@ def run_preflight(
     chosen = set(stages)
     identity = None
     if chosen & _encoder_stages(recipe):
-        identity = check_encoder(recipe, report, deep=deep)
+        identity = check_encoder(recipe, report, deep=deep, identify=identify)
     if chosen & _reward_stages(recipe):
         ot_map = inputs.ot_map if inputs.ot_map is not None else recipe.reward.ot_map
         key = "--ot-map" if inputs.ot_map is not None else "reward.ot_map"
@@ -72,7 +77,9 @@ def run_preflight(
             if "fit-ot" in chosen and _same(ot_map, Path(recipe.fit_ot.output) / OT_MAP_FILE)
             else None
         )
-        check_ot_map(recipe, report, identity, path=ot_map, key=key, deep=deep, produced_by=writer)
+        check_ot_map(
+            recipe, report, identity, path=ot_map, key=key, deep=deep, produced_by=writer, compared=identify
+        )
     if deep and identity is None and "fit-ot" in chosen:
         identity = _quiet_identity(recipe)  # the map's width, for the disk estimate
     if chosen & GENERATOR_STAGES:
@@ -97,10 +104,16 @@ def run_preflight(
     return report
 
 
-def check_stage(stage: str, resolved: ResolvedRecipe, **inputs: str | None) -> None:
+def check_stage(stage: str, resolved: ResolvedRecipe, *, identify: bool = True, **inputs: str | None) -> None:
     """The cheap preflight of ``stage`` (milliseconds: paths, config headers, the OT map header, writable
-    outputs); raises :class:`UsageError` (exit 2) listing every failed check with its recipe key."""
-    report = run_preflight(resolved, stages=(stage,), deep=False, inputs=StageInputs(**inputs))
+    outputs); raises :class:`UsageError` (exit 2) listing every failed check with its recipe key.
+
+    Stages that can find they have nothing to do (score, eval, embed) call it first with ``identify=False``
+    (no torch import) and again, in full, just before they load the encoder.
+    """
+    report = run_preflight(
+        resolved, stages=(stage,), deep=False, inputs=StageInputs(**inputs), identify=identify
+    )
     if report.failed:
         lines = "\n".join(f"  {check.line()}" for check in report.failed)
         raise UsageError(

@@ -17,6 +17,7 @@ from pisces_cli.artifacts import (
     check_schema,
     load_artifact,
     read_header,
+    safetensors_header_of,
     save_artifact,
 )
 from pisces_cli.errors import UsageError
@@ -58,16 +59,14 @@ def check_ot_map_header(
     ``weights_sha256`` to skip hashing the encoder). Returns the header and the map's input width (None when
     the file has no ``dims``).
     """
-    from safetensors import safe_open
-
     header = read_header(path)
     check_schema(header, OT_MAP_SCHEMA, path)
     if encoder_fingerprint is not None:
         check_fingerprint(
             header.fingerprints.get("encoder"), encoder_fingerprint, what="encoder", source=str(path)
         )
-    with safe_open(str(path), framework="pt") as handle:
-        input_dim = int(handle.get_tensor("dims")[0]) if "dims" in handle.keys() else None  # noqa: SIM118
+    tensors = safetensors_header_of(path)
+    input_dim = int(tensors.read_values("dims")[0]) if "dims" in tensors.tensors else None
     if dim is not None and input_dim is not None and input_dim != dim:
         raise UsageError(f"{path}: the OT map takes {input_dim}-d embeddings but the encoder gives {dim}-d")
     return header, input_dim

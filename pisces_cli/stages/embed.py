@@ -80,16 +80,15 @@ def _manifest_files(out_dir: Path) -> list[Path]:
 
 
 def _read_manifests(out_dir: Path) -> list[dict[str, Any]]:
+    """Every manifest of the folder (``manifest.json`` and the ranks'), type-checked on read."""
+    from pisces_cli.artifacts import read_manifest_file
+
     manifests = []
     for path in _manifest_files(out_dir):
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise UsageError(
-                f"{path}: not valid JSON ({exc}); pass --force to start the folder over"
-            ) from exc
-        if isinstance(data, dict):
-            manifests.append(data)
+            manifests.append(read_manifest_file(path))
+        except UsageError as exc:
+            raise UsageError(f"{exc}; pass --force to start the folder over") from exc
     return manifests
 
 
@@ -138,7 +137,7 @@ def run_embed(
     from pisces_cli.stages.inputs import listing_from_recipe
     from pisces_cli.stages.progress import progress_bar
 
-    check_stage("embed", resolved, output=output)
+    check_stage("embed", resolved, identify=False, output=output)  # no torch: a no-op re-run stays light
     recipe = resolved.recipe
     ctx = init_distributed()
     console = console if ctx.is_main else None
@@ -187,6 +186,7 @@ def run_embed(
         console if needs_model else None, "embed", total=sum(len(shards[i]) for i in mine)
     ) as advance:
         if needs_model:
+            check_stage("embed", resolved, output=output)  # the encoder's config, before loading it
             advance(0, phase="loading model")
             embedder = _Embedder.load(resolved, key, signature)
             if manifests:

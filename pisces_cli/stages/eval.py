@@ -379,7 +379,8 @@ def run_eval(
     from pisces_cli.stages.resume import folder_inputs, start_resume
     from pisces_cli.stages.row_store import RowStore
 
-    check_stage("eval", resolved, videos_dir=videos_dir, output=output, ot_map=ot_map)
+    stage_inputs = {"videos_dir": videos_dir, "output": output, "ot_map": ot_map}
+    check_stage("eval", resolved, identify=False, **stage_inputs)  # no torch: a no-op re-run stays light
     recipe = resolved.recipe
     section = recipe.eval
     use_vbench = section.vbench if vbench is None else vbench
@@ -412,6 +413,7 @@ def run_eval(
         evaluator = _Evaluator(resolved)
         model_part, info = resume.known_model, resume.stored_info()
         if needs_model:
+            check_stage("eval", resolved, **stage_inputs)  # the OT map against the encoder, before loading it
             advance(0, phase="loading model")
             model_part, info, evaluator = _load_evaluator(resolved, ot_map)
             resume.check_model(model_part)

@@ -132,7 +132,8 @@ def run_score(
     from pisces_cli.stages.resume import folder_inputs, start_resume
     from pisces_cli.stages.row_store import RowStore
 
-    check_stage("score", resolved, videos_dir=videos_dir, output=output, ot_map=ot_map)
+    stage_inputs = {"videos_dir": videos_dir, "output": output, "ot_map": ot_map}
+    check_stage("score", resolved, identify=False, **stage_inputs)  # no torch: a no-op re-run stays light
     recipe = resolved.recipe
     section = recipe.score
     force = section.force if force is None else force
@@ -156,6 +157,9 @@ def run_score(
         scorer = None
         model_part, info = resume.known_model, resume.stored_info()
         if needs_model:
+            check_stage(
+                "score", resolved, **stage_inputs
+            )  # the OT map against the encoder, before loading it
             advance(0, phase="loading model")
             model_part, info, scorer = _load_scorer(resolved, ot_map, keys)
             resume.check_model(model_part)
