@@ -333,6 +333,12 @@ def test_read_only_folder_is_unwritable(models: Path, tmp_path: Path) -> None:
         locked.chmod(0o755)
 
 
+def test_folder_where_no_file_can_be_created_is_unwritable(models: Path, tmp_path: Path) -> None:
+    """Root too: /proc takes no new files, whatever the permission bits say."""
+    report = preflight(models, tmp_path, stages=("embed",), embed={"output": "/proc/self/pisces-emb"})
+    assert "cannot create files in /proc/self" in rows(report, Status.FAIL)["embed.output"]
+
+
 def test_disk_estimate_larger_than_the_free_space(models: Path, tmp_path: Path, monkeypatch) -> None:
     from pisces_cli.preflight import outputs
 
