@@ -7,8 +7,7 @@ code.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from pisces_cli.lazy_exports import lazy_exports
 
 _WHERE = {
     "EncoderBackend": "pisces_cli.encoders.base",
@@ -23,8 +22,4 @@ _WHERE = {
 
 __all__ = sorted(_WHERE)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_WHERE[name]), name)
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE)
