@@ -110,6 +110,14 @@ def test_random_crop_is_reproducible_per_seed(folder):
     assert any(not torch.equal(first, other) for other in others)
 
 
+def test_random_crop_follows_the_video_not_its_place_in_the_run(folder):
+    """A resumed or multi-rank run gives a video the crop a fresh one-process run gives it."""
+    items = collect_prompted_videos(folder)[:3]
+    whole = ClipDataset(items, num_frames=2, preprocessing=PREP, crop="random", seed=1)
+    last_alone = ClipDataset(items[2:], num_frames=2, preprocessing=PREP, crop="random", seed=1)
+    torch.testing.assert_close(whole[2]["clip"], last_alone[0]["clip"], rtol=0, atol=0)
+
+
 def test_tar_items_decode_in_workers(folder, tmp_path):
     shard = tmp_path / "000.tar"
     with tarfile.open(shard, "w") as archive:

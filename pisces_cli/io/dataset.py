@@ -19,8 +19,9 @@ Frame choice (``sampling``):
 - ``frame_rate=R``: resample the video to R fps from frame 0 (:func:`~pisces_cli.io.video.fps_indices`),
   keep the first ``num_frames``; a shorter video is padded by repeating its last sampled frame.
 
-Random crops are seeded per item from ``(seed, index)``, so results do not depend on the
-number of workers or their scheduling; order is the order of ``items`` (no shuffling).
+Random crops are seeded per item from ``(seed, key)`` (:func:`item_seed`), so a video gets the same crop
+whatever the number of workers, their scheduling, its place in the run, a resume or the number of ranks;
+order is the order of ``items`` (no shuffling).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ __all__ = [
     "VideoLoader",
     "collate_video_items",
     "error_detail",
+    "item_seed",
     "frame_selector",
     "make_loader",
 ]
@@ -166,7 +168,7 @@ class ClipDataset(Dataset):
         try:
             source = read_item_bytes(item) if item.member is not None else item.source
             frames, _info, _indices = read_clip(source, self._select, decoder=self.decoder, name=item.source)
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+            generator = torch.Generator().manual_seed(item_seed(self.seed, item.key))
             prep = self.preprocessing
             clip = preprocess_clip(
                 frames,
@@ -186,6 +188,13 @@ class ClipDataset(Dataset):
             detail = f"{type(exc).__name__}: {exc}"
             return self._row(index, item, None, f"cannot use video {item.source}: {detail}", detail)
         return self._row(index, item, clip, None)
+
+
+def item_seed(seed: int, key: str) -> int:
+    """The random-crop seed of the item ``key`` under the run seed ``seed`` (63 bits of SHA-256 of both)."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(f"{seed}\x00{key}".encode()).digest()[:8], "little") >> 1
 
 
 @dataclass
