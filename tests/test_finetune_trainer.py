@@ -91,6 +91,37 @@ def test_resume_after_interrupt_matches_an_uninterrupted_run(tmp_path):
     assert any(e.get("event") == "resumed" for e in read_events(resumed))
 
 
+def test_resume_under_other_training_settings_is_refused_naming_them(tmp_path):
+    """A checkpoint's weights never continue under settings that did not make them; training longer,
+    checkpointing more often or logging differently is still a resume."""
+    from pisces_cli.errors import UsageError
+
+    make_trainer(tmp_path, max_steps=1).train()
+    longer = make_trainer(tmp_path, max_steps=2, checkpointing_steps=5, log_every=2)
+    assert longer.step == 1 and longer.resumed_from.name == "checkpoint-1"
+    with pytest.raises(UsageError) as refused:
+        make_trainer(
+            tmp_path, max_steps=2, extra=["reward.weights.quality=0.5", "finetune.weight_decay=0.125"]
+        )
+    text = str(refused.value)
+    assert "reward.weights.quality: 1 → 0.5" in text and "finetune.weight_decay" in text
+    assert "--fresh" in text and "finetune.output" in text
+
+
+def test_fresh_run_removes_the_earlier_checkpoints_and_log(tmp_path):
+    from pisces_cli.stages.finetune import run_finetune
+
+    make_trainer(tmp_path, max_steps=2, checkpointing_steps=1).train()
+    output = tmp_path / "run" / "finetune"
+    assert sorted(p.name for p in output.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    run_finetune(resolve(tmp_path, "hunyuan", ["reward.weights.quality=0.5"]), fresh=True, max_steps=1)
+    assert sorted(p.name for p in output.glob("checkpoint-*")) == ["checkpoint-1"]
+    steps = [
+        json.loads(line)["step"] for line in (output / "logs" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert steps and max(steps) <= 1
+
+
 def test_fresh_ignores_checkpoints_and_limit_prunes(tmp_path):
     trainer = make_trainer(tmp_path, max_steps=3, checkpoints_total_limit=2)
     trainer.train()

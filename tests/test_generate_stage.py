@@ -58,6 +58,30 @@ def test_generate_writes_vbench_names_manifest_and_resumes(tmp_path):
         run_generate(changed, prompts=str(prompts), output=str(output), limit=2)
 
 
+def test_complete_folder_is_checked_before_anything_is_skipped(tmp_path, trained_checkpoint, monkeypatch):
+    """Every video exists: a re-run with the same settings loads nothing; one with an adapter (or another
+    sampler) is refused instead of keeping the base model's videos under the adapter's name."""
+    from pisces_cli.stages import generate as generate_module
+
+    resolved = resolve(tmp_path)
+    prompts, output = str(tmp_path / "prompts.txt"), tmp_path / "videos"
+    assert generate_module.run_generate(resolved, prompts=prompts, output=str(output), limit=1).written == 1
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the pipeline was loaded")
+
+    monkeypatch.setattr(generate_module, "load_generator", no_load)
+    again = generate_module.run_generate(resolved, prompts=prompts, output=str(output), limit=1)
+    assert (again.written, again.skipped) == (0, 1)
+    with pytest.raises(UsageError, match="adapter"):
+        generate_module.run_generate(
+            resolved, prompts=prompts, output=str(output), limit=1, adapter_dir=str(trained_checkpoint)
+        )
+    euler = resolve(tmp_path, extra=["generate.sampler=euler"])
+    with pytest.raises(UsageError, match="sampler_choice"):
+        generate_module.run_generate(euler, prompts=prompts, output=str(output), limit=1)
+
+
 def test_adapter_changes_outputs_and_matches_diffusers_load_lora_weights(tmp_path, trained_checkpoint):
     from diffusers import HunyuanVideoPipeline
 

@@ -160,7 +160,11 @@ def finetune(
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Print the resolved plan and a memory estimate; load nothing."
     ),
-    fresh: bool = typer.Option(False, "--fresh", help="Ignore existing checkpoints and start from step 0."),
+    fresh: bool = typer.Option(
+        False,
+        "--fresh",
+        help="Start over: remove this output's checkpoints and metrics log, train from step 0.",
+    ),
     max_steps: int = typer.Option(
         None, "--max-steps", min=1, help="Stop after N optimizer steps (default: finetune.max_steps)."
     ),

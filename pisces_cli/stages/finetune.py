@@ -212,6 +212,10 @@ def _run(
         return None
     check_stage("finetune", resolved)
     is_main = dist_context().is_main
+    if fresh and is_main:
+        from pisces_cli.training.checkpoint import clear_training_output
+
+        clear_training_output(resolved.recipe.finetune.output)
     trainer = Trainer(resolved, console=console if is_main else None, resume=not fresh, max_steps=steps)
     trainer.check_plan()
     if is_main:

@@ -150,21 +150,20 @@ def sample_videos(adapter: BackboneAdapter, prompts: list[str], seeds: list[int]
     )
 
 
-def settings_record(
-    resolved: ResolvedRecipe, adapter: BackboneAdapter, adapter_dir: str | None, seeds: list[int]
-) -> dict[str, Any]:
-    from pisces_cli.backbones.sampling import describe_sampler
+def requested_settings(resolved: ResolvedRecipe, adapter_dir: str | None, seeds: list[int]) -> dict[str, Any]:
+    """The settings of a run known before the pipeline is loaded: what a folder's existing videos are checked
+    against first, so a re-run with another adapter or sampler is refused even when no video is missing.
+    ``adapter_files``: names, sizes and mtimes of the adapter's files (a rewritten checkpoint differs)."""
+    from pisces_cli.stages.run_key import files_signature
 
     section = resolved.recipe.generate
     generator = resolved.recipe.models.generator
-    return {
-        "backbone": adapter.family,
+    record: dict[str, Any] = {
         "generator": generator.path,
         "dtype": generator.dtype,
         "adapter": str(Path(adapter_dir).resolve()) if adapter_dir else None,
+        "adapter_files": files_signature([Path(adapter_dir)]) if adapter_dir else None,
         "steps": section.steps,
-        "guidance": adapter.default_guidance if section.guidance is None else section.guidance,
-        "shift": adapter.scheduler_shift() if section.shift is None else section.shift,
         "num_frames": section.num_frames,
         "height": section.height,
         "width": section.width,
@@ -173,6 +172,27 @@ def settings_record(
         "seeds": seeds,
         "negative_prompt": section.negative_prompt,
         "vae_tiling": section.vae_tiling,
+        "sampler_choice": section.sampler,
+    }
+    if section.guidance is not None:
+        record["guidance"] = section.guidance
+    if section.shift is not None:
+        record["shift"] = section.shift
+    return record
+
+
+def settings_record(
+    resolved: ResolvedRecipe, adapter: BackboneAdapter, adapter_dir: str | None, seeds: list[int]
+) -> dict[str, Any]:
+    """:func:`requested_settings` completed with what the loaded pipeline says (its defaults, its sampler)."""
+    from pisces_cli.backbones.sampling import describe_sampler
+
+    section = resolved.recipe.generate
+    return {
+        **requested_settings(resolved, adapter_dir, seeds),
+        "backbone": adapter.family,
+        "guidance": adapter.default_guidance if section.guidance is None else section.guidance,
+        "shift": adapter.scheduler_shift() if section.shift is None else section.shift,
         "sampler": describe_sampler(adapter, section.sampler, section.shift),
     }
 
@@ -188,8 +208,8 @@ def _check_existing(folder: Path, settings: dict[str, Any]) -> None:
     differing = sorted(k for k in settings if k in old and old[k] != settings[k])
     if differing:
         raise UsageError(
-            f"{folder} holds videos made with other settings ({', '.join(differing)}); "
-            "choose another --output or delete the folder"
+            f"{folder} holds videos made with other settings ({', '.join(differing)}): they would be kept "
+            "under the new settings' name; choose another --output or delete the folder"
         )
 
 
@@ -242,6 +262,7 @@ def run_generate(
     folder.mkdir(parents=True, exist_ok=True)
     todo = [job for job in jobs if not (folder / job.file).is_file()]
     adapter_dir = adapter_dir or section.adapter
+    _check_existing(folder, requested_settings(resolved, adapter_dir, seeds))  # before any skip or load
     if not todo:
         return GenerateSummary(folder, 0, len(jobs), len(jobs))
     dist = init_distributed()

@@ -18,7 +18,7 @@ re-run with nothing to do, or with changed settings, answers before any heavy wo
 A *per-video key* is the prompt text plus the video file's size and mtime (a tar member's size and
 its shard's mtime): a row whose per-video key changed is recomputed.
 
-:func:`refuse_changed` raises :class:`~pisces_cli.errors.UsageError` (exit 2) naming every changed
+:func:`~pisces_cli.config.diff.refuse_changed` raises :class:`~pisces_cli.errors.UsageError` (exit 2) naming every changed
 field (old → new) and the ways out.
 """
 
@@ -31,6 +31,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pisces_cli.config.diff import changed_fields, refuse_changed
 from pisces_cli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -102,6 +103,12 @@ def encoder_file_signature(recipe: Recipe) -> str | None:
     paths = _encoder_paths(recipe)
     if not paths or not all(p.exists() for p in paths):
         return None
+    return files_signature(paths)
+
+
+def files_signature(paths: list[Path]) -> str:
+    """Hash of (name, size, mtime) of every file at or under ``paths`` (no file is read): it changes when a
+    file is added, removed or rewritten."""
     digest = hashlib.sha256()
     for root in paths:
         digest.update(str(root.resolve()).encode())
@@ -198,56 +205,6 @@ def reward_parts(recipe: Recipe, ot_map_path: str | None) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------- compare
-
-
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, Mapping) and value:
-        out: dict[str, Any] = {}
-        for key, inner in value.items():
-            out.update(_flatten(inner, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: value}
-
-
-def changed_fields(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
-    """``(dotted field, old value, new value)`` for every leaf that differs (JSON-normalised)."""
-    old_flat = _flatten(json.loads(json.dumps(old, default=str)))
-    new_flat = _flatten(json.loads(json.dumps(new, default=str)))
-    missing = object()
-    out = []
-    for name in sorted(set(old_flat) | set(new_flat)):
-        before, after = old_flat.get(name, missing), new_flat.get(name, missing)
-        if before != after:
-            out.append((name, None if before is missing else before, None if after is missing else after))
-    return out
-
-
-def _short(value: Any) -> str:
-    if value is None:
-        return "none"
-    if isinstance(value, str):
-        hexish = len(value) >= 32 and all(c in "0123456789abcdef" for c in value)
-        text = value[:12] if hexish else value
-    elif isinstance(value, float):
-        text = f"{value:g}"
-    else:
-        text = json.dumps(value, separators=(",", ":"))
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def refuse_changed(where: str, changes: list[tuple[str, Any, Any]], *, rows: str, ways_out: str) -> None:
-    """Raise UsageError naming each changed field (``old → new``) and the ways out; no-op without changes.
-
-    Args:
-        where: the folder or file holding the state.
-        changes: from :func:`changed_fields`.
-        rows: what the folder holds, e.g. ``"12 score rows"``.
-        ways_out: the sentence telling the user what to do.
-    """
-    if not changes:
-        return
-    lines = [f"  {name}: {_short(before)} → {_short(after)}" for name, before, after in changes]
-    raise UsageError(f"{where} holds {rows} made with other settings:\n" + "\n".join(lines) + f"\n{ways_out}")
 
 
 def refuse_unkeyed(where: str, *, rows: str, ways_out: str) -> None:

@@ -14,6 +14,10 @@ Layout of ``{finetune.output}/checkpoint-{step}/``::
 
 A checkpoint is written into a hidden temporary folder and renamed into place, so a folder named
 ``checkpoint-{step}`` is always complete.
+
+``state.json`` also records the *training key* (:func:`training_key`): the settings that change what training
+computes. A resume under another key is refused (:func:`check_training_key`), so a checkpoint's weights never
+continue under settings that did not make them.
 """
 
 from __future__ import annotations
@@ -40,6 +44,23 @@ from pisces_cli.errors import UsageError
 
 FORMAT_VERSION = 1
 STATE_DIR = "training_state"
+#: ``finetune`` keys that do not change what a training step computes: when to stop, save, log and validate,
+#: where to write, and memory-only switches. Every other recipe key of ``seed``, ``models``, ``reward`` and
+#: ``finetune`` is in the training key.
+UNKEYED_FINETUNE = (
+    "max_steps",
+    "checkpointing_steps",
+    "checkpoints_total_limit",
+    "resume",
+    "log_every",
+    "report_to",
+    "validation",
+    "output",
+    "max_nan_steps",
+    "distributed",
+    "gradient_checkpointing",
+    "offload_text_encoders",
+)
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -54,6 +75,52 @@ def checkpoint_dirs(output: str | Path) -> list[tuple[int, Path]]:
         if match and (child / STATE_DIR / "state.json").is_file():
             found.append((int(match.group(1)), child))
     return sorted(found)
+
+
+def training_key(recipe_data: dict[str, Any]) -> dict[str, Any]:
+    """The settings a checkpoint's training state depends on, from the resolved recipe ``recipe_data`` (paths
+    absolute): ``seed``, ``models``, ``reward`` and ``finetune`` without :data:`UNKEYED_FINETUNE`."""
+    finetune = {k: v for k, v in recipe_data.get("finetune", {}).items() if k not in UNKEYED_FINETUNE}
+    return {
+        "seed": recipe_data.get("seed"),
+        "models": recipe_data.get("models"),
+        "reward": recipe_data.get("reward"),
+        "finetune": finetune,
+    }
+
+
+def check_training_key(folder: Path, meta: dict[str, Any], key: dict[str, Any]) -> None:
+    """Refuse (UsageError naming each changed setting) to resume ``folder`` under another training key.
+
+    Checkpoints written before keys were recorded carry none and are resumed as before.
+    """
+    from pisces_cli.config.diff import changed_fields, refuse_changed
+
+    stored = meta.get("training_key")
+    if not isinstance(stored, dict):
+        return
+    refuse_changed(
+        str(folder),
+        changed_fields(stored, key),
+        rows=f"a training state (step {meta.get('step')})",
+        ways_out="Resuming would continue these weights under settings that did not make them. Pass --fresh "
+        "to start this output folder over (its checkpoints and logs are removed), or set another "
+        "finetune.output.",
+    )
+
+
+def clear_training_output(output: str | Path) -> list[Path]:
+    """Remove the checkpoints and the metrics log of an earlier run in ``output`` (``finetune --fresh``), so a
+    fresh run never shares a folder with them; returns what was removed."""
+    root = Path(output)
+    removed = [folder for _step, folder in checkpoint_dirs(root)]
+    for folder in removed:
+        shutil.rmtree(folder, ignore_errors=True)
+    metrics = root / "logs" / "metrics.jsonl"
+    if metrics.is_file():
+        metrics.unlink()
+        removed.append(metrics)
+    return removed
 
 
 def find_resume_checkpoint(output: str | Path, resume: str | None) -> Path | None:

@@ -365,9 +365,16 @@ class Trainer:
             self.logger.event(self.step, "resumed", checkpoint=str(folder))
 
     def load_checkpoint(self, folder: Path) -> None:
-        from pisces_cli.training.checkpoint import load_training_state, optimizer_from_flat, restore_rng
+        from pisces_cli.training.checkpoint import (
+            check_training_key,
+            load_training_state,
+            optimizer_from_flat,
+            restore_rng,
+            training_key,
+        )
 
         meta, tensors, trainable = load_training_state(folder)
+        check_training_key(Path(folder), meta, training_key(self.resolved.portable_data()))
         if self.section.full_finetune:
             self._load_full_weights(folder)
         else:
@@ -423,6 +430,7 @@ class Trainer:
             publish,
             save_training_state,
             staging_dir,
+            training_key,
         )
 
         final = None
@@ -459,6 +467,7 @@ class Trainer:
                     "overflow_steps": self.overflow_steps,
                     "grad_scaler": None if self.scaler is None else self.scaler.state_dict(),
                     "recipe_hash": self.resolved.hash,
+                    "training_key": training_key(self.resolved.portable_data()),
                     "world_size": self.dist.world_size,
                     "max_steps": self.max_steps,
                 },
