@@ -355,7 +355,8 @@ class ShardedArtifactWriter:
     """Write a large artifact as numbered shards plus ``manifest.json``; resumable.
 
     ``manifest.json`` = ``{"schema", "name", "complete", "shards": [{"file", "index", "rows",
-    "keys_first", "keys_last"}], "header": {...}}``. It is rewritten atomically after every shard,
+    "keys_file", ...}], "empty_shards": [...], "header": {...}}`` (:class:`ManifestSchema`; a writer may add
+    fields to an entry, e.g. ``embed``'s ``items_sha256`` and ``errors``). It is rewritten atomically after every shard,
     so after an interruption the shards it lists are complete and are skipped on resume.
     """
 

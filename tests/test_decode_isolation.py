@@ -265,6 +265,7 @@ def test_eval_pixel_metrics_of_a_crashing_video_are_its_error_row(world: Path, m
     assert main(["eval", str(world / "clean"), "-r", str(recipe), "-o", str(out)]) == 0
     rows = {row["video"]: row for row in json.loads((out / "eval.json").read_text())["videos"]}
     assert "the decoder crashed (killed by SIGSEGV)" in rows["clip_002.mp4"]["error"]
+    assert rows["clip_002.mp4"]["total"] is None  # an error row reports no metric of the video
     assert all(rows[f"clip_{i:03d}.mp4"]["error"] is None for i in (0, 1, 3, 4))
 
 

@@ -99,6 +99,14 @@ def test_resume_under_other_training_settings_is_refused_naming_them(tmp_path):
     make_trainer(tmp_path, max_steps=1).train()
     longer = make_trainer(tmp_path, max_steps=2, checkpointing_steps=5, log_every=2)
     assert longer.step == 1 and longer.resumed_from.name == "checkpoint-1"
+    from pisces_cli.training.checkpoint import training_key
+
+    data = longer.resolved.portable_data()
+    one_gpu, eight = dict(data), dict(data)
+    one_gpu["finetune"] = {**data["finetune"], "batch_size": 1, "gradient_accumulation_steps": 32}
+    eight["finetune"] = {**data["finetune"], "batch_size": 1, "gradient_accumulation_steps": 4}
+    assert training_key(one_gpu, 1) == training_key(eight, 8)  # the same effective batch
+    assert training_key(eight, 4) != training_key(eight, 8)
     with pytest.raises(UsageError) as refused:
         make_trainer(
             tmp_path, max_steps=2, extra=["reward.weights.quality=0.5", "finetune.weight_decay=0.125"]

@@ -316,8 +316,11 @@ def _pixel_row(row: dict[str, Any], source: str, section: Any, timeout_s: float 
 
     try:
         row.update(call_isolated(_pixel_metrics_of, source, section, label=source, timeout_s=timeout_s))
-    except PiscesError as error:
+    except PiscesError as error:  # an error row: no metric of this video is reported
+        row.update({name: None for name in METRIC_ORDER if name in row})
         row["error"] = str(error)
+        if getattr(error, "detail", None):
+            row["detail"] = error.detail
 
 
 def _pixel_metrics_of(source: str, section: Any) -> dict[str, Any]:

@@ -44,10 +44,13 @@ from pisces_cli.errors import UsageError
 
 FORMAT_VERSION = 1
 STATE_DIR = "training_state"
-#: ``finetune`` keys that do not change what a training step computes: when to stop, save, log and validate,
-#: where to write, and memory-only switches. Every other recipe key of ``seed``, ``models``, ``reward`` and
+#: ``finetune`` keys that do not change what a training step computes: when to stop, save, log, validate and
+#: sanity-check, where to write, and memory-only switches (``batch_size`` and ``gradient_accumulation_steps``
+#: enter as the effective batch instead). Every other recipe key of ``seed``, ``models``, ``reward`` and
 #: ``finetune`` is in the training key.
 UNKEYED_FINETUNE = (
+    "batch_size",
+    "gradient_accumulation_steps",
     "max_steps",
     "checkpointing_steps",
     "checkpoints_total_limit",
@@ -61,6 +64,8 @@ UNKEYED_FINETUNE = (
     "gradient_checkpointing",
     "offload_text_encoders",
 )
+#: the same for the ``finetune.grpo`` and ``finetune.vae`` sub-sections
+UNKEYED_SUBKEYS = {"grpo": ("chunk_size", "sanity_check", "sanity_prompts"), "vae": ("decode_checkpointing",)}
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -77,10 +82,18 @@ def checkpoint_dirs(output: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def training_key(recipe_data: dict[str, Any]) -> dict[str, Any]:
+def training_key(recipe_data: dict[str, Any], world_size: int) -> dict[str, Any]:
     """The settings a checkpoint's training state depends on, from the resolved recipe ``recipe_data`` (paths
-    absolute): ``seed``, ``models``, ``reward`` and ``finetune`` without :data:`UNKEYED_FINETUNE`."""
-    finetune = {k: v for k, v in recipe_data.get("finetune", {}).items() if k not in UNKEYED_FINETUNE}
+    absolute): ``seed``, ``models``, ``reward`` and ``finetune`` without :data:`UNKEYED_FINETUNE` and
+    :data:`UNKEYED_SUBKEYS`, plus the effective batch (``batch_size`` × ``gradient_accumulation_steps`` ×
+    ``world_size``), so 8 GPUs × 4 accumulation steps resume as 1 GPU × 32."""
+    section = recipe_data.get("finetune", {})
+    finetune = {k: v for k, v in section.items() if k not in UNKEYED_FINETUNE}
+    for name, unkeyed in UNKEYED_SUBKEYS.items():
+        if isinstance(finetune.get(name), dict):
+            finetune[name] = {k: v for k, v in finetune[name].items() if k not in unkeyed}
+    accumulation = section.get("gradient_accumulation_steps") or 1
+    finetune["effective_batch"] = (section.get("batch_size") or 1) * accumulation * world_size
     return {
         "seed": recipe_data.get("seed"),
         "models": recipe_data.get("models"),

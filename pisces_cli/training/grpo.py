@@ -48,9 +48,9 @@ re-scored with the training code path before any update (every stochastic step);
 < ``0.1·clip_range`` under bf16/fp16 autocast) or :class:`PiscesRuntimeError` is raised.
 
 Rollouts and updates run the transformers in ``eval()`` mode (LoRA dropout off) so both compute the same policy.
-Optional ``GrpoSection`` fields read with defaults (``getattr``): ``num_iterations`` (1), ``chunk_size`` (samples
-per DiT call in rollout and update; default all ``N``; decode + reward default to one sample per call),
-``sanity_check`` (True), ``sanity_prompts`` (``ctx.extra["sanity_prompts"]`` wins; else the first prompt in the
+``GrpoSection`` fields besides the objective's: ``num_iterations`` (updates per rollout batch), ``chunk_size``
+(samples per DiT call in rollout and update; null = all ``N``; decode + reward run one sample per call),
+``sanity_check`` and ``sanity_prompts`` (``ctx.extra["sanity_prompts"]`` wins; else the first prompt in the
 trainer's prompt cache).
 """
 

@@ -374,7 +374,9 @@ class Trainer:
         )
 
         meta, tensors, trainable = load_training_state(folder)
-        check_training_key(Path(folder), meta, training_key(self.resolved.portable_data()))
+        check_training_key(
+            Path(folder), meta, training_key(self.resolved.portable_data(), self.dist.world_size)
+        )
         if self.section.full_finetune:
             self._load_full_weights(folder)
         else:
@@ -467,7 +469,7 @@ class Trainer:
                     "overflow_steps": self.overflow_steps,
                     "grad_scaler": None if self.scaler is None else self.scaler.state_dict(),
                     "recipe_hash": self.resolved.hash,
-                    "training_key": training_key(self.resolved.portable_data()),
+                    "training_key": training_key(self.resolved.portable_data(), self.dist.world_size),
                     "world_size": self.dist.world_size,
                     "max_steps": self.max_steps,
                 },

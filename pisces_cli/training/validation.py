@@ -3,7 +3,8 @@
 Every ``validation.every`` optimizer steps (0 = off) :meth:`Validator.run` samples the validation prompts — prompt
 ``i`` with seed ``validation.seed + i``, the same noise at every validation, so successive videos differ only by
 the training — in ``validation.steps`` steps at the training geometry (``finetune.num_frames`` × ``height`` ×
-``width``), the way ``pisces generate`` samples (``generate.sampler``, ``shift``, ``guidance``, ``negative_prompt``),
+``width``), the way ``pisces generate`` samples (``generate.sampler``, ``shift``, ``guidance``) but with the
+training prompt cache's embeddings, so with an empty negative prompt (``generate.negative_prompt`` is not used),
 with the transformers in eval mode and no gradients. The reward module scores the videos. Rank 0 logs
 ``validation/<component>`` (mean over the prompts), ``validation/total`` and ``validation/seconds`` (the cost)
 in ``logs/metrics.jsonl`` (and TensorBoard / W&B with the videos when enabled) and writes
