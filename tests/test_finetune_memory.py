@@ -114,6 +114,17 @@ def test_reward_encoder_weights_and_activations_are_in_the_plan(tmp_path):
     grpo = estimate(resolve(tmp_path, extra=released, algorithm="grpo"))
     assert "activations:reward" not in grpo.parts and "activations:vae_decoder" not in grpo.parts
     assert grpo.parts["rollout_trajectories"] > 0
+    # several updates per rollout batch keep every micro-batch's rollouts at once
+    reused = estimate(
+        resolve(
+            tmp_path,
+            extra=[*released, "finetune.grpo.num_iterations=2"],
+            algorithm="grpo",
+            gradient_accumulation_steps=3,
+        )  # fmt: skip
+    )
+    once = estimate(resolve(tmp_path, extra=released, algorithm="grpo", gradient_accumulation_steps=3))
+    assert reused.parts["rollout_trajectories"] == 3 * once.parts["rollout_trajectories"]
 
 
 def test_dry_run_says_what_the_estimate_leaves_out(tmp_path):

@@ -108,3 +108,25 @@ def test_the_reward_encoder_loads_in_reward_dtype(tmp_path):
     trainer.setup()
     assert trainer.reward.encoder.dtype == torch.bfloat16
     assert trainer.scaler is None
+
+
+def test_nonfinite_loss_still_runs_backward_under_torchrun():
+    """In one process a NaN loss skips its backward; with several ranks every rank must run it (DDP/FSDP
+    collectives), and the trainer's cross-rank finiteness check skips the step everywhere."""
+    from types import SimpleNamespace
+
+    from pisces_cli.training.algorithm import TrainingAlgorithm
+
+    class Probe(TrainingAlgorithm):
+        def train_step(self, batches, step, generator):  # pragma: no cover - not used
+            return {}
+
+    weight = torch.ones(2, requires_grad=True)
+    for world_size, expect_grad in ((1, False), (2, True)):
+        weight.grad = None
+        probe = Probe(SimpleNamespace(grad_scaler=None, world_size=world_size))  # type: ignore[arg-type]
+        finite = probe.backward_unless_nonfinite((weight * float("nan")).sum())
+        assert finite is False and (weight.grad is not None) == expect_grad
+    weight.grad = None
+    assert Probe(SimpleNamespace(grad_scaler=None, world_size=1)).backward_unless_nonfinite(weight.sum())
+    assert weight.grad is not None

@@ -121,6 +121,7 @@ def test_fresh_run_removes_the_earlier_checkpoints_and_log(tmp_path):
 
     make_trainer(tmp_path, max_steps=2, checkpointing_steps=1).train()
     output = tmp_path / "run" / "finetune"
+    (output / "validation" / "step-2").mkdir(parents=True)  # what an earlier validation left
     assert sorted(p.name for p in output.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
     run_finetune(resolve(tmp_path, "hunyuan", ["reward.weights.quality=0.5"]), fresh=True, max_steps=1)
     assert sorted(p.name for p in output.glob("checkpoint-*")) == ["checkpoint-1"]
@@ -128,6 +129,7 @@ def test_fresh_run_removes_the_earlier_checkpoints_and_log(tmp_path):
         json.loads(line)["step"] for line in (output / "logs" / "metrics.jsonl").read_text().splitlines()
     ]
     assert steps and max(steps) <= 1
+    assert not (output / "validation").exists()
 
 
 def test_fresh_ignores_checkpoints_and_limit_prunes(tmp_path):
@@ -392,3 +394,18 @@ def test_dry_run_knows_the_bundled_hub_models(name, billions):
     assert not any(part.startswith("weights:text_encoder") for part in planned.parts)
     unchecked = estimate(load_recipe(name, ["finetune.vae.decode_checkpointing=false"]))
     assert planned.parts["activations:vae_decoder"] < 0.5 * unchecked.parts["activations:vae_decoder"]
+
+
+def test_fsdp_is_refused_for_two_experts_before_anything_loads(tmp_path, monkeypatch):
+    """Wan 2.2 A14B's ranks pick their expert by their own timestep: FSDP's weight gathers would not line up."""
+    from pisces_cli.backbones.tiny import save_tiny_wan
+    from pisces_cli.errors import UsageError
+    from pisces_cli.training.trainer import Trainer
+
+    a14b = save_tiny_wan(tmp_path / "a14b", seed=0, variant="2.2-a14b")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    extra = [f"models.generator.path={a14b}", "finetune.distributed=fsdp"]
+    with pytest.raises(UsageError, match="two experts"):
+        Trainer(resolve(tmp_path, "wan", extra), resume=False).check_plan()
+    ddp = ["finetune.distributed=ddp", f"models.generator.path={a14b}"]
+    Trainer(resolve(tmp_path, "wan", ddp), resume=False).check_plan()  # ddp is fine

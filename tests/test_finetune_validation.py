@@ -84,3 +84,19 @@ def test_validation_is_off_by_default(tmp_path):
     trainer.train()
     assert not any(key.startswith("validation/") for row in rows(trainer) for key in row)
     assert not (trainer.output / "validation").exists()
+
+
+def test_a_failed_validation_is_logged_after_the_checkpoint_and_training_goes_on(tmp_path):
+    extra = ["finetune.validation.every=2", "finetune.validation.steps=2", "finetune.checkpointing_steps=2"]
+    trainer = Trainer(resolve(tmp_path, extra=extra, max_steps=4), resume=False)
+    trainer.setup()
+
+    def out_of_memory(step, is_main):
+        assert (trainer.output / f"checkpoint-{step}").is_dir()  # the step is saved before validating
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    trainer.validator.run = out_of_memory
+    summary = trainer.train()
+    assert summary.step == 4
+    failures = [row for row in rows(trainer) if row.get("event") == "validation_failed"]
+    assert [row["step"] for row in failures] == [2, 4] and "out of memory" in failures[0]["reason"]

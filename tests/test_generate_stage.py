@@ -80,6 +80,9 @@ def test_complete_folder_is_checked_before_anything_is_skipped(tmp_path, trained
     euler = resolve(tmp_path, extra=["generate.sampler=euler"])
     with pytest.raises(UsageError, match="sampler_choice"):
         generate_module.run_generate(euler, prompts=prompts, output=str(output), limit=1)
+    stronger = resolve(tmp_path, extra=["generate.guidance=9.0"])
+    with pytest.raises(UsageError, match="guidance"):
+        generate_module.run_generate(stronger, prompts=prompts, output=str(output), limit=1)
 
 
 def test_adapter_changes_outputs_and_matches_diffusers_load_lora_weights(tmp_path, trained_checkpoint):

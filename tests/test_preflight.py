@@ -182,6 +182,39 @@ def test_missing_tokenizer_and_generator_files(models: Path, tmp_path: Path) -> 
     assert "not found" in failed["models.generator.path"]
 
 
+def test_tokenizer_dir_option_is_read_as_the_loader_reads_it(models: Path, tmp_path: Path) -> None:
+    """models.encoder.options.tokenizer_dir wins over models.encoder.tokenizer, in the loader and here."""
+    import shutil
+
+    moved = tmp_path / "bert"
+    moved.mkdir()
+    shutil.copy(models / "iv2" / "vocab.txt", moved / "vocab.txt")
+    data = recipe_data(models, tmp_path / "run")
+    data["models"]["encoder"].update(
+        tokenizer=str(tmp_path / "nowhere"), options={"tokenizer_dir": str(moved)}
+    )
+    report = run_preflight(resolve_data(data, [], "t"), stages=("score",))
+    assert rows(report, Status.OK)["models.encoder.options.tokenizer_dir"].startswith(str(moved))
+
+
+def test_finetune_inputs_the_loader_would_refuse(models: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    data = recipe_data(models, tmp_path / "run", finetune={"data": {"prompts": str(empty)}})
+    assert (
+        "no prompt"
+        in rows(run_preflight(resolve_data(data, [], "t"), stages=("finetune",)), Status.FAIL)[
+            "finetune.data.prompts"
+        ]
+    )
+    cache = tmp_path / "latents"
+    cache.mkdir()
+    videos = {"prompts": None, "videos": str(tmp_path / "gone"), "latents": str(cache)}
+    data = recipe_data(models, tmp_path / "run", finetune={"data": videos})
+    failed = rows(run_preflight(resolve_data(data, [], "t"), stages=("finetune",)), Status.FAIL)
+    assert "finetune.data.videos" in failed  # the trainer lists the videos even with a latents cache
+
+
 def test_missing_vae_weights_fail_the_component(models: Path, tmp_path: Path) -> None:
     folder = tmp_path / "hunyuan"
     shutil.copytree(models / "hunyuan", folder)

@@ -164,7 +164,7 @@ def finetune(
     fresh: bool = typer.Option(
         False,
         "--fresh",
-        help="Start over: remove this output's checkpoints and metrics log, train from step 0.",
+        help="Start over: remove this output's checkpoints, logs and validation videos; train from step 0.",
     ),
     max_steps: int = typer.Option(
         None, "--max-steps", min=1, help="Stop after N optimizer steps (default: finetune.max_steps)."

@@ -120,11 +120,14 @@ def _internvideo2_weights(path: Path, deep: bool) -> str:
 
 def _check_bert_tokenizer(recipe: Recipe, model_path: Path, report: PreflightReport, deep: bool) -> None:
     from pisces_cli.encoders.internvideo2.backend import find_tokenizer_dir
+    from pisces_cli.rewards.build import encoder_options
 
     section = recipe.models.encoder
-    key = TOKENIZER_KEY
+    # the loader's own rule: models.encoder.options.tokenizer_dir wins over models.encoder.tokenizer
+    chosen = section.options.get("tokenizer_dir")
+    key = "models.encoder.options.tokenizer_dir" if chosen else TOKENIZER_KEY
     try:
-        directory = find_tokenizer_dir(model_path, section.tokenizer)
+        directory = find_tokenizer_dir(model_path, encoder_options(recipe).get("tokenizer_dir"))
     except UsageError as error:
         report.add("tokenizer", key, Status.FAIL, str(error))
         return

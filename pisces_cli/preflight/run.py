@@ -214,12 +214,8 @@ def _check_finetune_data(recipe: Recipe, report: PreflightReport) -> None:
             if data.videos
             else ("finetune.data.manifest", data.manifest, "file")
         )
-        if data.latents and Path(data.latents).is_dir() and not Path(value).exists():
-            report.add(
-                "input", key, Status.SKIP, f"{value} not found; the latents cache {data.latents} is used"
-            )
-        else:
-            _path_row(report, key, value, kind)
+        # the videos are listed even with a latents cache (to match the cache to them), so they must be there
+        _path_row(report, key, value, kind)
     elif data.latents:
         _path_row(report, "finetune.data.latents", data.latents, "folder")
 
@@ -234,6 +230,9 @@ def _check_prompts(spec: str | None, key: str, report: PreflightReport) -> None:
         count = len(load_suite(spec))
     except UsageError as error:
         report.add("input", key, Status.FAIL, str(error))
+        return
+    if count == 0:
+        report.add("input", key, Status.FAIL, f"{spec}: no prompt in it")
         return
     report.add("input", key, Status.OK, f"{spec}: {count} prompt(s)")
 

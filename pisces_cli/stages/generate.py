@@ -173,11 +173,10 @@ def requested_settings(resolved: ResolvedRecipe, adapter_dir: str | None, seeds:
         "negative_prompt": section.negative_prompt,
         "vae_tiling": section.vae_tiling,
         "sampler_choice": section.sampler,
+        # as asked (null = the checkpoint's default); settings_record adds the values they resolve to
+        "guidance_requested": section.guidance,
+        "shift_requested": section.shift,
     }
-    if section.guidance is not None:
-        record["guidance"] = section.guidance
-    if section.shift is not None:
-        record["shift"] = section.shift
     return record
 
 

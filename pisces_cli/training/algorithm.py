@@ -146,6 +146,21 @@ class TrainingAlgorithm(ABC):
         scaler = self.ctx.grad_scaler
         (loss if scaler is None else scaler.scale(loss)).backward()
 
+    def backward_unless_nonfinite(self, loss: torch.Tensor) -> bool:
+        """:meth:`backward` of ``loss``; returns whether ``loss`` is finite.
+
+        In one process a non-finite loss skips its backward (the step is skipped anyway). Under torchrun every
+        rank runs backward whatever its loss: DDP's gradient all-reduce and FSDP's weight re-gathers are
+        collectives every rank must join, so one rank skipping would hang them all. Its non-finite gradients
+        are thrown away when the trainer, which reduces finiteness over the ranks, skips the step everywhere.
+        """
+        import torch
+
+        finite = bool(torch.isfinite(loss))
+        if finite or self.ctx.world_size > 1:
+            self.backward(loss)
+        return finite
+
     def state_dict(self) -> dict[str, Any]:
         """Extra algorithm state to checkpoint (JSON-able), e.g. running statistics."""
         return {}

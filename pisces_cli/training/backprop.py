@@ -162,8 +162,7 @@ class BackpropAlgorithm(TrainingAlgorithm):
         terms["reward_total"] = rewards.total.detach().float()
         terms["num_frames"] = torch.tensor([float(pixels.shape[1])])
         terms["loss"] = loss.detach().reshape(1)
-        if torch.isfinite(loss):
-            self.backward(loss * scale)
+        self.backward_unless_nonfinite(loss * scale)
         return terms
 
     def train_step(

@@ -117,22 +117,20 @@ def check_training_key(folder: Path, meta: dict[str, Any], key: dict[str, Any]) 
         changed_fields(stored, key),
         rows=f"a training state (step {meta.get('step')})",
         ways_out="Resuming would continue these weights under settings that did not make them. Pass --fresh "
-        "to start this output folder over (its checkpoints and logs are removed), or set another "
+        "to start this output folder over (its checkpoints, logs and validation videos are removed), or set another "
         "finetune.output.",
     )
 
 
 def clear_training_output(output: str | Path) -> list[Path]:
-    """Remove the checkpoints and the metrics log of an earlier run in ``output`` (``finetune --fresh``), so a
-    fresh run never shares a folder with them; returns what was removed."""
+    """Remove what an earlier run wrote in ``output`` (``finetune --fresh``): its checkpoints, ``logs/`` (metrics,
+    TensorBoard events) and ``validation/`` videos, so a fresh run never shares a folder with them; returns what
+    was removed. Other files of the folder are left alone."""
     root = Path(output)
     removed = [folder for _step, folder in checkpoint_dirs(root)]
+    removed += [root / name for name in ("logs", "validation") if (root / name).is_dir()]
     for folder in removed:
         shutil.rmtree(folder, ignore_errors=True)
-    metrics = root / "logs" / "metrics.jsonl"
-    if metrics.is_file():
-        metrics.unlink()
-        removed.append(metrics)
     return removed
 
 

@@ -49,7 +49,8 @@ re-scored with the training code path before any update (every stochastic step);
 
 Rollouts and updates run the transformers in ``eval()`` mode (LoRA dropout off) so both compute the same policy.
 ``GrpoSection`` fields besides the objective's: ``num_iterations`` (updates per rollout batch), ``chunk_size``
-(samples per DiT call in rollout and update; null = all ``N``; decode + reward run one sample per call),
+(samples per DiT call in rollout and update, and per decode + reward call; null = all ``N`` per DiT call and one
+sample per decode + reward call),
 ``sanity_check`` and ``sanity_prompts`` (``ctx.extra["sanity_prompts"]`` wins; else the first prompt in the
 trainer's prompt cache).
 """
@@ -301,9 +302,7 @@ class GRPOAlgorithm(TrainingAlgorithm):
                 keep("approx_kl", 0.5 * log_ratio**2)
                 keep("clip_fraction", is_clipped.float())
                 chunk_loss = per_sample.sum() * (scale / (total * trained))
-                if torch.isfinite(chunk_loss):
-                    self.backward(chunk_loss)
-                else:
+                if not self.backward_unless_nonfinite(chunk_loss):
                     keep("nonfinite", torch.ones(1))
         return terms
 

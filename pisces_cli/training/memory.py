@@ -560,5 +560,7 @@ def _rollout_buffer(estimate, section, transformer_config, vae_config, family, l
     factor = _decoder_levels(vae_config, family)[2] if vae_config else 8
     latent = channels * latent_frames * (section.height // factor) * (section.width // factor)
     samples = section.batch_size * section.grpo.num_generations
+    if section.grpo.num_iterations > 1:  # every micro-batch's rollouts are kept for the repeated updates
+        samples *= section.gradient_accumulation_steps
     stored = 2 * section.grpo.sampling_steps  # S + 1 latents and S - 1 means
     estimate.parts["rollout_trajectories"] = samples * stored * latent * 4

@@ -119,6 +119,26 @@ class PromptCache:
 BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks", "blocks")
 
 
+#: why FSDP is refused for a generator with two experts (Wan 2.2 A14B).
+FSDP_TWO_EXPERTS = (
+    "finetune.distributed=fsdp cannot shard a generator with two experts (Wan 2.2 A14B: transformer and "
+    "transformer_2): each rank picks the expert by its own sample's timestep, so the ranks' weight gathers would "
+    "not line up; use finetune.distributed=ddp"
+)
+
+
+def _has_two_experts(generator_path: str | None) -> bool:
+    """Whether the diffusers folder's ``model_index.json`` lists a ``transformer_2`` (read without loading)."""
+    import json
+
+    index = Path(generator_path or "") / "model_index.json"
+    try:
+        entry = json.loads(index.read_text(encoding="utf-8")).get("transformer_2")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(entry, list) and any(entry)
+
+
 def shard_frozen_weights(
     adapter: BackboneAdapter, trainable: set[torch.nn.Parameter], device: torch.device
 ) -> int:
@@ -132,6 +152,8 @@ def shard_frozen_weights(
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    if len(adapter.transformers()) > 1:
+        raise UsageError(FSDP_TWO_EXPERTS)
     # diffusers blocks return views; the gradients were checked equal to the unsharded model's
     # (tests/test_finetune_ddp.py), so torch's generic warning about in-place ops on them is noise here.
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
@@ -226,6 +248,12 @@ class Trainer:
                 "finetune.distributed=fsdp shards the frozen base weights of LoRA training; "
                 "full fine-tuning supports ddp only"
             )
+        if (
+            self.section.distributed == "fsdp"
+            and dist_context().world_size > 1
+            and _has_two_experts(self.recipe.models.generator.path)
+        ):
+            raise UsageError(FSDP_TWO_EXPERTS)
         if self.max_steps < 1:
             raise UsageError(f"max steps must be >= 1, got {self.max_steps}")
 
@@ -645,8 +673,6 @@ class Trainer:
                 self.last_metrics = metrics
                 if self.step % self.section.log_every == 0 or self.step == self.max_steps:
                     self.logger.log(self.step, metrics)
-                if self.validator.due(self.step):
-                    self.validate()
                 if self.nan_streak >= self.section.max_nan_steps:
                     kept = self.last_checkpoint or "none (no checkpoint was written yet)"
                     self.logger.event(self.step, "stopped_on_nan", in_a_row=self.nan_streak)
@@ -657,6 +683,8 @@ class Trainer:
                 periodic = self.step % self.section.checkpointing_steps == 0 and self.nan_streak == 0
                 if periodic or self.step == self.max_steps:
                     self.save_checkpoint(self.step)
+                if self.validator.due(self.step):  # after the checkpoint: a failed validation loses no step
+                    self.validate()
         except KeyboardInterrupt:
             self.logger.event(self.step, "interrupted")
             if self.last_checkpoint is None or not self.last_checkpoint.name.endswith(f"-{self.step}"):
@@ -675,8 +703,23 @@ class Trainer:
         )
 
     def validate(self) -> dict[str, float]:
-        """Run the validation at the current step (every rank samples; rank 0 scores, writes and logs)."""
-        metrics, videos = self.validator.run(self.step, is_main=self.dist.is_main)
+        """Run the validation at the current step (every rank samples; rank 0 scores, writes and logs).
+
+        Validation only watches the run: if it fails (out of memory while sampling, a full disk, ...) the
+        failure is logged as a ``validation_failed`` event and printed, and training goes on.
+        """
+        try:
+            metrics, videos = self.validator.run(self.step, is_main=self.dist.is_main)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as error:  # noqa: BLE001 - any failure of the side job, reported, not fatal
+            reason = f"{type(error).__name__}: {error}"
+            self.logger.event(self.step, "validation_failed", reason=reason)
+            if self.console is not None:
+                self.console.print(
+                    f"[yellow]validation at step {self.step} failed[/] ({reason}); training goes on"
+                )
+            return {}
         if metrics:
             self.logger.log_validation(self.step, metrics, videos, fps=self.recipe.generate.fps)
         return metrics
