@@ -86,3 +86,17 @@ def test_a_nine_frame_clip_uses_the_direct_four_to_nine_interpolation(tmp_path):
     state["vision_encoder.pos_embed"] = direct
     expected_model.load_state_dict(state)
     torch.testing.assert_close(loaded.encode_vision(pixels)[0], expected_model.encode_vision(pixels)[0])
+
+
+def test_a_new_pos_embed_replaces_the_loaders_copy():
+    """After a load_state_dict (or an edit) of pos_embed, other frame counts come from the new table."""
+    model = _model(4).eval()
+    encoder = model.vision_encoder
+    encoder.source_pos_embed = encoder.pos_embed.detach().clone()  # as the loader keeps it
+    before = encoder.video_pos_embed(8).clone()
+    with torch.no_grad():
+        encoder.pos_embed.add_(torch.randn_like(encoder.pos_embed))
+    after = encoder.video_pos_embed(8)
+    expected = reference_temporal_interpolation(encoder.pos_embed.detach(), 4, 8)
+    torch.testing.assert_close(after, expected, rtol=1e-6, atol=1e-6)
+    assert not torch.equal(after, before)

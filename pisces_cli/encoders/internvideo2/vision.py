@@ -239,7 +239,12 @@ class VisionEncoder(nn.Module):
         )
         cache = self.__dict__.setdefault("_pos_cache", {})
         if key not in cache:
-            source = self.source_pos_embed if self.source_pos_embed is not None else self.pos_embed.detach()
+            source = self.pos_embed.detach()
+            kept = self.source_pos_embed
+            # the loader's copy stands for pos_embed only while pos_embed still holds it (not after a
+            # load_state_dict or an edit): then interpolate from the copy, in the checkpoint's own dtype
+            if kept is not None and torch.equal(kept.to(device=source.device, dtype=source.dtype), source):
+                source = kept
             table = interpolate_pos_embed(source, stored_frames, frames, grid)
             cache.clear()
             cache[key] = table.to(device=self.pos_embed.device, dtype=self.pos_embed.dtype)
