@@ -90,7 +90,7 @@ def test_a_nine_frame_clip_uses_the_direct_four_to_nine_interpolation(tmp_path):
 
 def test_a_new_pos_embed_replaces_the_loaders_copy():
     """After a load_state_dict (or an edit) of pos_embed, other frame counts come from the new table."""
-    model = _model(4).eval()
+    model = _model(4).eval().requires_grad_(False)  # frozen, as a reward encoder: the cached path
     encoder = model.vision_encoder
     encoder.source_pos_embed = encoder.pos_embed.detach().clone()  # as the loader keeps it
     before = encoder.video_pos_embed(8).clone()
