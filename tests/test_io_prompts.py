@@ -335,3 +335,32 @@ def test_generated_folder_round_trip_recovers_exact_prompts(tmp_path):
     (tmp_path / "prompts.jsonl").unlink()
     guessed = {item.prompt for item in collect_prompted_videos(tmp_path)}
     assert "A cat plays piano." in guessed and "left/right split" not in guessed
+
+
+def test_a_mapping_file_given_by_the_recipe_replaces_the_folders(tmp_path):
+    """data.prompts: the prompts come from that file (paths relative to the video folder)."""
+    from pisces_cli.io.prompts import list_prompted_folder
+
+    (tmp_path / "a.mp4").write_bytes(b"x")
+    (tmp_path / "prompts.jsonl").write_text('{"file": "a.mp4", "prompt": "from the folder"}\n')
+    other = tmp_path.parent / f"{tmp_path.name}-other.jsonl"
+    other.write_text('{"file": "a.mp4", "prompt": "from data.prompts"}\n')
+    assert list_prompted_folder(tmp_path).items[0].prompt == "from the folder"
+    assert list_prompted_folder(tmp_path, mapping_file=other).items[0].prompt == "from data.prompts"
+    with pytest.raises(UsageError, match="data.prompts"):
+        list_prompted_folder(tmp_path, mapping_file=tmp_path / "missing.jsonl")
+
+
+def test_a_file_name_that_is_not_utf8_is_skipped_with_its_reason(tmp_path):
+    import os
+
+    from pisces_cli.io.prompts import list_prompted_folder
+
+    (tmp_path / "ok.mp4").write_bytes(b"x")
+    (tmp_path / "ok.txt").write_text("a prompt")
+    os.close(os.open(os.path.join(os.fsencode(tmp_path), b"caf\xe9.mp4"), os.O_CREAT | os.O_WRONLY))
+    listing = list_prompted_folder(tmp_path)
+    assert [item.key for item in listing.items] == ["ok.mp4"]
+    assert [(s.path, s.reason) for s in listing.skipped] == [
+        ("caf\\xe9.mp4", "file name is not valid UTF-8 (rename it to score it)")
+    ]

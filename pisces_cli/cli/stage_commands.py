@@ -127,8 +127,8 @@ def _print_score_table(summary) -> None:
     from rich.table import Table
 
     table = Table(
-        title=f"pisces score — {summary.scored} scored ({summary.skipped} kept from an earlier run), "
-        f"{summary.failed} failed"
+        title=f"pisces score — {summary.scored} scored, {summary.failed} failed "
+        f"({summary.skipped} kept from an earlier run)"
     )
     table.add_column("column")
     table.add_column("mean", justify="right")

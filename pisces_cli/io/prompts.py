@@ -11,7 +11,8 @@ Folder prompts (:func:`list_prompted_folder`), sources in precedence order:
     or ``video`` — and a prompt key — ``prompt``, ``caption`` or ``text``) or ``prompts.csv``
     (a header row with the same column names) at the folder root. The file value is the
     video's path relative to the folder (POSIX ``/``); a bare file name also matches a video
-    of that name in a sub-folder when exactly one video has it.
+    of that name in a sub-folder when exactly one video has it. ``data.prompts`` names another
+    such file to use instead (``mapping_file``).
 (b) ``sidecar``: ``NAME.txt`` next to ``NAME.mp4`` (surrounding whitespace stripped).
 
 Every text file (mappings, sidecars, tar captions) is read by :mod:`pisces_cli.textfile`: UTF-8 or
@@ -47,6 +48,7 @@ import json
 import os
 import re
 import tarfile
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,7 +197,9 @@ def scan_folder(
         keep = []
         for name in sorted(dirnames):
             path = here / name
-            if name.startswith("."):
+            if not _utf8_name(name):
+                skipped.append(SkippedFile(_printable(rel(path)) + "/", NOT_UTF8))
+            elif name.startswith("."):
                 skipped.append(SkippedFile(rel(path) + "/", "hidden folder"))
             elif path.is_symlink():
                 skipped.append(SkippedFile(rel(path) + "/", "link to a folder (not followed)"))
@@ -210,7 +214,9 @@ def scan_folder(
         dirnames[:] = keep
         for name in sorted(filenames):
             path = here / name
-            if name.startswith("."):
+            if not _utf8_name(name) or not _utf8_name(rel(path)):
+                skipped.append(SkippedFile(_printable(rel(path)), NOT_UTF8))
+            elif name.startswith("."):
                 skipped.append(SkippedFile(rel(path), "hidden file"))
             elif path.is_symlink() and not path.exists():
                 skipped.append(SkippedFile(rel(path), "broken symbolic link"))
@@ -234,6 +240,24 @@ def scan_folder(
     videos.sort(key=rel)
     skipped.sort(key=lambda entry: entry.path)
     return FolderScan(videos, sorted(prompt_files), skipped)
+
+
+#: why a file whose name is not valid UTF-8 is skipped: its name cannot be written into the UTF-8 tables
+NOT_UTF8 = "file name is not valid UTF-8 (rename it to score it)"
+
+
+def _utf8_name(name: str) -> bool:
+    """Whether ``name`` (as the OS gave it, undecodable bytes as surrogates) is valid UTF-8 text."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _printable(name: str) -> str:
+    """``name`` with undecodable bytes shown as ``\\xNN``, for messages and tables."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def list_videos(folder: str | os.PathLike, *, recursive: bool = True) -> list[Path]:
@@ -310,12 +334,22 @@ def _normalise_rel(name: str) -> str:
     return text
 
 
-def read_prompt_mapping(folder: str | os.PathLike) -> dict[str, str] | None:
+def read_prompt_mapping(
+    folder: str | os.PathLike, mapping_file: str | os.PathLike | None = None
+) -> dict[str, str] | None:
     """The folder's ``prompts.jsonl`` or ``prompts.csv`` as {relative path: prompt}; ``None`` if absent.
 
+    ``mapping_file`` (``data.prompts``): read that JSONL/CSV file instead (its paths relative to ``folder``).
+
     Raises:
-        UsageError: both files exist (ambiguous), or a line is malformed (message names the line).
+        UsageError: both files exist (ambiguous), ``mapping_file`` is missing, or a line is malformed (message
+            names the line).
     """
+    if mapping_file is not None:
+        path = Path(mapping_file)
+        if not path.is_file():
+            raise UsageError(f"data.prompts: {mapping_file} does not exist")
+        return _read_csv_mapping(path) if path.suffix.lower() == ".csv" else _read_jsonl_mapping(path)
     root = Path(folder)
     present = [root / name for name in MAPPING_FILES if (root / name).is_file()]
     if not present:
@@ -354,6 +388,7 @@ def list_prompted_folder(
     prompts_from_names: bool = False,
     recursive: bool = True,
     exclude: Sequence[str | os.PathLike] = (),
+    mapping_file: str | os.PathLike | None = None,
 ) -> FolderListing:
     """(video, prompt) items for every video under ``folder``, sorted by relative path, plus the skipped entries.
 
@@ -373,12 +408,12 @@ def list_prompted_folder(
     root = Path(folder)
     scan = scan_folder(root, recursive=recursive, exclude=exclude)
     videos = scan.videos
-    mapping = read_prompt_mapping(root) if prompt_source in ("auto", "mapping") else None
+    mapping = read_prompt_mapping(root, mapping_file) if prompt_source in ("auto", "mapping") else None
     if prompt_source == "mapping" and mapping is None:
         raise UsageError(f"prompt_source='mapping' but {root} has no prompts.jsonl or prompts.csv")
     mapping = mapping or {}
-    names = [v.name for v in videos]
-    by_name = {n: m for n, m in mapping.items() if "/" not in n and names.count(n) == 1}
+    name_counts = Counter(v.name for v in videos)
+    by_name = {n: m for n, m in mapping.items() if "/" not in n and name_counts[n] == 1}
 
     def from_mapping(rel: str, video: Path) -> str | None:
         if rel in mapping:

@@ -35,7 +35,11 @@ def listing_from_recipe(
         if not Path(folder).is_dir():
             raise UsageError(f"{key}: {folder} is not a folder")
         return list_prompted_folder(
-            folder, prompt_source=data.prompt_source, prompts_from_names=from_names, exclude=exclude
+            folder,
+            prompt_source=data.prompt_source,
+            prompts_from_names=from_names,
+            exclude=exclude,
+            mapping_file=data.prompts,
         )
     if data.manifest:
         if not Path(data.manifest).is_file():
