@@ -49,22 +49,44 @@ def dist_context() -> DistContext:
     )
 
 
-def init_distributed() -> DistContext:
+#: How long (s) a rank waits at a collective for the others in stages whose ranks do uneven amounts of work
+#: (``score``, ``eval``, ``embed``, ``generate``: one rank may meet slow or timing-out videos and finish an hour
+#: after another, past NCCL's 10-minute default). Training keeps torch's default, so a hung step fails fast.
+UNEVEN_WORK_TIMEOUT_S = 4 * 3600.0
+#: environment variable that sets the collective timeout (seconds) of every stage
+TIMEOUT_VARIABLE = "PISCES_DIST_TIMEOUT_S"
+
+
+def init_distributed(timeout_s: float | None = UNEVEN_WORK_TIMEOUT_S) -> DistContext:
     """Initialise torch.distributed when launched with several processes (nccl on GPU, gloo on CPU).
 
+    ``timeout_s``: how long collectives wait (None: torch's default); ``PISCES_DIST_TIMEOUT_S`` overrides it.
     A one-process run imports nothing (a no-op re-run stays fast).
     """
     ctx = dist_context()
     if not ctx.distributed:
         return ctx
+    import datetime
+
     import torch
     import torch.distributed as dist
 
+    override = os.environ.get(TIMEOUT_VARIABLE)
+    if override:
+        try:
+            timeout_s = float(override)
+        except ValueError:
+            timeout_s = -1.0
+        if not timeout_s > 0:
+            from pisces_cli.errors import UsageError
+
+            raise UsageError(f"{TIMEOUT_VARIABLE}={override!r}: expected a positive number of seconds")
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(ctx.local_rank)
-        dist.init_process_group(backend=backend)
+        extra = {} if timeout_s is None else {"timeout": datetime.timedelta(seconds=timeout_s)}
+        dist.init_process_group(backend=backend, **extra)
     return ctx
 
 

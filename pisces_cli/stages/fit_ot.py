@@ -208,7 +208,7 @@ def run_fit_ot(
     check_stage("fit-ot", resolved)
     recipe = resolved.recipe
     section = recipe.fit_ot
-    ctx = init_distributed()
+    ctx = init_distributed(timeout_s=None)  # DDP training: every rank steps together
     seed_everything(recipe.seed)
     out_dir = Path(section.output)
     emb_dir = Path(section.embeddings)

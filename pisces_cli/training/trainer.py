@@ -274,7 +274,7 @@ class Trainer:
         from pisces_cli.training.validation import Validator
 
         self.check_plan()
-        self.dist = init_distributed()
+        self.dist = init_distributed(timeout_s=None)  # every rank steps together: fail fast on a hang
         self.device = resolve_device(self.recipe.runtime.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
