@@ -94,6 +94,8 @@ def read_safetensors_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
         parsed = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise SafetensorsHeaderError(f"the header is not JSON ({error})") from error
+    except RecursionError as error:
+        raise SafetensorsHeaderError("the header's JSON is nested too deeply") from error
     if not isinstance(parsed, dict):
         raise SafetensorsHeaderError("the header is not a JSON object")
     metadata = parsed.pop("__metadata__", None) or {}

@@ -231,3 +231,41 @@ def test_wrong_typed_manifests_exit_2_for_inspect_and_embed_resume(
     assert main(["embed", "-r", str(outputs / "r.yaml"), "-o", str(folder)]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "invalid manifest" in err and "Traceback" not in err
+
+
+def test_generate_folders_rank_parts_and_state_files_are_recognised(tmp_path: Path, capsys):
+    from pisces_cli.cli.file_kinds import identify
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "a cat-0.mp4").write_bytes(b"x")
+    (videos / "manifest.json").write_text(json.dumps({"schema": "pisces.generated_videos", "complete": True}))
+    assert identify(videos).kind == "generate.output" and identify(videos).facts["videos"] == 1
+    assert identify(videos / "manifest.json").kind == "generate.manifest"
+    code, text = run_inspect(videos, capsys)  # not mistaken for a sharded artifact
+    assert code == 0 and "pisces generate" in text
+    for name, kind in (
+        ("scores.rank1.jsonl", "output.rank.scores"),
+        ("manifest.rank0.json", "output.rank.manifest"),
+        ("heatmaps.jsonl", "output.heatmaps.jsonl"),
+        ("videos.jsonl", "output.videos.jsonl"),
+        ("failed.jsonl", "output.failed.jsonl"),
+    ):
+        (tmp_path / name).write_text("{}\n")
+        assert identify(tmp_path / name).kind == kind, name
+
+
+def test_inspect_reads_headers_without_torch(outputs: Path):
+    """Headers are read in plain Python: inspecting an artifact or a checkpoint file imports no torch."""
+    import subprocess
+    import sys
+
+    targets = [p for p in outputs.rglob("*.safetensors")][:3]
+    code = (
+        "import sys\nfrom pisces_cli.cli.main import main\n"
+        f"codes = [main(['inspect', p]) for p in {[str(t) for t in targets]!r}]\n"
+        "assert codes == [0] * len(codes), codes\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert targets and proc.returncode == 0, proc.stderr[-2000:]

@@ -22,14 +22,9 @@ from pathlib import Path
 import torch
 
 from pisces_cli.atomic import apply_default_mode, atomic_write_json
+from pisces_cli.backbones.lora_files import DIFFUSERS_WEIGHT_NAMES, METADATA_FILE, PEFT_SUBDIRS
 from pisces_cli.errors import PiscesRuntimeError, UsageError
 
-DIFFUSERS_WEIGHT_NAMES = {
-    "transformer": "pytorch_lora_weights.safetensors",
-    "transformer_2": "pytorch_lora_weights_transformer_2.safetensors",
-}
-PEFT_SUBDIRS = {"transformer": "", "transformer_2": "transformer_2"}
-METADATA_FILE = "pisces_lora.json"
 DEFAULT_ADAPTER = "default"
 
 

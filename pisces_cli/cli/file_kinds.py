@@ -24,9 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pisces_cli.backbones.lora_files import DIFFUSERS_WEIGHT_NAMES, METADATA_FILE
+from pisces_cli.stages.generate import MANIFEST_SCHEMA as GENERATED_VIDEOS_SCHEMA
+from pisces_cli.training.checkpoint_layout import CHECKPOINT_PATTERN, STATE_DIR, checkpoint_dirs
+
 __all__ = ["KnownFile", "identify"]
 
 _TRAINER_STATE = re.compile(r"^trainer-(\d+)\.safetensors$")
+#: a rank's part of a stage output under torchrun: ``scores.rank1.jsonl``, ``manifest.rank0.json``, ...
+_RANK_FILE = re.compile(r"^(scores|videos|heatmaps|errors|manifest|summary)\.rank(\d+)(\.jsonl|\.json)$")
 
 
 @dataclass
@@ -62,9 +68,6 @@ def _files_below(root: Path) -> list[str]:
 
 def _checkpoint_root(path: Path) -> Path | None:
     """The ``checkpoint-N`` folder holding ``path`` (or ``path`` itself), if any."""
-    from pisces_cli.backbones.lora import METADATA_FILE
-    from pisces_cli.training.checkpoint import CHECKPOINT_PATTERN, STATE_DIR
-
     for folder in (path, *path.parents):
         if folder.is_dir() and (
             CHECKPOINT_PATTERN.match(folder.name)
@@ -76,9 +79,6 @@ def _checkpoint_root(path: Path) -> Path | None:
 
 
 def _checkpoint_facts(root: Path) -> dict[str, Any]:
-    from pisces_cli.backbones.lora import METADATA_FILE
-    from pisces_cli.training.checkpoint import STATE_DIR
-
     facts: dict[str, Any] = {"checkpoint": str(root)}
     if (root / METADATA_FILE).is_file():
         facts.update(
@@ -99,9 +99,6 @@ def _checkpoint_facts(root: Path) -> dict[str, Any]:
 
 
 def _in_checkpoint(path: Path) -> KnownFile | None:
-    from pisces_cli.backbones.lora import DIFFUSERS_WEIGHT_NAMES, METADATA_FILE
-    from pisces_cli.training.checkpoint import STATE_DIR
-
     root = _checkpoint_root(path if path.is_dir() else path.parent)
     if root is None:
         return None
@@ -234,8 +231,6 @@ def _ot_part(name: str) -> str:
 
 
 def _finetune_output(path: Path) -> KnownFile | None:
-    from pisces_cli.training.checkpoint import checkpoint_dirs
-
     found = checkpoint_dirs(path) if path.is_dir() else []
     if not found:
         return None
@@ -252,7 +247,13 @@ NAMED_OUTPUTS: dict[str, str] = {
     "scores.jsonl": "per-video rewards written by `pisces score` (one JSON row per video)",
     "scores.csv": "per-video rewards written by `pisces score` (the scores.jsonl table as CSV)",
     "summary.json": "the summary of a `pisces score` or `pisces embed` run (counts, means with 95 % CIs)",
-    "settings.json": "the settings a `pisces score` run used (encoder and OT-map fingerprints, recipe hash)",
+    "settings.json": "the run key of a `pisces score` or `pisces eval` output folder: every setting its rows "
+    "were made with (a re-run under another key is refused)",
+    "heatmaps.jsonl": "the top words' OT-plan mass per frame and patch of each scored video (`score --report` "
+    "draws report.html from it)",
+    "videos.jsonl": "per-video rows of `pisces eval` (resumable; eval.json is built from them)",
+    "failed.jsonl": "the videos a `pisces score` or `pisces eval` run could not use, one JSON row each with the "
+    "reason",
     "report.html": "the self-contained HTML report of `pisces score --report`",
     "eval.json": "per-video metrics and aggregates written by `pisces eval`",
     "compare.json": "paired comparison of two eval runs written by `pisces eval compare`",
@@ -275,11 +276,20 @@ def _named_output(path: Path) -> KnownFile | None:
         )
     if path.name == "manifest.json":
         facts = _json_facts(path, ("schema", "complete", "num_items", "num_shards"))
-        if "schema" in facts:
+        if facts.get("schema") == GENERATED_VIDEOS_SCHEMA:
             return KnownFile(
-                "artifact.manifest", "the manifest of a sharded artifact (inspect its folder)", facts
+                "generate.manifest", "the settings and videos of a `pisces generate` folder", facts
             )
-        return KnownFile("generate.manifest", "the settings and videos of a `pisces generate` folder", facts)
+        return KnownFile(
+            "artifact.manifest", "the manifest of a sharded artifact (inspect its folder)", facts
+        )
+    rank_file = _RANK_FILE.match(path.name)
+    if rank_file:
+        return KnownFile(
+            f"output.rank.{rank_file.group(1)}",
+            f"rank {rank_file.group(2)}'s part of {rank_file.group(1)}{rank_file.group(3)} under torchrun "
+            "(rank 0 merges the ranks' parts)",
+        )
     what = NAMED_OUTPUTS.get(path.name)
     if what is None:
         return None
@@ -287,9 +297,24 @@ def _named_output(path: Path) -> KnownFile | None:
     return KnownFile(f"output.{path.name}", what, {k: v for k, v in facts.items() if not isinstance(v, list)})
 
 
+def _generate_output(path: Path) -> KnownFile | None:
+    manifest = path / "manifest.json"
+    if not (path.is_dir() and manifest.is_file()):
+        return None
+    facts = _json_facts(manifest, ("schema", "complete"))
+    if facts.get("schema") != GENERATED_VIDEOS_SCHEMA:
+        return None
+    videos = sorted(p.name for p in path.glob("*.mp4"))
+    return KnownFile(
+        "generate.output",
+        "a `pisces generate` folder: the videos, prompts.jsonl (file → prompt) and manifest.json (settings)",
+        {**facts, "videos": len(videos)},
+    )
+
+
 def identify(path: Path) -> KnownFile | None:
     """What ``path`` is among the non-artifact files and folders pisces writes; ``None`` if unknown."""
-    for rule in (_in_checkpoint, _in_ot_state, _finetune_output, _named_output):
+    for rule in (_in_checkpoint, _in_ot_state, _finetune_output, _generate_output, _named_output):
         known = rule(path)
         if known is not None:
             return known

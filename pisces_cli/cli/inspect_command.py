@@ -16,6 +16,7 @@ import typer
 from pisces_cli.cli.common import console
 from pisces_cli.errors import UsageError
 from pisces_cli.rendering import print_table
+from pisces_cli.stages.generate import MANIFEST_SCHEMA as GENERATED_VIDEOS_SCHEMA
 
 #: Rows of a tensor table shown for a file without a pisces header (LoRA and optimizer files hold many).
 MAX_TENSOR_ROWS = 40
@@ -73,6 +74,8 @@ def _is_sharded(folder: Path) -> bool:
         data = json.loads(manifest.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError):
         return True  # let the typed reader say what is wrong with it
+    if isinstance(data, dict) and data.get("schema") == GENERATED_VIDEOS_SCHEMA:
+        return False  # a `pisces generate` folder: file_kinds describes it
     return not isinstance(data, dict) or "shards" in data or "schema" in data
 
 
@@ -80,12 +83,7 @@ def _pisces_header(path: Path):
     """The pisces header of a safetensors file, ``None`` if it has none (UsageError if it is not one)."""
     from pisces_cli import artifacts
 
-    artifacts.check_safetensors_file(path)
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        meta = handle.metadata() or {}
-    if artifacts.HEADER_KEY not in meta:
+    if artifacts.HEADER_KEY not in artifacts.safetensors_header_of(path).metadata:
         return None
     return artifacts.read_header(path)
 

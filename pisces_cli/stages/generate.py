@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from pisces_cli.config import ResolvedRecipe
 
 MANIFEST = "manifest.json"
+#: the ``schema`` of a generated-videos folder's ``manifest.json``
+MANIFEST_SCHEMA = "pisces.generated_videos"
 PROMPTS_FILE = "prompts.jsonl"
 
 
@@ -223,7 +225,7 @@ def _write_index(
     atomic_write_json(
         folder / MANIFEST,
         {
-            "schema": "pisces.generated_videos",
+            "schema": MANIFEST_SCHEMA,
             "recipe_hash": resolved.hash,
             "settings": settings,
             "complete": len(done) == len(jobs),

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -41,9 +40,9 @@ from pisces_cli.atomic import (
     temp_path_for,
 )
 from pisces_cli.errors import UsageError
+from pisces_cli.training.checkpoint_layout import STATE_DIR, checkpoint_dirs
 
 FORMAT_VERSION = 1
-STATE_DIR = "training_state"
 #: ``finetune`` keys that do not change what a training step computes: when to stop, save, log, validate and
 #: sanity-check, where to write, and memory-only switches (``batch_size`` and ``gradient_accumulation_steps``
 #: enter as the effective batch instead). Every other recipe key of ``seed``, ``models``, ``reward`` and
@@ -66,20 +65,6 @@ UNKEYED_FINETUNE = (
 )
 #: the same for the ``finetune.grpo`` and ``finetune.vae`` sub-sections
 UNKEYED_SUBKEYS = {"grpo": ("chunk_size", "sanity_check", "sanity_prompts"), "vae": ("decode_checkpointing",)}
-CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
-
-
-def checkpoint_dirs(output: str | Path) -> list[tuple[int, Path]]:
-    """``(step, folder)`` of every complete checkpoint under ``output``, ascending by step."""
-    root = Path(output)
-    if not root.is_dir():
-        return []
-    found = []
-    for child in root.iterdir():
-        match = CHECKPOINT_PATTERN.match(child.name)
-        if match and (child / STATE_DIR / "state.json").is_file():
-            found.append((int(match.group(1)), child))
-    return sorted(found)
 
 
 def training_key(recipe_data: dict[str, Any], world_size: int) -> dict[str, Any]:
