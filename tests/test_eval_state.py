@@ -129,3 +129,19 @@ def test_two_ranks_match_one_process(world: Path, tmp_path: Path):
     for metric, stat in b["aggregate"].items():
         assert a["aggregate"][metric]["mean"] == pytest.approx(stat["mean"], abs=1e-5), metric
     assert not list(two.glob("*.rank*.jsonl"))
+
+
+def test_a_torn_last_line_loses_no_row(world: Path, tmp_path: Path):
+    clips = tmp_path / "clips"
+    shutil.copytree(world / "clips", clips)
+    out = tmp_path / "out"
+    assert evaluate(world, clips, out) == 0
+    with open(out / "videos.jsonl", "a") as handle:
+        handle.write('{"video": "clip_00')
+    mapping = [json.loads(line) for line in (clips / "prompts.jsonl").read_text().splitlines()]
+    mapping[1]["prompt"] = "a blue circle moves"
+    (clips / "prompts.jsonl").write_text("".join(json.dumps(m) + "\n" for m in mapping))
+    assert evaluate(world, clips, out) == 0
+    rows = {r["video"]: r for r in document(out)["videos"]}
+    assert len(rows) == 6 and all(r["error"] is None for r in rows.values())
+    assert rows["clip_001.mp4"]["prompt"] == "a blue circle moves"

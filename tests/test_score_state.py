@@ -397,3 +397,90 @@ def test_summary_statistics_follow_the_bootstrap_settings(world: Path, tmp_path:
     from pisces_cli.stages.score import summarize
 
     assert again["columns"] == json.loads(json.dumps(summarize(rows(out), 50, 0)))
+
+
+def edit_prompt(clips: Path, index: int, prompt: str) -> None:
+    mapping = [json.loads(line) for line in (clips / "prompts.jsonl").read_text().splitlines()]
+    mapping[index]["prompt"] = prompt
+    (clips / "prompts.jsonl").write_text("".join(json.dumps(m) + "\n" for m in mapping))
+
+
+def test_a_torn_last_line_loses_no_row(world: Path, tmp_path: Path, capsys):
+    """A run killed mid-line (disk full, SIGKILL) leaves a fragment: the next rows start on a fresh line,
+    and neither a changed video's old row nor a missing row is published in its place."""
+    clips = copy_clips(world, tmp_path)
+    out = tmp_path / "out"
+    assert score(world, clips, out) == 0
+    with open(out / "scores.jsonl", "a") as handle:
+        handle.write('{"video": "clip_00')
+    edit_prompt(clips, 1, "a blue circle moves")
+    shutil.copy(clips / "clip_000.mp4", clips / "clip_new.mp4")  # a video without any row
+    with open(clips / "prompts.jsonl", "a") as handle:
+        handle.write(json.dumps({"file": "clip_new.mp4", "prompt": "a red square"}) + "\n")
+    capsys.readouterr()
+    assert score(world, clips, out) == 0
+    table = {r["video"]: r for r in rows(out)}
+    assert len(table) == 7 and all(r["error"] is None for r in table.values())
+    assert table["clip_001.mp4"]["prompt"] == "a blue circle moves"
+    assert table["clip_new.mp4"]["prompt"] == "a red square"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["scored"] == 7 and summary["failed"] == 0
+
+
+def test_a_video_of_the_run_without_its_row_is_an_error_row_never_dropped(tmp_path: Path):
+    from pisces_cli.io.prompts import VideoItem
+    from pisces_cli.stages.row_store import merged_rows, plan_rows
+
+    items = []
+    for name in ("a.mp4", "b.mp4", "c.mp4"):
+        (tmp_path / name).write_bytes(name.encode())
+        items.append(VideoItem(key=name, source=str(tmp_path / name), prompt=f"prompt of {name}"))
+    plan = plan_rows(items, {})
+    made = [{"video": it.key, "prompt": it.prompt, "error": None, **plan.identities[it.key]} for it in items]
+    stored = {"a.mp4": made[0], "b.mp4": {**made[1], "prompt": "an older prompt"}}  # c.mp4: no row
+    rows = merged_rows(items, items, plan, stored)
+    assert [r["video"] for r in rows] == ["a.mp4", "b.mp4", "c.mp4"]
+    assert rows[0] == made[0]
+    for row in rows[1:]:
+        assert "no row was recorded" in row["error"] and row["prompt"] == f"prompt of {row['video']}"
+    # such a row is computed again by the next run (not kept as a failure), and counted as nothing changed
+    again = plan_rows(items, {r["video"]: r for r in rows})
+    assert [it.key for it in again.todo] == ["b.mp4", "c.mp4"] and again.changed == 0
+
+
+def test_heatmaps_of_a_killed_run_are_not_drawn_for_another_prompt(world: Path, tmp_path: Path, monkeypatch):
+    """Killed between the heatmap append and the row append, then the prompt reverted: the report keeps
+    drawing the heatmaps of the prompt its row was scored with."""
+    import contextlib
+
+    from pisces_cli.stages.row_store import RowStore
+
+    clips = copy_clips(world, tmp_path)
+    out = tmp_path / "out"
+    assert score(world, clips, out, "--report") == 0
+    first_maps = (out / "heatmaps.jsonl").read_text()
+    first_report = (out / "report.html").read_bytes()
+    original_prompt = json.loads((clips / "prompts.jsonl").read_text().splitlines()[1])["prompt"]
+    edit_prompt(clips, 1, "a green triangle spins")
+    real = RowStore.appender
+
+    @contextlib.contextmanager
+    def killed_before_rows(self):
+        with real(self) as append:
+            if self.name != "scores":
+                yield append
+                return
+
+            def die(rows):
+                raise KeyboardInterrupt
+
+            yield die
+
+    with monkeypatch.context() as patch:
+        patch.setattr(RowStore, "appender", killed_before_rows)
+        assert score(world, clips, out, "--report") == 130
+    edit_prompt(clips, 1, original_prompt)
+    no_model(monkeypatch)
+    assert score(world, clips, out, "--report") == 0
+    assert (out / "heatmaps.jsonl").read_text() == first_maps
+    assert (out / "report.html").read_bytes() == first_report

@@ -62,11 +62,28 @@ def video_identity(item: VideoItem) -> dict[str, int] | None:
     return {"file_size": stat.st_size, "file_mtime_ns": stat.st_mtime_ns}
 
 
+#: the file fields of a per-video key (:func:`video_identity`)
+IDENTITY_FIELDS = ("file_size", "file_mtime_ns")
+
+
 def row_matches(row: Mapping[str, Any], item: VideoItem, identity: Mapping[str, int] | None) -> bool:
     """Whether ``row`` was made from this very prompt and file (the per-video key)."""
     if identity is None or row.get("prompt") != item.prompt:
         return False
     return all(row.get(name) == value for name, value in identity.items())
+
+
+def same_video_key(record: Mapping[str, Any], prompt: str | None, identity: Mapping[str, int] | None) -> bool:
+    """Whether ``record`` carries exactly this per-video key: ``prompt`` and the file fields of ``identity``
+    (``None``: a file that could not be read, whose rows carry no file fields)."""
+    if record.get("prompt") != prompt:
+        return False
+    return all(record.get(name) == (identity or {}).get(name) for name in IDENTITY_FIELDS)
+
+
+def has_identity(record: Mapping[str, Any]) -> bool:
+    """Whether ``record`` was made from a readable file (it carries the file fields of its per-video key)."""
+    return all(record.get(name) is not None for name in IDENTITY_FIELDS)
 
 
 # ------------------------------------------------------------------------------------------- hashes

@@ -242,7 +242,7 @@ class _Scorer:
                                 "geometry": out.geometry,
                             }
                             words = top_words(entry, REPORT_TOP_WORDS)
-                        maps.append({"video": key, "words": encode_words(words)})
+                        maps.append({**_video_key(row), "words": encode_words(words)})
                 append_maps(maps)  # heatmaps first: a row on disk always has its heatmaps
                 append_rows(rows)
                 new_rows.extend(rows)
@@ -293,8 +293,8 @@ def _publish(
     out_dir, plan = resume.out_dir, resume.plan
     all_rows = merged_rows(listing.items, items, plan, scores.read())
     scores.publish(all_rows)
-    maps = heatmaps.read()
-    heatmaps.publish([maps[r["video"]] for r in all_rows if r.get("error") is None and r["video"] in maps])
+    maps = _matching_maps(all_rows, heatmaps)
+    heatmaps.publish(list(maps.values()))
     publish_text(out_dir / "scores.csv", _to_csv(all_rows))
     failed_list = notes.write_failed_list(out_dir, all_rows)
     stats, stats_key = _stats(all_rows, section.bootstrap_samples, recipe.seed, out_dir / "summary.json")
@@ -392,6 +392,21 @@ def _write_report(
     words = {key: decode_words(r.get("words") or []) for key, r in heatmaps.items()}
     write_score_report(path, root, rows, words, stats, view=view, summary=shown, inputs_digest=digest)
     return True
+
+
+def _video_key(row: dict[str, Any]) -> dict[str, Any]:
+    """The ``video`` and per-video key (prompt, file fields) of a row: what a heatmap record carries."""
+    from pisces_cli.stages.run_key import IDENTITY_FIELDS
+
+    return {name: row.get(name) for name in ("video", "prompt", *IDENTITY_FIELDS)}
+
+
+def _matching_maps(rows: list[dict[str, Any]], heatmaps: Any) -> dict[str, dict[str, Any]]:
+    """The heatmap record of each scored row, in row order: the last one carrying the row's per-video key
+    (a record of another prompt or file, left by an interrupted run, is never drawn for this row)."""
+    wanted = {r["video"]: _video_key(r) for r in rows if r.get("error") is None}
+    found = heatmaps.read(accept=lambda record: wanted.get(record["video"]) == _video_key(record))
+    return {video: found[video] for video in wanted if video in found}
 
 
 def _finite(value: float) -> float | None:
