@@ -145,3 +145,17 @@ def test_a_torn_last_line_loses_no_row(world: Path, tmp_path: Path):
     rows = {r["video"]: r for r in document(out)["videos"]}
     assert len(rows) == 6 and all(r["error"] is None for r in rows.values())
     assert rows["clip_001.mp4"]["prompt"] == "a blue circle moves"
+
+
+def test_a_prompt_the_encoder_cannot_align_is_its_own_error_row(world: Path, tmp_path: Path):
+    clips = tmp_path / "clips"
+    shutil.copytree(world / "clips", clips)
+    mapping = [json.loads(line) for line in (clips / "prompts.jsonl").read_text().splitlines()]
+    mapping[3]["prompt"] = "12345"
+    (clips / "prompts.jsonl").write_text("".join(json.dumps(m) + "\n" for m in mapping))
+    out = tmp_path / "out"
+    assert evaluate(world, clips, out) == 0
+    rows = {r["video"]: r for r in document(out)["videos"]}
+    assert "no lexical token to align" in rows["clip_003.mp4"]["error"]
+    assert all(r["error"] is None and r["total"] is not None for v, r in rows.items() if v != "clip_003.mp4")
+    assert document(out)["counts"] == {"videos": 6, "evaluated": 5, "failed": 1}

@@ -484,3 +484,62 @@ def test_heatmaps_of_a_killed_run_are_not_drawn_for_another_prompt(world: Path, 
     assert score(world, clips, out, "--report") == 0
     assert (out / "heatmaps.jsonl").read_text() == first_maps
     assert (out / "report.html").read_bytes() == first_report
+
+
+def test_a_prompt_the_encoder_cannot_align_is_its_own_error_row(
+    world: Path, tmp_path: Path, monkeypatch, capsys
+):
+    """A prompt without a lexical token fails alone: its batch-mates are scored, the run goes on."""
+    clips = copy_clips(world, tmp_path)
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    for index, prompt in ((1, "!!!"), (4, "🎉🎉")):
+        edit_prompt(clips, index, prompt)
+    capsys.readouterr()
+    assert score(world, clips, out) == 0
+    printed = capsys.readouterr().out
+    assert "2 of 6 videos failed:" in printed and "no lexical token to align" in printed
+    table = {r["video"]: r for r in rows(out)}
+    for video in ("clip_001.mp4", "clip_004.mp4"):
+        assert "no lexical token to align" in table[video]["error"] and "total" not in table[video]
+    assert sum(r["error"] is None for r in table.values()) == 4
+    failed = [json.loads(line)["video"] for line in (out / "failed.jsonl").read_text().splitlines()]
+    assert failed == ["clip_001.mp4", "clip_004.mp4"]
+    # the good rows are the rows of a batch without the bad prompts
+    edit_prompt(clips, 1, "a red circle")
+    edit_prompt(clips, 4, "a blue square")
+    assert score(world, clips, fresh) == 0
+    fresh_rows = {r["video"]: r for r in rows(fresh)}
+    for video, row in table.items():
+        if row["error"] is None:
+            assert_same_rows([row], [fresh_rows[video]], tol=1e-5)
+
+
+def test_split_on_failure_isolates_bad_items_and_re_raises_what_is_not_theirs():
+    from pisces_cli.errors import UsageError
+    from pisces_cli.stages.batch_split import split_on_failure
+
+    def compute(values: list[int]) -> list[int]:
+        if -1 in values:
+            raise UsageError(f"bad value among {values}")
+        return [2 * v for v in values]
+
+    parts = split_on_failure(compute, [1, 2, 3])
+    assert [(p.start, p.stop, p.value) for p in parts] == [(0, 3, [2, 4, 6])]
+    parts = split_on_failure(compute, [1, -1, 3])
+    assert [(p.start, p.value, p.error) for p in parts] == [
+        (0, [2], None), (1, None, "bad value among [-1]"), (2, [6], None)
+    ]  # fmt: skip
+
+    def broken(values: list[int]) -> list[int]:
+        raise RuntimeError("device lost")
+
+    with pytest.raises(RuntimeError, match="device lost"):
+        split_on_failure(broken, [1, 2])
+
+    def odd_fails(values: list[int]) -> list[int]:
+        if any(v % 2 for v in values):
+            raise ValueError("odd")
+        return values
+
+    parts = split_on_failure(odd_fails, [2, 3])
+    assert [p.error for p in parts] == [None, "ValueError: odd"]

@@ -200,11 +200,12 @@ class _Scorer:
     num_frames: int
 
     def score(self, todo: list, plan: Any, scores: Any, heatmaps: Any, advance: Any) -> list[dict[str, Any]]:
-        """Score ``todo``; append each batch's rows and heatmaps as it finishes; returns the new rows."""
-        import torch
+        """Score ``todo``; append each batch's rows and heatmaps as it finishes; returns the new rows.
 
+        A batch whose reward call fails is scored item by item: an item that fails alone is an error row
+        (:func:`~pisces_cli.stages.batch_split.split_on_failure`)."""
+        from pisces_cli.stages.batch_split import split_on_failure
         from pisces_cli.stages.inputs import encoder_loader
-        from pisces_cli.stages.score_report import REPORT_TOP_WORDS, encode_words, top_words
 
         recipe = self.resolved.recipe
         loader = encoder_loader(recipe, self.encoder, todo, num_frames=self.num_frames,
@@ -219,35 +220,54 @@ class _Scorer:
                 rows = [
                     plan.error_row(r["key"], r["prompt"], r["error"], r.get("detail")) for r in batch.errors
                 ]
-                maps = []
+                maps: list[dict[str, Any]] = []
                 if batch.clips is not None:
-                    with torch.no_grad():
-                        out = self.reward.from_preprocessed(
-                            batch.clips.to(self.device), [str(p) for p in batch.prompts]
-                        )
-                    columns = {k: v.float().cpu().tolist() for k, v in out.columns().items()}
-                    for i, key in enumerate(batch.keys):
-                        row: dict[str, Any] = {"video": key, "prompt": batch.prompts[i]}
-                        row.update({k: _finite(v[i]) for k, v in columns.items()})
-                        row.update({"error": None, **(plan.identities.get(key) or {})})
-                        rows.append(row)
-                        words = []
-                        if out.plan is not None:
-                            entry = {
-                                "plan": out.plan[i].float().cpu().numpy(),
-                                "tokens": out.token_strings[i] if out.token_strings else None,
-                                "lexical": out.lexical_mask[i].cpu().numpy()
-                                if out.lexical_mask is not None
-                                else None,
-                                "geometry": out.geometry,
-                            }
-                            words = top_words(entry, REPORT_TOP_WORDS)
-                        maps.append({**_video_key(row), "words": encode_words(words)})
+                    clips, prompts = batch.clips.to(self.device), [str(p) for p in batch.prompts]
+                    for part in split_on_failure(self._reward, clips, prompts):
+                        if part.error is not None:
+                            rows += [plan.error_row(batch.keys[i], batch.prompts[i], part.error)
+                                     for i in part.positions()]  # fmt: skip
+                            continue
+                        columns = {k: v.float().cpu().tolist() for k, v in part.value.columns().items()}
+                        for i in part.positions():
+                            row, words = _scored_row(part.value, columns, i - part.start, batch, i, plan)
+                            rows.append(row)
+                            maps.append({**_video_key(row), "words": words})
                 append_maps(maps)  # heatmaps first: a row on disk always has its heatmaps
                 append_rows(rows)
                 new_rows.extend(rows)
                 advance(len(rows))
         return new_rows
+
+    def _reward(self, clips: Any, prompts: list[str]) -> Any:
+        """The reward output of ``clips [B, T, 3, H, W]`` against ``prompts [B]`` (no gradients)."""
+        import torch
+
+        with torch.no_grad():
+            return self.reward.from_preprocessed(clips, prompts)
+
+
+def _scored_row(
+    out: Any, columns: dict[str, list[float]], j: int, batch: Any, i: int, plan: Any
+) -> tuple[dict[str, Any], list[dict]]:
+    """Row ``j`` of the reward output ``out`` (its ``columns`` as lists), for item ``i`` of ``batch``:
+    (score row, encoded top words)."""
+    from pisces_cli.stages.score_report import REPORT_TOP_WORDS, encode_words, top_words
+
+    key = batch.keys[i]
+    row: dict[str, Any] = {"video": key, "prompt": batch.prompts[i]}
+    row.update({k: _finite(v[j]) for k, v in columns.items()})
+    row.update({"error": None, **(plan.identities.get(key) or {})})
+    words = []
+    if out.plan is not None:
+        entry = {
+            "plan": out.plan[j].float().cpu().numpy(),
+            "tokens": out.token_strings[j] if out.token_strings else None,
+            "lexical": out.lexical_mask[j].cpu().numpy() if out.lexical_mask is not None else None,
+            "geometry": out.geometry,
+        }
+        words = top_words(entry, REPORT_TOP_WORDS)
+    return row, encode_words(words)
 
 
 def _load_scorer(
