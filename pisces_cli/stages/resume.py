@@ -103,7 +103,8 @@ def start_resume(
     """Step 1 of the protocol; ``stores[0]`` holds the rows, the others ride along (cleared/folded alike).
 
     Raises:
-        UsageError: the folder holds rows of another run key, or rows without one (unless ``force``).
+        UsageError: the folder is another stage's output (even with ``force``), or holds rows of another
+            run key, or rows without one (unless ``force``).
     """
     from pisces_cli.runtime import barrier, dist_context
     from pisces_cli.stages import run_key as keys
@@ -112,6 +113,7 @@ def start_resume(
     ctx = dist_context()
     rows = stores[0]
     settings = keys.read_settings(out_dir)
+    keys.refuse_other_stage(out_dir, settings, schema)
     has_rows = rows.exists() and not force
     if has_rows:
         keys.refuse_other_key(out_dir, settings, key, schema=schema, rows=rows_name,

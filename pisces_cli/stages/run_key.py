@@ -252,6 +252,24 @@ def read_settings(folder: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def refuse_other_stage(folder: Path, settings: Mapping[str, Any] | None, schema: str) -> None:
+    """Refuse (exit 2) a folder whose ``settings.json`` is another stage's (``score`` and ``eval`` write files of
+    the same names there: ``settings.json``, ``failed.jsonl``), even with ``--force``.
+
+    Raises:
+        UsageError: ``settings.json`` records a pisces schema other than ``schema``.
+    """
+    other = settings.get("schema") if settings else None
+    if not isinstance(other, str) or not other.startswith("pisces.") or other == schema:
+        return
+    stage = other.split(".")[1] if other.count(".") >= 2 else other
+    raise UsageError(
+        f"{folder} holds the output of `pisces {stage}` ({SETTINGS_FILE}: schema {other!r}); `pisces score` "
+        f"and `pisces eval` keep files of the same names, so they cannot share a folder (not even with "
+        "--force). Choose another folder with --output DIR."
+    )
+
+
 def stored_model_part(settings: Mapping[str, Any] | None, signature: str | None) -> dict[str, Any] | None:
     """The recorded ``encoder_model`` part when the checkpoint's file signature is unchanged, else None."""
     if not settings or signature is None or settings.get("encoder_files") != signature:
