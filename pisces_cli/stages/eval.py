@@ -416,6 +416,9 @@ def run_eval(
             "eval: every metric is switched off (eval.rewards/consistency/flicker/dynamic_degree/vbench)"
         )
     suite = section.prompts or recipe.generate.prompts
+    # read and check both before any work, so a bad file fails now, not after every video is computed
+    manifest = read_videos_manifest(inputs.root)
+    coverage = prompt_suite_coverage(suite, [it.prompt for it in inputs.items if it.prompt])
     vbench_plan = None
     if use_vbench:  # check the package and every weight file before computing anything
         from pisces_cli.stages.eval_vbench import plan_vbench_run
@@ -449,7 +452,8 @@ def run_eval(
             failed = sum(1 for r in new_rows if r.get("error") is not None)
             return EvalSummary(inputs.out_dir, len(new_rows) - failed, failed, {}, new_rows)
         advance(0, phase="writing eval.json")
-        return _publish_eval(resolved, inputs, resume, store, run_key, info, suite, vbench_plan, console)
+        return _publish_eval(resolved, inputs, resume, store, run_key, info, (manifest, coverage, suite),
+                             vbench_plan, console)  # fmt: skip
 
 
 def _publish_eval(
@@ -459,11 +463,14 @@ def _publish_eval(
     store: Any,
     run_key: dict[str, Any],
     info: dict[str, Any],
-    suite: str | None,
+    videos_info: tuple[dict[str, Any] | None, dict[str, Any] | None, str | None],
     vbench_plan: Any,
     console: Any,
 ) -> EvalSummary:
-    """Rank 0 after every rank finished: merge the rows, aggregate, run VBench, write eval.json."""
+    """Rank 0 after every rank finished: merge the rows, aggregate, run VBench, write eval.json.
+
+    ``videos_info``: the video folder's manifest, the prompt suite's coverage and the suite's name (read
+    before any work)."""
     from pisces_cli.atomic import atomic_write_json
     from pisces_cli.stages import notes as tell
     from pisces_cli.stages.eval_metrics import METRIC_FORMULAS
@@ -474,8 +481,7 @@ def _publish_eval(
     root, out_dir, plan = inputs.root, inputs.out_dir, resume.plan
     rows = merged_rows(inputs.listing.items, inputs.items, plan, store.read())
     store.publish(rows)
-    manifest = read_videos_manifest(root)
-    coverage = prompt_suite_coverage(suite, [it.prompt for it in inputs.items if it.prompt])
+    manifest, coverage, suite = videos_info
     notes: list[str] = []
     if manifest is None:
         notes.append(
