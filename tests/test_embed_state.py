@@ -133,3 +133,18 @@ def test_changed_items_re_embed_their_shard_alone(world: Path, capsys):
     tensors, keys, _ = load_sharded(out, expect_schema="pisces.embeddings")
     row = keys.index("clip_004.mp4")
     assert (tensors["video_cls"][row] - tensors["video_cls"][keys.index("clip_000.mp4")]).abs().max() < 1e-5
+
+
+def test_the_run_key_carries_the_embed_code_version(world: Path, monkeypatch, capsys):
+    from pisces_cli.stages.embed import EMBED_VERSION
+
+    assert embed(world) == 0
+    path = world / "run/embeddings/manifest.json"
+    manifest = json.loads(path.read_text())
+    assert manifest["header"]["extra"]["run_key"]["version"] == EMBED_VERSION
+    manifest["header"]["extra"]["run_key"]["version"] = EMBED_VERSION - 1
+    path.write_text(json.dumps(manifest))
+    no_model(monkeypatch)
+    capsys.readouterr()
+    assert embed(world) == 2
+    assert f"version: {EMBED_VERSION - 1} → {EMBED_VERSION}" in capsys.readouterr().err

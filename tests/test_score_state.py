@@ -543,3 +543,18 @@ def test_split_on_failure_isolates_bad_items_and_re_raises_what_is_not_theirs():
 
     parts = split_on_failure(odd_fails, [2, 3])
     assert [p.error for p in parts] == [None, "ValueError: odd"]
+
+
+def test_the_run_key_carries_the_score_code_version(world: Path, tmp_path: Path, monkeypatch, capsys):
+    from pisces_cli.stages.score import SCORE_VERSION
+
+    out = tmp_path / "out"
+    assert score(world, world / "clips", out) == 0
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["run_key"]["version"] == SCORE_VERSION
+    settings["run_key"]["version"] = SCORE_VERSION - 1  # rows of an older pisces that computed otherwise
+    (out / "settings.json").write_text(json.dumps(settings))
+    no_model(monkeypatch)
+    capsys.readouterr()
+    assert score(world, world / "clips", out) == 2
+    assert f"version: {SCORE_VERSION - 1} → {SCORE_VERSION}" in capsys.readouterr().err

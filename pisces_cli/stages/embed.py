@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 EMBEDDINGS_SCHEMA = "pisces.embeddings"
 SHARD_NAME = "embeddings"
 ERRORS_FILE = "errors.jsonl"
+#: part of the run key: raise it with every change in pisces that changes an embedding ``embed`` writes for
+#: the same inputs and settings (frame sampling, preprocessing, projection), so older shards are refused
+EMBED_VERSION = 1
 
 
 @dataclass
@@ -57,6 +60,7 @@ def embed_key(recipe: Recipe) -> dict[str, Any]:
     from pisces_cli.stages.run_key import encoder_part, frames_part
 
     return {
+        "version": EMBED_VERSION,
         "encoder": encoder_part(recipe),
         "frames": frames_part(recipe, crop=recipe.data.crop),
         "shards": {"shard_size": recipe.embed.shard_size, "save_tokens": recipe.embed.save_tokens},

@@ -48,6 +48,9 @@ if TYPE_CHECKING:
 
 SCORE_COLUMNS = ("quality", "semantic", "quality_no_ot", "semantic_no_ot", "total")
 SETTINGS_SCHEMA = "pisces.score.settings"
+#: part of the run key: raise it with every change in pisces that changes a value ``score`` writes for the
+#: same inputs and settings (a formula, frame sampling, preprocessing), so older rows are refused, not reused
+SCORE_VERSION = 1
 
 __all__ = ["SCORE_COLUMNS", "ScoreSummary", "cpu_threads_beside_workers", "run_score"]
 
@@ -106,6 +109,7 @@ def score_key(recipe: Recipe, ot_map: str | None) -> dict[str, Any]:
     from pisces_cli.stages.run_key import encoder_part, frames_part, reward_parts
 
     return {
+        "version": SCORE_VERSION,
         "encoder": encoder_part(recipe),
         "frames": frames_part(recipe, crop=recipe.reward.crop),
         **reward_parts(recipe, ot_map),
