@@ -558,3 +558,66 @@ def test_the_run_key_carries_the_score_code_version(world: Path, tmp_path: Path,
     capsys.readouterr()
     assert score(world, world / "clips", out) == 2
     assert f"version: {SCORE_VERSION - 1} → {SCORE_VERSION}" in capsys.readouterr().err
+
+
+def test_the_report_decodes_and_digests_only_the_videos_it_draws(
+    world: Path, tmp_path: Path, monkeypatch, capsys
+):
+    from pisces_cli.stages import score_report
+
+    out = tmp_path / "out"
+    assert score(world, world / "clips", out) == 0
+    monkeypatch.setattr(score_report, "REPORT_MAX_VIDEOS", 2)
+    decoded = []
+    real = score_report.decode_words
+    monkeypatch.setattr(
+        score_report, "decode_words", lambda records: decoded.append(records) or real(records)
+    )
+    no_model(monkeypatch)
+    assert score(world, world / "clips", out, "--report") == 0
+    assert len(decoded) == 2
+    page = (out / "report.html").read_text()
+    assert page.count("<img alt='frames of") == 2 and page.count("% of mass of clip_") == 6
+    # a heatmap the page does not draw is not one of its inputs: the report stays as it is
+    maps = [json.loads(line) for line in (out / "heatmaps.jsonl").read_text().splitlines()]
+    maps[5]["words"] = maps[5]["words"][:1]
+    (out / "heatmaps.jsonl").write_text("".join(json.dumps(m) + "\n" for m in maps))
+    capsys.readouterr()
+    assert score(world, world / "clips", out, "--report") == 0
+    assert "(report up to date)" in capsys.readouterr().out
+    maps[0]["words"] = maps[0]["words"][:1]  # one it draws: drawn again
+    (out / "heatmaps.jsonl").write_text("".join(json.dumps(m) + "\n" for m in maps))
+    assert score(world, world / "clips", out, "--report") == 0
+    assert "(report rebuilt)" in capsys.readouterr().out
+    assert (out / "report.html").read_text().count("% of mass of clip_") == 4
+
+
+def test_the_report_reads_frames_in_a_child_and_a_crash_costs_only_the_picture(
+    world: Path, tmp_path: Path, monkeypatch
+):
+    import signal
+
+    import numpy as np
+
+    from pisces_cli.stages.score_report import FrameView, WordMap, write_score_report
+
+    parent, in_parent = os.getpid(), []
+
+    def crashing_decoder(*args, **kwargs):
+        if os.getpid() == parent:
+            in_parent.append(args)
+            raise ValueError("decoded in the main process")
+        os.kill(os.getpid(), signal.SIGSEGV)  # a native decoder crash, in the child
+
+    monkeypatch.setattr("pisces_cli.io.video.read_clip", crashing_decoder)
+    rows = [
+        {"video": f"clip_00{i}.mp4", "prompt": "a red circle", "error": None, "total": 0.5} for i in range(2)
+    ]
+    words = {r["video"]: [WordMap("red", np.ones((4, 4, 4)), 0.5)] for r in rows}
+    stats = {"total": {"mean": 0.5, "ci_low": 0.5, "ci_high": 0.5, "n": 2}}
+    path = write_score_report(tmp_path / "report.html", world / "clips", rows, words, stats,
+                              view=FrameView(num_frames=4, size=32), decode_timeout_s=30)  # fmt: skip
+    assert in_parent == []
+    page = path.read_text()
+    assert page.count("The video could not be re-read for its frames.") == 2
+    assert page.count("% of mass of clip_") == 2  # the heatmaps are drawn alone

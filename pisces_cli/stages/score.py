@@ -349,7 +349,8 @@ def _publish(
     report = section.report if report is None else report
     built = None
     if report or (out_dir / "report.html").is_file():
-        built = _write_report(root, out_dir, all_rows, maps, stats, run_key, summary)
+        built = _write_report(root, out_dir, all_rows, maps, stats, run_key, summary,
+                              recipe.runtime.decode_timeout_s)  # fmt: skip
     nothing_to_do = not plan.todo and not resume.needs_model()
     if console is not None:
         if nothing_to_do:
@@ -380,13 +381,19 @@ def _write_report(
     stats: dict,
     run_key: dict,
     summary: dict[str, Any],
+    decode_timeout_s: float | None,
 ) -> bool:
-    """Write ``report.html`` unless it is already the report of exactly these inputs; returns whether it wrote."""
+    """Write ``report.html`` unless it is already the report of exactly these inputs; returns whether it wrote.
+
+    Only the drawn videos' heatmaps are decoded. The inputs digest is hashed row by row (every row: the
+    tables and histograms show them) plus the drawn videos' heatmap records, never one giant string."""
     from pisces_cli import __version__
     from pisces_cli.stages.score_report import (
         REPORT_FORMAT,
+        REPORT_MAX_VIDEOS,
         FrameView,
         decode_words,
+        drawn_rows,
         report_is_current,
         write_score_report,
     )
@@ -400,21 +407,17 @@ def _write_report(
         crop=run_key["frames"]["crop"],
     )
     shown = {k: summary.get(k) for k in ("encoder", "ot_map", "weights", "num_frames", "crop")}
-    inputs = [
-        REPORT_FORMAT,
-        __version__,
-        rows,
-        [heatmaps.get(r["video"]) for r in rows],
-        vars(view),
-        shown,
-        stats,
-    ]
-    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+    drawn = [r["video"] for r in drawn_rows(rows, REPORT_MAX_VIDEOS)]
+    digest = hashlib.sha256()
+    for part in ([REPORT_FORMAT, __version__, vars(view), shown, stats, len(rows)], *rows,
+                 *(heatmaps.get(key) for key in drawn)):  # fmt: skip
+        digest.update(json.dumps(part, sort_keys=True, default=str).encode() + b"\n")
     path = out_dir / "report.html"
-    if report_is_current(path, digest):
+    if report_is_current(path, digest.hexdigest()):
         return False
-    words = {key: decode_words(r.get("words") or []) for key, r in heatmaps.items()}
-    write_score_report(path, root, rows, words, stats, view=view, summary=shown, inputs_digest=digest)
+    words = {key: decode_words((heatmaps.get(key) or {}).get("words") or []) for key in drawn}
+    write_score_report(path, root, rows, words, stats, view=view, max_videos=REPORT_MAX_VIDEOS, summary=shown,
+                       inputs_digest=digest.hexdigest(), decode_timeout_s=decode_timeout_s)  # fmt: skip
     return True
 
 
