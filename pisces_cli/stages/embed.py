@@ -7,17 +7,21 @@ Each shard holds ``text_cls [n, D]`` and ``video_cls [n, D]`` (projected, not no
 Resume rule. The manifest's header records the *run key* (:mod:`pisces_cli.stages.run_key`: encoder,
 its preprocessing, frames, crop, ``shard_size``, ``save_tokens``); a folder made under another run key
 is refused with exit 2 naming the changed fields, before any model is loaded (``--force`` starts the
-folder over: manifests first, then every shard, key and error file). Each shard entry records a hash of
-its items (key, caption, file size and mtime): a finished shard whose items are unchanged is skipped, one
-whose items changed is embedded again. A re-run with nothing to do loads no model.
+folder over: manifests first, then every shard, key and error file). Each shard entry, and the shard
+file's own header, records a hash of its items (key, caption, file size and mtime): a finished shard is
+skipped only when its file and keys file exist and its header holds this run's items; any other shard is
+embedded again. ``--limit N`` never deletes the shards beyond N: their entries stay in ``manifest.json``
+under ``beyond_limit_shards`` / ``beyond_limit_empty_shards`` for a later run. A re-run with nothing to
+do loads no model.
 
 Errors are state too: every shard entry (``shards`` or, when all its items failed, ``empty_shards``)
 carries its error rows; ``errors.jsonl`` is rebuilt from them at the start and end of every run and
 appended to as errors happen in between (``errors.rank{r}.jsonl`` per rank under torchrun), so a resumed
 run reports every failure exactly once.
 
-Under torchrun each rank takes every W-th shard still to do and writes its own ``manifest.rank{r}.json``;
-rank 0 merges every manifest present (any earlier world size) into ``manifest.json``.
+Under torchrun each rank takes every W-th shard still to do (the ranks first check that they planned the
+same shards) and writes its own ``manifest.rank{r}.json``; rank 0 folds every manifest present (any earlier
+world size) into ``manifest.json`` and removes the rank manifests and ``summary.rank{r}.json`` files.
 """
 
 from __future__ import annotations

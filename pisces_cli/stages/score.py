@@ -18,14 +18,16 @@ Resume rule: a row is reused only under the same run key and the same per-video 
 rows of another run key is refused (exit 2) before any model is loaded, naming the changed fields;
 ``--force`` rescores everything into it, or another ``--output`` starts a new folder. A row whose
 prompt or file changed is rescored; an error row is kept until its video changes (``--retry-failed``
-tries it again); rows of videos no longer in the folder leave the table. A re-run with nothing to do
-loads no model.
+tries it again); rows of videos no longer in the folder leave the table. A row is published only when it
+carries its video's per-video key (else an error row: its write was lost). A re-run with nothing to do
+loads no model. A folder holding ``eval``'s ``settings.json`` is refused (the two stages cannot share one).
 
 Under ``torchrun`` / ``accelerate launch`` each rank scores every W-th video still to do on its own device
 and appends to ``scores.rank{r}.jsonl``; rank 0 merges everything into the same files a one-process run
 writes (rows in input order). Frame sampling is deterministic (uniform indices, centre crop) unless
-the recipe asks for a random crop. One bad video never stops the run: it gets an error row. The
-command fails (exit 1) only when every video failed.
+the recipe asks for a random crop. One bad video never stops the run: it gets an error row (a batch
+whose reward fails, e.g. on a prompt with no word to align, is scored item by item). The command fails
+(exit 1) only when every video failed.
 """
 
 from __future__ import annotations
