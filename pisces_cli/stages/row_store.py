@@ -4,9 +4,10 @@ A store named ``NAME`` in a folder is ``NAME.jsonl`` (the published table, rows 
 while a multi-process run is going, one ``NAME.rank{r}.jsonl`` per rank. Rows are keyed by their
 ``video`` field; reading takes ``NAME.jsonl`` then the rank files in rank order, and a later line for the
 same video wins. Rows are appended (and flushed) as batches finish, so an interrupted run keeps every
-finished row; a torn last line is ignored, and the next append starts on a fresh line after it. :meth:`RowStore.publish` rewrites ``NAME.jsonl`` atomically
-and removes the rank files, and is called by rank 0 at the start of a run (so leftovers of an
-interrupted run of any world size are folded in before anything is appended) and at its end.
+finished row; a torn last line is ignored, and the next append starts on a fresh line after it.
+:meth:`RowStore.publish` rewrites ``NAME.jsonl`` atomically and removes the rank files, and is called by
+rank 0 at the start of a run (so leftovers of an interrupted run of any world size are folded in before
+anything is appended) and at its end.
 """
 
 from __future__ import annotations
