@@ -172,6 +172,8 @@ class EmbeddingsExtra:
     num_frames: int | None = None
     embed_dim: int | None = None
     shard_index: int | None = None
+    #: hash of the items the shard was made from (the manifest entry's ``items_sha256`` must equal it)
+    items_sha256: str | None = None
 
 
 #: Typed ``extra`` of the header of each schema whose readers use it.
@@ -210,6 +212,9 @@ class ManifestSchema:
     complete: bool = False
     header: dict[str, Any] = field(default_factory=dict)
     empty_shards: list[EmptyShardEntry] = field(default_factory=list)
+    #: ``embed --limit``: finished shards of items beyond the limit, kept for a later run (not loaded)
+    beyond_limit_shards: list[ShardEntry] = field(default_factory=list)
+    beyond_limit_empty_shards: list[EmptyShardEntry] = field(default_factory=list)
 
 
 def read_manifest_file(path: str | Path) -> dict[str, Any]:
@@ -229,17 +234,19 @@ def read_manifest_file(path: str | Path) -> dict[str, Any]:
     except (json.JSONDecodeError, RecursionError) as exc:
         raise UsageError(f"{path}: not valid JSON ({exc})") from exc
     problems = json_type_problems(data, ManifestSchema)
-    for i, shard in enumerate(data.get("shards", []) if not problems else []):
-        for key in ("file", "keys_file"):
-            name = shard.get(key)
-            if name is not None and (Path(name).name != name or name in ("", ".", "..")):
-                problems.append(f"shards[{i}].{key}: {name!r} is not a file name inside the folder")
-        for key in ("index", "rows"):
-            if shard[key] < 0:
-                problems.append(f"shards[{i}].{key}: must be >= 0, got {shard[key]}")
-    for i, entry in enumerate(data.get("empty_shards", []) if not problems else []):
-        if entry["index"] < 0:
-            problems.append(f"empty_shards[{i}].index: must be >= 0, got {entry['index']}")
+    for kind in ("shards", "beyond_limit_shards"):
+        for i, shard in enumerate(data.get(kind, []) if not problems else []):
+            for key in ("file", "keys_file"):
+                name = shard.get(key)
+                if name is not None and (Path(name).name != name or name in ("", ".", "..")):
+                    problems.append(f"{kind}[{i}].{key}: {name!r} is not a file name inside the folder")
+            for key in ("index", "rows"):
+                if shard[key] < 0:
+                    problems.append(f"{kind}[{i}].{key}: must be >= 0, got {shard[key]}")
+    for kind in ("empty_shards", "beyond_limit_empty_shards"):
+        for i, entry in enumerate(data.get(kind, []) if not problems else []):
+            if entry["index"] < 0:
+                problems.append(f"{kind}[{i}].index: must be >= 0, got {entry['index']}")
     if problems:
         raise UsageError(f"{path}: invalid manifest: " + "; ".join(problems))
     return data
@@ -401,12 +408,18 @@ class ShardedArtifactWriter:
         return {int(s["index"]) for s in self.manifest["shards"]}
 
     def write_shard(
-        self, index: int, tensors: Mapping[str, torch.Tensor], keys: list[str], **info: Any
+        self,
+        index: int,
+        tensors: Mapping[str, torch.Tensor],
+        keys: list[str],
+        *,
+        header_extra: Mapping[str, Any] | None = None,
+        **info: Any,
     ) -> Path:
-        """Write shard ``index`` (rows = len(keys)) and record it in the manifest."""
-        header = ArtifactHeader(
-            **{**asdict(self.header), "extra": {**self.header.extra, "shard_index": index}}
-        )
+        """Write shard ``index`` (rows = len(keys)) and record it in the manifest (``info``: fields of its
+        manifest entry; ``header_extra``: fields of the shard file's own header ``extra``)."""
+        extra = {**self.header.extra, "shard_index": index, **(header_extra or {})}
+        header = ArtifactHeader(**{**asdict(self.header), "extra": extra})
         path = save_artifact(self.folder / shard_name(self.name, index), tensors, header)
         keys_path = self.folder / f"{self.name}-{index:05d}.keys.json"
         atomic_write_json(keys_path, keys, indent=0)

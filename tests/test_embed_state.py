@@ -133,3 +133,80 @@ def test_changed_items_re_embed_their_shard_alone(world: Path, capsys):
     tensors, keys, _ = load_sharded(out, expect_schema="pisces.embeddings")
     row = keys.index("clip_004.mp4")
     assert (tensors["video_cls"][row] - tensors["video_cls"][keys.index("clip_000.mp4")]).abs().max() < 1e-5
+
+
+def test_the_run_key_carries_the_embed_code_version(world: Path, monkeypatch, capsys):
+    from pisces_cli.stages.embed import EMBED_VERSION
+
+    assert embed(world) == 0
+    path = world / "run/embeddings/manifest.json"
+    manifest = json.loads(path.read_text())
+    assert manifest["header"]["extra"]["run_key"]["version"] == EMBED_VERSION
+    manifest["header"]["extra"]["run_key"]["version"] = EMBED_VERSION - 1
+    path.write_text(json.dumps(manifest))
+    no_model(monkeypatch)
+    capsys.readouterr()
+    assert embed(world) == 2
+    assert f"version: {EMBED_VERSION - 1} → {EMBED_VERSION}" in capsys.readouterr().err
+
+
+def embeddings(world: Path, out: Path | None = None) -> dict[str, object]:
+    tensors, keys, _ = load_sharded(out or world / "run/embeddings", expect_schema="pisces.embeddings")
+    return {key: (tensors["text_cls"][i], tensors["video_cls"][i]) for i, key in enumerate(keys)}
+
+
+def set_caption(world: Path, index: int, caption: str) -> None:
+    path = world / "clips/prompts.jsonl"
+    mapping = [json.loads(line) for line in path.read_text().splitlines()]
+    mapping[index]["prompt"] = caption
+    path.write_text("".join(json.dumps(m) + "\n" for m in mapping))
+
+
+def test_a_shard_is_reused_only_when_its_own_file_holds_these_items(world: Path, capsys):
+    """A caption changed and changed back, a shard file deleted or replaced: the shard is embedded again."""
+    out = world / "run/embeddings"
+    assert embed(world) == 0
+    first = embeddings(world)
+    original = json.loads((world / "clips/prompts.jsonl").read_text().splitlines()[0])["prompt"]
+    shutil.copy(out / "manifest.json", out / "manifest.rank0.json")  # as a killed 1-rank torchrun leaves it
+    set_caption(world, 0, "a purple star")
+    assert embed(world) == 0
+    assert not list(out.glob("*.rank*.json"))  # folded into manifest.json, then removed
+    shutil.copy(out / "manifest.json", out / "manifest.rank1.json")
+    set_caption(world, 0, original)
+    capsys.readouterr()
+    assert embed(world) == 0
+    assert "nothing to do" not in capsys.readouterr().out
+    again = embeddings(world)
+    assert (again["clip_000.mp4"][0] - first["clip_000.mp4"][0]).abs().max() < 1e-6
+    for damage in ("delete", "replace"):
+        shard = out / "embeddings-00001.safetensors"
+        if damage == "delete":
+            shard.unlink()
+        else:
+            shutil.copy(out / "embeddings-00000.safetensors", shard)  # another shard's rows under its name
+        capsys.readouterr()
+        assert embed(world) == 0
+        assert "nothing to do" not in capsys.readouterr().out
+        now = embeddings(world)
+        assert list(now) == list(first)
+        for key, (text, video) in now.items():
+            assert (text - first[key][0]).abs().max() < 1e-6 and (video - first[key][1]).abs().max() < 1e-6
+
+
+def test_limit_never_deletes_the_shards_beyond_it(world: Path, capsys):
+    out = world / "run/embeddings"
+    assert embed(world) == 0
+    first = embeddings(world)
+    kept = {p.name: p.read_bytes() for p in out.glob("embeddings-0000[12].*")}
+    assert embed(world, "--limit", "2") == 0  # a smoke test over the first 2 items
+    assert {p.name: p.read_bytes() for p in out.glob("embeddings-0000[12].*")} == kept
+    assert list(embeddings(world)) == ["clip_000.mp4"]  # clip_001 is corrupt: the limited artifact
+    capsys.readouterr()
+    assert embed(world) == 0
+    printed = capsys.readouterr().out
+    assert "nothing to do" not in printed and "embedded 1 shards again" in printed  # shard 0 alone
+    now = embeddings(world)
+    assert list(now) == list(first)
+    for key, (text, video) in now.items():
+        assert (text - first[key][0]).abs().max() < 1e-6 and (video - first[key][1]).abs().max() < 1e-6

@@ -129,3 +129,71 @@ def test_two_ranks_match_one_process(world: Path, tmp_path: Path):
     for metric, stat in b["aggregate"].items():
         assert a["aggregate"][metric]["mean"] == pytest.approx(stat["mean"], abs=1e-5), metric
     assert not list(two.glob("*.rank*.jsonl"))
+
+
+def test_a_torn_last_line_loses_no_row(world: Path, tmp_path: Path):
+    clips = tmp_path / "clips"
+    shutil.copytree(world / "clips", clips)
+    out = tmp_path / "out"
+    assert evaluate(world, clips, out) == 0
+    with open(out / "videos.jsonl", "a") as handle:
+        handle.write('{"video": "clip_00')
+    mapping = [json.loads(line) for line in (clips / "prompts.jsonl").read_text().splitlines()]
+    mapping[1]["prompt"] = "a blue circle moves"
+    (clips / "prompts.jsonl").write_text("".join(json.dumps(m) + "\n" for m in mapping))
+    assert evaluate(world, clips, out) == 0
+    rows = {r["video"]: r for r in document(out)["videos"]}
+    assert len(rows) == 6 and all(r["error"] is None for r in rows.values())
+    assert rows["clip_001.mp4"]["prompt"] == "a blue circle moves"
+
+
+def test_a_prompt_the_encoder_cannot_align_is_its_own_error_row(world: Path, tmp_path: Path):
+    clips = tmp_path / "clips"
+    shutil.copytree(world / "clips", clips)
+    mapping = [json.loads(line) for line in (clips / "prompts.jsonl").read_text().splitlines()]
+    mapping[3]["prompt"] = "12345"
+    (clips / "prompts.jsonl").write_text("".join(json.dumps(m) + "\n" for m in mapping))
+    out = tmp_path / "out"
+    assert evaluate(world, clips, out) == 0
+    rows = {r["video"]: r for r in document(out)["videos"]}
+    assert "no lexical token to align" in rows["clip_003.mp4"]["error"]
+    assert all(r["error"] is None and r["total"] is not None for v, r in rows.items() if v != "clip_003.mp4")
+    assert document(out)["counts"] == {"videos": 6, "evaluated": 5, "failed": 1}
+
+
+def test_score_and_eval_cannot_share_an_output_folder(world: Path, tmp_path: Path, capsys):
+    out = tmp_path / "out"
+    score = ["score", str(world / "clips"), "-r", str(world / "r.yaml"), "-o", str(out)]
+    assert main(score) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    for extra in ([], ["--force"]):
+        assert evaluate(world, world / "clips", out, *extra) == 2
+        err = capsys.readouterr().err
+        assert "pisces score" in err and "--output" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # score's folder untouched
+    assert main(score) == 0
+    other = tmp_path / "eval_first"
+    assert evaluate(world, world / "clips", other) == 0
+    assert main([*score[:-1], str(other)]) == 2
+    assert "pisces eval" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("problem", ["manifest", "suite"])
+def test_bad_manifest_or_prompt_suite_is_refused_before_any_work(
+    world: Path, tmp_path: Path, monkeypatch, capsys, problem: str
+):
+    clips = tmp_path / "clips"
+    shutil.copytree(world / "clips", clips)
+    args = []
+    if problem == "manifest":
+        (clips / "manifest.json").write_text("[1, 2")
+    else:
+        args = [f"eval.prompts={tmp_path}/no_such_suite.txt"]
+    no_model(monkeypatch)
+    capsys.readouterr()
+    out = tmp_path / "out"
+    assert evaluate(world, clips, out, *args) == 2
+    err = capsys.readouterr().err
+    assert ("manifest.json" if problem == "manifest" else "no_such_suite") in err
+    assert not (out / "videos.jsonl").exists()

@@ -107,3 +107,41 @@ def test_leftover_rank_rows_of_an_interrupted_run_are_folded_in(setup, tmp_path)
     assert read_rows(out / "scores.jsonl") == rows
     assert read_rows(out / "heatmaps.jsonl") == heatmaps
     assert not list(out.glob("*.rank*.jsonl"))
+
+
+def _agree(rank: int, store: str, plan_hash: str, results) -> None:
+    import torch.distributed as dist
+
+    from pisces_cli.stages.resume import agree_across_ranks
+
+    dist.init_process_group("gloo", rank=rank, world_size=2, init_method=f"file://{store}")
+    try:
+        agree_across_ranks(plan_hash, "the videos still to do")
+        results.put((rank, "ok"))
+    except Exception as error:  # reported to the test
+        results.put((rank, f"{type(error).__name__}: {error}"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_ranks_that_planned_different_work_all_refuse(tmp_path, same: bool):
+    """Each rank lists the folder itself: when the plans differ (the folder changed in between) every rank
+    refuses before computing anything, instead of slicing different lists and skipping a video."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    hashes = ["a" * 64, "a" * 64 if same else "b" * 64]
+    procs = [context.Process(target=_agree, args=(r, str(tmp_path / "store"), hashes[r], results))
+             for r in range(2)]  # fmt: skip
+    for proc in procs:
+        proc.start()
+    outcome = dict(results.get(timeout=120) for _ in procs)
+    for proc in procs:
+        proc.join(timeout=30)
+    if same:
+        assert outcome == {0: "ok", 1: "ok"}
+    else:
+        for text in outcome.values():
+            assert text.startswith("PiscesRuntimeError") and "planned different work" in text

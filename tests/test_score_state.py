@@ -397,3 +397,227 @@ def test_summary_statistics_follow_the_bootstrap_settings(world: Path, tmp_path:
     from pisces_cli.stages.score import summarize
 
     assert again["columns"] == json.loads(json.dumps(summarize(rows(out), 50, 0)))
+
+
+def edit_prompt(clips: Path, index: int, prompt: str) -> None:
+    mapping = [json.loads(line) for line in (clips / "prompts.jsonl").read_text().splitlines()]
+    mapping[index]["prompt"] = prompt
+    (clips / "prompts.jsonl").write_text("".join(json.dumps(m) + "\n" for m in mapping))
+
+
+def test_a_torn_last_line_loses_no_row(world: Path, tmp_path: Path, capsys):
+    """A run killed mid-line (disk full, SIGKILL) leaves a fragment: the next rows start on a fresh line,
+    and neither a changed video's old row nor a missing row is published in its place."""
+    clips = copy_clips(world, tmp_path)
+    out = tmp_path / "out"
+    assert score(world, clips, out) == 0
+    with open(out / "scores.jsonl", "a") as handle:
+        handle.write('{"video": "clip_00')
+    edit_prompt(clips, 1, "a blue circle moves")
+    shutil.copy(clips / "clip_000.mp4", clips / "clip_new.mp4")  # a video without any row
+    with open(clips / "prompts.jsonl", "a") as handle:
+        handle.write(json.dumps({"file": "clip_new.mp4", "prompt": "a red square"}) + "\n")
+    capsys.readouterr()
+    assert score(world, clips, out) == 0
+    table = {r["video"]: r for r in rows(out)}
+    assert len(table) == 7 and all(r["error"] is None for r in table.values())
+    assert table["clip_001.mp4"]["prompt"] == "a blue circle moves"
+    assert table["clip_new.mp4"]["prompt"] == "a red square"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["scored"] == 7 and summary["failed"] == 0
+
+
+def test_a_video_of_the_run_without_its_row_is_an_error_row_never_dropped(tmp_path: Path):
+    from pisces_cli.io.prompts import VideoItem
+    from pisces_cli.stages.row_store import merged_rows, plan_rows
+
+    items = []
+    for name in ("a.mp4", "b.mp4", "c.mp4"):
+        (tmp_path / name).write_bytes(name.encode())
+        items.append(VideoItem(key=name, source=str(tmp_path / name), prompt=f"prompt of {name}"))
+    plan = plan_rows(items, {})
+    made = [{"video": it.key, "prompt": it.prompt, "error": None, **plan.identities[it.key]} for it in items]
+    stored = {"a.mp4": made[0], "b.mp4": {**made[1], "prompt": "an older prompt"}}  # c.mp4: no row
+    rows = merged_rows(items, items, plan, stored)
+    assert [r["video"] for r in rows] == ["a.mp4", "b.mp4", "c.mp4"]
+    assert rows[0] == made[0]
+    for row in rows[1:]:
+        assert "no row was recorded" in row["error"] and row["prompt"] == f"prompt of {row['video']}"
+    # such a row is computed again by the next run (not kept as a failure), and counted as nothing changed
+    again = plan_rows(items, {r["video"]: r for r in rows})
+    assert [it.key for it in again.todo] == ["b.mp4", "c.mp4"] and again.changed == 0
+
+
+def test_heatmaps_of_a_killed_run_are_not_drawn_for_another_prompt(world: Path, tmp_path: Path, monkeypatch):
+    """Killed between the heatmap append and the row append, then the prompt reverted: the report keeps
+    drawing the heatmaps of the prompt its row was scored with."""
+    import contextlib
+
+    from pisces_cli.stages.row_store import RowStore
+
+    clips = copy_clips(world, tmp_path)
+    out = tmp_path / "out"
+    assert score(world, clips, out, "--report") == 0
+    first_maps = (out / "heatmaps.jsonl").read_text()
+    first_report = (out / "report.html").read_bytes()
+    original_prompt = json.loads((clips / "prompts.jsonl").read_text().splitlines()[1])["prompt"]
+    edit_prompt(clips, 1, "a green triangle spins")
+    real = RowStore.appender
+
+    @contextlib.contextmanager
+    def killed_before_rows(self):
+        with real(self) as append:
+            if self.name != "scores":
+                yield append
+                return
+
+            def die(rows):
+                raise KeyboardInterrupt
+
+            yield die
+
+    with monkeypatch.context() as patch:
+        patch.setattr(RowStore, "appender", killed_before_rows)
+        assert score(world, clips, out, "--report") == 130
+    edit_prompt(clips, 1, original_prompt)
+    no_model(monkeypatch)
+    assert score(world, clips, out, "--report") == 0
+    assert (out / "heatmaps.jsonl").read_text() == first_maps
+    assert (out / "report.html").read_bytes() == first_report
+
+
+def test_a_prompt_the_encoder_cannot_align_is_its_own_error_row(
+    world: Path, tmp_path: Path, monkeypatch, capsys
+):
+    """A prompt without a lexical token fails alone: its batch-mates are scored, the run goes on."""
+    clips = copy_clips(world, tmp_path)
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    for index, prompt in ((1, "!!!"), (4, "🎉🎉")):
+        edit_prompt(clips, index, prompt)
+    capsys.readouterr()
+    assert score(world, clips, out) == 0
+    printed = capsys.readouterr().out
+    assert "2 of 6 videos failed:" in printed and "no lexical token to align" in printed
+    table = {r["video"]: r for r in rows(out)}
+    for video in ("clip_001.mp4", "clip_004.mp4"):
+        assert "no lexical token to align" in table[video]["error"] and "total" not in table[video]
+    assert sum(r["error"] is None for r in table.values()) == 4
+    failed = [json.loads(line)["video"] for line in (out / "failed.jsonl").read_text().splitlines()]
+    assert failed == ["clip_001.mp4", "clip_004.mp4"]
+    # the good rows are the rows of a batch without the bad prompts
+    edit_prompt(clips, 1, "a red circle")
+    edit_prompt(clips, 4, "a blue square")
+    assert score(world, clips, fresh) == 0
+    fresh_rows = {r["video"]: r for r in rows(fresh)}
+    for video, row in table.items():
+        if row["error"] is None:
+            assert_same_rows([row], [fresh_rows[video]], tol=1e-5)
+
+
+def test_split_on_failure_isolates_bad_items_and_re_raises_what_is_not_theirs():
+    from pisces_cli.errors import UsageError
+    from pisces_cli.stages.batch_split import split_on_failure
+
+    def compute(values: list[int]) -> list[int]:
+        if -1 in values:
+            raise UsageError(f"bad value among {values}")
+        return [2 * v for v in values]
+
+    parts = split_on_failure(compute, [1, 2, 3])
+    assert [(p.start, p.stop, p.value) for p in parts] == [(0, 3, [2, 4, 6])]
+    parts = split_on_failure(compute, [1, -1, 3])
+    assert [(p.start, p.value, p.error) for p in parts] == [
+        (0, [2], None), (1, None, "bad value among [-1]"), (2, [6], None)
+    ]  # fmt: skip
+
+    def broken(values: list[int]) -> list[int]:
+        raise RuntimeError("device lost")
+
+    with pytest.raises(RuntimeError, match="device lost"):
+        split_on_failure(broken, [1, 2])
+
+    def odd_fails(values: list[int]) -> list[int]:
+        if any(v % 2 for v in values):
+            raise ValueError("odd")
+        return values
+
+    parts = split_on_failure(odd_fails, [2, 3])
+    assert [p.error for p in parts] == [None, "ValueError: odd"]
+
+
+def test_the_run_key_carries_the_score_code_version(world: Path, tmp_path: Path, monkeypatch, capsys):
+    from pisces_cli.stages.score import SCORE_VERSION
+
+    out = tmp_path / "out"
+    assert score(world, world / "clips", out) == 0
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["run_key"]["version"] == SCORE_VERSION
+    settings["run_key"]["version"] = SCORE_VERSION - 1  # rows of an older pisces that computed otherwise
+    (out / "settings.json").write_text(json.dumps(settings))
+    no_model(monkeypatch)
+    capsys.readouterr()
+    assert score(world, world / "clips", out) == 2
+    assert f"version: {SCORE_VERSION - 1} → {SCORE_VERSION}" in capsys.readouterr().err
+
+
+def test_the_report_decodes_and_digests_only_the_videos_it_draws(
+    world: Path, tmp_path: Path, monkeypatch, capsys
+):
+    from pisces_cli.stages import score_report
+
+    out = tmp_path / "out"
+    assert score(world, world / "clips", out) == 0
+    monkeypatch.setattr(score_report, "REPORT_MAX_VIDEOS", 2)
+    decoded = []
+    real = score_report.decode_words
+    monkeypatch.setattr(
+        score_report, "decode_words", lambda records: decoded.append(records) or real(records)
+    )
+    no_model(monkeypatch)
+    assert score(world, world / "clips", out, "--report") == 0
+    assert len(decoded) == 2
+    page = (out / "report.html").read_text()
+    assert page.count("<img alt='frames of") == 2 and page.count("% of mass of clip_") == 6
+    # a heatmap the page does not draw is not one of its inputs: the report stays as it is
+    maps = [json.loads(line) for line in (out / "heatmaps.jsonl").read_text().splitlines()]
+    maps[5]["words"] = maps[5]["words"][:1]
+    (out / "heatmaps.jsonl").write_text("".join(json.dumps(m) + "\n" for m in maps))
+    capsys.readouterr()
+    assert score(world, world / "clips", out, "--report") == 0
+    assert "(report up to date)" in capsys.readouterr().out
+    maps[0]["words"] = maps[0]["words"][:1]  # one it draws: drawn again
+    (out / "heatmaps.jsonl").write_text("".join(json.dumps(m) + "\n" for m in maps))
+    assert score(world, world / "clips", out, "--report") == 0
+    assert "(report rebuilt)" in capsys.readouterr().out
+    assert (out / "report.html").read_text().count("% of mass of clip_") == 4
+
+
+def test_the_report_reads_frames_in_a_child_and_a_crash_costs_only_the_picture(
+    world: Path, tmp_path: Path, monkeypatch
+):
+    import signal
+
+    import numpy as np
+
+    from pisces_cli.stages.score_report import FrameView, WordMap, write_score_report
+
+    parent, in_parent = os.getpid(), []
+
+    def crashing_decoder(*args, **kwargs):
+        if os.getpid() == parent:
+            in_parent.append(args)
+            raise ValueError("decoded in the main process")
+        os.kill(os.getpid(), signal.SIGSEGV)  # a native decoder crash, in the child
+
+    monkeypatch.setattr("pisces_cli.io.video.read_clip", crashing_decoder)
+    rows = [
+        {"video": f"clip_00{i}.mp4", "prompt": "a red circle", "error": None, "total": 0.5} for i in range(2)
+    ]
+    words = {r["video"]: [WordMap("red", np.ones((4, 4, 4)), 0.5)] for r in rows}
+    stats = {"total": {"mean": 0.5, "ci_low": 0.5, "ci_high": 0.5, "n": 2}}
+    path = write_score_report(tmp_path / "report.html", world / "clips", rows, words, stats,
+                              view=FrameView(num_frames=4, size=32), decode_timeout_s=30)  # fmt: skip
+    assert in_parent == []
+    page = path.read_text()
+    assert page.count("The video could not be re-read for its frames.") == 2
+    assert page.count("% of mass of clip_") == 2  # the heatmaps are drawn alone

@@ -54,9 +54,8 @@ def test_two_ranks_match_one_process(setup):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     manifest = json.loads((root / "two" / "manifest.json").read_text())
     assert manifest["complete"] and [s["index"] for s in manifest["shards"]] == [0, 1, 2, 3]
-    assert (root / "two" / "manifest.rank0.json").is_file() and (
-        root / "two" / "manifest.rank1.json"
-    ).is_file()
+    # the ranks' manifests and counts are folded into manifest.json / summary.json, then removed
+    assert not list((root / "two").glob("*.rank*.json"))
 
     from pisces_cli.cli.main import main
 
@@ -69,3 +68,14 @@ def test_two_ranks_match_one_process(setup):
     assert Path(root / "two" / "summary.json").is_file()
     summary = json.loads((root / "two" / "summary.json").read_text())
     assert summary["items"] == 10 and summary["embedded_now"] == 10 and summary["failed_now"] == 0
+
+    import pisces_cli.rewards.build as build
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the encoder was loaded")
+
+    original, build.load_encoder_from_recipe = build.load_encoder_from_recipe, refuse
+    try:  # a one-process run over the 2-rank folder: every shard is done
+        assert main(["embed", "--recipe", str(recipe), f"embed.output={root}/two"]) == 0
+    finally:
+        build.load_encoder_from_recipe = original

@@ -7,17 +7,21 @@ Each shard holds ``text_cls [n, D]`` and ``video_cls [n, D]`` (projected, not no
 Resume rule. The manifest's header records the *run key* (:mod:`pisces_cli.stages.run_key`: encoder,
 its preprocessing, frames, crop, ``shard_size``, ``save_tokens``); a folder made under another run key
 is refused with exit 2 naming the changed fields, before any model is loaded (``--force`` starts the
-folder over: manifests first, then every shard, key and error file). Each shard entry records a hash of
-its items (key, caption, file size and mtime): a finished shard whose items are unchanged is skipped, one
-whose items changed is embedded again. A re-run with nothing to do loads no model.
+folder over: manifests first, then every shard, key and error file). Each shard entry, and the shard
+file's own header, records a hash of its items (key, caption, file size and mtime): a finished shard is
+skipped only when its file and keys file exist and its header holds this run's items; any other shard is
+embedded again. ``--limit N`` never deletes the shards beyond N: their entries stay in ``manifest.json``
+under ``beyond_limit_shards`` / ``beyond_limit_empty_shards`` for a later run. A re-run with nothing to
+do loads no model.
 
 Errors are state too: every shard entry (``shards`` or, when all its items failed, ``empty_shards``)
 carries its error rows; ``errors.jsonl`` is rebuilt from them at the start and end of every run and
 appended to as errors happen in between (``errors.rank{r}.jsonl`` per rank under torchrun), so a resumed
 run reports every failure exactly once.
 
-Under torchrun each rank takes every W-th shard still to do and writes its own ``manifest.rank{r}.json``;
-rank 0 merges every manifest present (any earlier world size) into ``manifest.json``.
+Under torchrun each rank takes every W-th shard still to do (the ranks first check that they planned the
+same shards) and writes its own ``manifest.rank{r}.json``; rank 0 folds every manifest present (any earlier
+world size) into ``manifest.json`` and removes the rank manifests and ``summary.rank{r}.json`` files.
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ if TYPE_CHECKING:
 EMBEDDINGS_SCHEMA = "pisces.embeddings"
 SHARD_NAME = "embeddings"
 ERRORS_FILE = "errors.jsonl"
+#: part of the run key: raise it with every change in pisces that changes an embedding ``embed`` writes for
+#: the same inputs and settings (frame sampling, preprocessing, projection), so older shards are refused
+EMBED_VERSION = 1
 
 
 @dataclass
@@ -57,6 +64,7 @@ def embed_key(recipe: Recipe) -> dict[str, Any]:
     from pisces_cli.stages.run_key import encoder_part, frames_part
 
     return {
+        "version": EMBED_VERSION,
         "encoder": encoder_part(recipe),
         "frames": frames_part(recipe, crop=recipe.data.crop),
         "shards": {"shard_size": recipe.embed.shard_size, "save_tokens": recipe.embed.save_tokens},
@@ -92,16 +100,77 @@ def _read_manifests(out_dir: Path) -> list[dict[str, Any]]:
     return manifests
 
 
-def _entries(manifests: list[dict[str, Any]], digests: list[str]) -> dict[int, dict[str, Any]]:
-    """Per shard index, the finished entry (``shards`` or ``empty_shards``) whose items match this run's."""
+#: manifest lists of finished shards and the kind of entry each holds
+_ENTRY_LISTS = {
+    "shards": "shards",
+    "empty_shards": "empty_shards",
+    "beyond_limit_shards": "shards",
+    "beyond_limit_empty_shards": "empty_shards",
+}
+
+
+def _shard_holds(out_dir: Path, entry: dict[str, Any], digest: str) -> bool:
+    """Whether the shard file of ``entry`` and its keys file exist and the shard's own header records the
+    items hash ``digest`` (so the file holds the rows of these very items, whatever a manifest says)."""
+    from pisces_cli.artifacts import read_header
+
+    if not entry.get("keys_file") or not (out_dir / entry["keys_file"]).is_file():
+        return False
+    try:
+        extra = read_header(out_dir / entry["file"]).extra
+    except UsageError:  # missing, truncated or not a pisces shard
+        return False
+    return extra.get("items_sha256") == digest and extra.get("shard_index") == int(entry["index"])
+
+
+def _entries(
+    out_dir: Path, manifests: list[dict[str, Any]], expected: dict[int, str]
+) -> dict[int, dict[str, Any]]:
+    """Per shard index, a finished entry whose items hash is ``expected[index]`` (``kind``: ``shards`` or
+    ``empty_shards``); a shard entry counts only when :func:`_shard_holds` its items."""
     found: dict[int, dict[str, Any]] = {}
     for data in manifests:
-        for kind in ("shards", "empty_shards"):
-            for entry in data.get(kind, []) or []:
+        for name, kind in _ENTRY_LISTS.items():
+            for entry in data.get(name, []) or []:
                 index = int(entry["index"])
-                if index < len(digests) and entry.get("items_sha256") == digests[index]:
-                    found[index] = {**entry, "kind": kind}
+                digest = expected.get(index)
+                if digest is None or entry.get("items_sha256") != digest:
+                    continue
+                if kind == "shards" and not _shard_holds(out_dir, entry, digest):
+                    continue
+                found[index] = {**entry, "kind": kind}
     return found
+
+
+def _entry_indices(manifests: list[dict[str, Any]]) -> set[int]:
+    """Every shard index any manifest lists (finished earlier, whatever its items)."""
+    return {int(e["index"]) for data in manifests for name in _ENTRY_LISTS for e in data.get(name, []) or []}
+
+
+@dataclass
+class _ShardPlan:
+    """The shards of a run: ``shards[i]`` (``embed.shard_size`` items each) with items hash ``digests[i]``;
+    ``expected`` maps every shard index of the whole listing to its items hash — this run's shards, and
+    beyond ``--limit`` the shards of the full listing (kept for a later run, never deleted)."""
+
+    items: list[VideoItem]
+    shards: list[list[VideoItem]]
+    digests: list[str]
+    expected: dict[int, str]
+
+    @classmethod
+    def of(cls, listed: list[VideoItem], limit: int | None, shard_size: int) -> _ShardPlan:
+        items = listed[:limit] if limit is not None else listed
+        shards = [items[i : i + shard_size] for i in range(0, len(items), shard_size)]
+        digests = [shard_items_hash(shard) for shard in shards]
+        expected = dict(enumerate(digests))
+        for start in range(len(shards) * shard_size, len(listed), shard_size):
+            expected[start // shard_size] = shard_items_hash(listed[start : start + shard_size])
+        return cls(items, shards, digests, expected)
+
+    def todo_hash(self, todo: list[int]) -> str:
+        """Hash of the shards still to do (index and items hash): equal on every rank planning the same work."""
+        return hashlib.sha256(json.dumps([[i, self.digests[i]] for i in todo]).encode()).hexdigest()
 
 
 def _stored_key(manifests: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, str | None]:
@@ -136,6 +205,7 @@ def run_embed(
     from pisces_cli.stages import run_key as keys
     from pisces_cli.stages.inputs import listing_from_recipe
     from pisces_cli.stages.progress import progress_bar
+    from pisces_cli.stages.resume import agree_across_ranks
 
     check_stage("embed", resolved, identify=False, output=output)  # no torch: a no-op re-run stays light
     recipe = resolved.recipe
@@ -146,10 +216,8 @@ def run_embed(
         raise UsageError(f"embed output {out_dir} is a file, not a folder")
     listing = listing_from_recipe(recipe, exclude=[out_dir])
     limit = limit if limit is not None else recipe.embed.limit
-    items = listing.items[:limit] if limit is not None else listing.items
-    shard_size = recipe.embed.shard_size
-    shards = [items[i : i + shard_size] for i in range(0, len(items), shard_size)]
-    digests = [shard_items_hash(shard) for shard in shards]
+    plan = _ShardPlan.of(listing.items, limit, recipe.embed.shard_size)
+    items, shards, digests = plan.items, plan.shards, plan.digests
 
     key = embed_key(recipe)  # before any model is loaded
     signature = keys.encoder_file_signature(recipe)
@@ -159,22 +227,20 @@ def run_embed(
     if manifests:
         keys.refuse_other_key(out_dir, {"schema": EMBEDDINGS_SCHEMA, "run_key": stored_key}, key,
                               schema=EMBEDDINGS_SCHEMA, rows="embedding shards", ways_out=ways_out)  # fmt: skip
+    found = _entries(out_dir, manifests, plan.expected)  # every rank, before rank 0 changes anything
+    done = {i: e for i, e in found.items() if i < len(shards)}
+    todo = [i for i in range(len(shards)) if i not in done]
     barrier()
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         if force:
             start_over(out_dir)
-        _rebuild_errors(out_dir, _entries(manifests, digests))
+        elif manifests and (todo or len(manifests) > 1):  # fold rank manifests in; mark it incomplete
+            _merge_manifests(out_dir, manifests, found, len(shards), len(items))
+        _rebuild_errors(out_dir, done)
     barrier()
-    done = _entries(manifests, digests)
-    previous = {
-        int(e["index"])
-        for data in manifests
-        for k in ("shards", "empty_shards")
-        for e in data.get(k, []) or []
-    }
-    todo = [i for i in range(len(shards)) if i not in done]
-    changed = sum(1 for i in todo if i in previous)
+    agree_across_ranks(plan.todo_hash(todo), "the shards still to do")
+    changed = sum(1 for i in todo if i in _entry_indices(manifests))
     mine = todo[ctx.rank :: ctx.world_size]
     known_model = None
     if stored_key is not None and stored_signature is not None and stored_signature == signature:
@@ -212,9 +278,7 @@ def run_embed(
         if not ctx.is_main:
             return EmbedSummary(out_dir, len(items), embedded, failed_now, len(done), changed_shards=changed)
         advance(0, phase="merging")
-        return _publish(
-            out_dir, items, shards, digests, done, changed, ctx, listing, console, needs_model, counts
-        )
+        return _publish(out_dir, plan, done, changed, ctx, listing, console, needs_model, counts)
 
 
 @dataclass
@@ -310,7 +374,14 @@ class _Embedder:
             tensors = {"text_cls": torch.cat(text_rows), "video_cls": torch.cat(video_rows)}
             if token_rows:
                 tensors["video_tokens"] = torch.cat(token_rows)
-            writer.write_shard(index, tensors, keys, errors=errors, items_sha256=digest)
+            writer.write_shard(
+                index,
+                tensors,
+                keys,
+                header_extra={"items_sha256": digest},
+                errors=errors,
+                items_sha256=digest,
+            )
         else:
             writer.record_empty_shard(index, errors=errors, items_sha256=digest)
         return len(keys), len(errors)
@@ -329,11 +400,48 @@ def _rebuild_errors(out_dir: Path, entries: dict[int, dict[str, Any]]) -> list[d
     return rows
 
 
+def _merge_manifests(
+    out_dir: Path,
+    manifests: list[dict[str, Any]],
+    found: dict[int, dict[str, Any]],
+    n_shards: int,
+    n_items: int,
+) -> dict[int, dict[str, Any]]:
+    """Rank 0: write ``manifest.json`` from the finished entries ``found`` (:func:`_entries`), remove shard files
+    no entry lists, then the rank manifests (folded in); returns the entries of this run's ``n_shards``.
+
+    Entries past ``n_shards`` (shards beyond ``--limit``) are kept under ``beyond_limit_*`` with their files.
+    """
+    from pisces_cli.stages.row_store import publish_json
+
+    base = next((m for m in manifests if (m.get("header") or {}).get("extra", {}).get("run_key")), None)
+    if base is None:  # nothing was ever written (no items)
+        base = {"schema": EMBEDDINGS_SCHEMA, "name": SHARD_NAME, "header": {}}
+    merged = {k: v for k, v in base.items() if k not in (*_ENTRY_LISTS, "complete")}
+    mine = {i: e for i, e in found.items() if i < n_shards}
+    beyond = {i: e for i, e in found.items() if i >= n_shards}
+    for prefix, entries in (("", mine), ("beyond_limit_", beyond)):
+        for kind in ("shards", "empty_shards"):
+            listed = [{k: v for k, v in entries[i].items() if k != "kind"}
+                      for i in sorted(entries) if entries[i]["kind"] == kind]  # fmt: skip
+            if listed or not prefix:
+                merged[prefix + kind] = listed
+    merged["complete"] = len(mine) == n_shards
+    merged.update(num_items=n_items, num_shards=n_shards)
+    publish_json(out_dir / "manifest.json", merged)
+    kept = {e["file"] for e in found.values() if e["kind"] == "shards"}
+    for path in out_dir.glob(f"{SHARD_NAME}-*.safetensors"):  # shards of items no longer in the data
+        if path.name not in kept:
+            path.unlink(missing_ok=True)
+            path.with_name(path.name.replace(".safetensors", ".keys.json")).unlink(missing_ok=True)
+    for path in out_dir.glob("manifest.rank*.json"):
+        path.unlink(missing_ok=True)
+    return mine
+
+
 def _publish(
     out_dir: Path,
-    items: list[VideoItem],
-    shards: list[list[VideoItem]],
-    digests: list[str],
+    plan: _ShardPlan,
     done_before: dict[int, dict[str, Any]],
     changed: int,
     ctx: Any,
@@ -346,28 +454,16 @@ def _publish(
     from pisces_cli.stages import notes
     from pisces_cli.stages.row_store import publish_json
 
+    items, shards = plan.items, plan.shards
     manifests = _read_manifests(out_dir)
-    entries = _entries(manifests, digests)
-    base = next((m for m in manifests if (m.get("header") or {}).get("extra", {}).get("run_key")), None)
-    if base is None:  # nothing was ever written (no items)
-        base = {"schema": EMBEDDINGS_SCHEMA, "name": SHARD_NAME, "header": {}}
-    merged = {k: v for k, v in base.items() if k not in ("shards", "empty_shards", "complete")}
-    kept = {e["file"] for e in entries.values() if e["kind"] == "shards"}
-    merged["shards"] = [{k: v for k, v in entries[i].items() if k != "kind"}
-                        for i in sorted(entries) if entries[i]["kind"] == "shards"]  # fmt: skip
-    merged["empty_shards"] = [{k: v for k, v in entries[i].items() if k != "kind"}
-                              for i in sorted(entries) if entries[i]["kind"] == "empty_shards"]  # fmt: skip
-    merged["complete"] = len(entries) == len(shards)
-    merged.update(num_items=len(items), num_shards=len(shards))
-    publish_json(out_dir / "manifest.json", merged)
-    for path in out_dir.glob(f"{SHARD_NAME}-*.safetensors"):  # shards of items no longer in the data
-        if path.name not in kept:
-            path.unlink(missing_ok=True)
-            path.with_name(path.name.replace(".safetensors", ".keys.json")).unlink(missing_ok=True)
+    entries = _merge_manifests(out_dir, manifests, _entries(out_dir, manifests, plan.expected), len(shards),
+                               len(items))  # fmt: skip
     errors = _rebuild_errors(out_dir, entries)
     if ctx.distributed:  # this run's counts of every rank
         ranks = [json.loads((out_dir / f"summary.rank{r}.json").read_text()) for r in range(ctx.world_size)]
         counts = {name: sum(int(data.get(name, 0)) for data in ranks) for name in counts}
+        for path in out_dir.glob("summary.rank*.json"):
+            path.unlink(missing_ok=True)
     embedded_total = sum(int(e.get("rows", 0)) for e in entries.values() if e["kind"] == "shards")
     summary = {
         "items": len(items),

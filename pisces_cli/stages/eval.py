@@ -225,14 +225,15 @@ class _Evaluator:
     num_frames: int = 0
 
     def rows(self, todo: list[VideoItem], plan: Any, append: Any, advance: Any) -> list[dict[str, Any]]:
-        """One row per item of ``todo`` (rewards, consistency, pixel metrics, or ``error``), appended per batch."""
+        """One row per item of ``todo`` (rewards, consistency, pixel metrics, or ``error``), appended per batch.
+
+        A batch whose encoder/reward call fails is computed item by item: an item that fails alone is an
+        error row (:func:`~pisces_cli.stages.batch_split.split_on_failure`)."""
         section = self.resolved.recipe.eval
         if self.encoder is None:
             return self._pixel_rows(todo, plan, append, advance)
-        import torch
-
         from pisces_cli.runtime import cpu_threads_beside_workers
-        from pisces_cli.stages.eval_metrics import frame_features
+        from pisces_cli.stages.batch_split import split_on_failure
         from pisces_cli.stages.inputs import encoder_loader
 
         recipe = self.resolved.recipe
@@ -245,29 +246,46 @@ class _Evaluator:
                     plan.error_row(r["key"], r["prompt"], r["error"], r.get("detail")) for r in batch.errors
                 ]
                 if batch.clips is not None:
-                    clips = batch.clips.to(self.device)
-                    with torch.no_grad():
-                        if self.reward is not None:
-                            out = self.reward.from_preprocessed(clips, [str(p) for p in batch.prompts])
-                            columns = {k: v.float().cpu().tolist() for k, v in out.columns().items()}
-                            features = self.tap.last
-                        else:
-                            columns, features = {}, self.encoder.encode_video(clips)
-                    pooled = (
-                        frame_features(features) if section.consistency and features is not None else None
-                    )
-                    for i, key in enumerate(batch.keys):
-                        row: dict[str, Any] = {"video": key, "prompt": batch.prompts[i], "error": None}
-                        row.update({k: _finite(v[i]) for k, v in columns.items() if k != "semantic_no_ot"})
-                        if pooled is not None:
-                            row.update(_feature_rows(pooled, i), consistency_features=pooled.subject_source)
-                        _pixel_row(row, batch.sources[i], section, recipe.runtime.decode_timeout_s)
-                        row.update(plan.identities.get(key) or {})
-                        batch_rows.append(row)
+                    clips, prompts = batch.clips.to(self.device), [str(p) for p in batch.prompts]
+                    for part in split_on_failure(self._features, clips, prompts):
+                        batch_rows += self._part_rows(part, batch, plan)
                 append(batch_rows)
                 rows.extend(batch_rows)
                 advance(len(batch_rows))
         return rows
+
+    def _part_rows(self, part: Any, batch: Any, plan: Any) -> list[dict[str, Any]]:
+        """The rows of the items of ``batch`` in ``part`` (a :class:`~pisces_cli.stages.batch_split.Part`
+        holding :meth:`_features`' result, or the error row of each of its items)."""
+        from pisces_cli.stages.eval_metrics import frame_features
+
+        if part.error is not None:
+            return [plan.error_row(batch.keys[i], batch.prompts[i], part.error) for i in part.positions()]
+        recipe = self.resolved.recipe
+        section = recipe.eval
+        columns, features = part.value
+        pooled = frame_features(features) if section.consistency and features is not None else None
+        rows = []
+        for i in part.positions():
+            j, key = i - part.start, batch.keys[i]
+            row: dict[str, Any] = {"video": key, "prompt": batch.prompts[i], "error": None}
+            row.update({k: _finite(v[j]) for k, v in columns.items() if k != "semantic_no_ot"})
+            if pooled is not None:
+                row.update(_feature_rows(pooled, j), consistency_features=pooled.subject_source)
+            _pixel_row(row, batch.sources[i], section, recipe.runtime.decode_timeout_s)
+            row.update(plan.identities.get(key) or {})
+            rows.append(row)
+        return rows
+
+    def _features(self, clips: Any, prompts: list[str]) -> tuple[dict[str, list[float]], Any]:
+        """(reward columns as lists, encoder features) of ``clips [B, T, 3, H, W]`` against ``prompts [B]``."""
+        import torch
+
+        with torch.no_grad():
+            if self.reward is None:
+                return {}, self.encoder.encode_video(clips)
+            out = self.reward.from_preprocessed(clips, prompts)
+        return {k: v.float().cpu().tolist() for k, v in out.columns().items()}, self.tap.last
 
     def _pixel_rows(
         self, todo: list[VideoItem], plan: Any, append: Any, advance: Any
@@ -398,6 +416,9 @@ def run_eval(
             "eval: every metric is switched off (eval.rewards/consistency/flicker/dynamic_degree/vbench)"
         )
     suite = section.prompts or recipe.generate.prompts
+    # read and check both before any work, so a bad file fails now, not after every video is computed
+    manifest = read_videos_manifest(inputs.root)
+    coverage = prompt_suite_coverage(suite, [it.prompt for it in inputs.items if it.prompt])
     vbench_plan = None
     if use_vbench:  # check the package and every weight file before computing anything
         from pisces_cli.stages.eval_vbench import plan_vbench_run
@@ -431,7 +452,8 @@ def run_eval(
             failed = sum(1 for r in new_rows if r.get("error") is not None)
             return EvalSummary(inputs.out_dir, len(new_rows) - failed, failed, {}, new_rows)
         advance(0, phase="writing eval.json")
-        return _publish_eval(resolved, inputs, resume, store, run_key, info, suite, vbench_plan, console)
+        return _publish_eval(resolved, inputs, resume, store, run_key, info, (manifest, coverage, suite),
+                             vbench_plan, console)  # fmt: skip
 
 
 def _publish_eval(
@@ -441,11 +463,14 @@ def _publish_eval(
     store: Any,
     run_key: dict[str, Any],
     info: dict[str, Any],
-    suite: str | None,
+    videos_info: tuple[dict[str, Any] | None, dict[str, Any] | None, str | None],
     vbench_plan: Any,
     console: Any,
 ) -> EvalSummary:
-    """Rank 0 after every rank finished: merge the rows, aggregate, run VBench, write eval.json."""
+    """Rank 0 after every rank finished: merge the rows, aggregate, run VBench, write eval.json.
+
+    ``videos_info``: the video folder's manifest, the prompt suite's coverage and the suite's name (read
+    before any work)."""
     from pisces_cli.atomic import atomic_write_json
     from pisces_cli.stages import notes as tell
     from pisces_cli.stages.eval_metrics import METRIC_FORMULAS
@@ -456,8 +481,7 @@ def _publish_eval(
     root, out_dir, plan = inputs.root, inputs.out_dir, resume.plan
     rows = merged_rows(inputs.listing.items, inputs.items, plan, store.read())
     store.publish(rows)
-    manifest = read_videos_manifest(root)
-    coverage = prompt_suite_coverage(suite, [it.prompt for it in inputs.items if it.prompt])
+    manifest, coverage, suite = videos_info
     notes: list[str] = []
     if manifest is None:
         notes.append(

@@ -12,6 +12,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -103,7 +106,8 @@ def start_resume(
     """Step 1 of the protocol; ``stores[0]`` holds the rows, the others ride along (cleared/folded alike).
 
     Raises:
-        UsageError: the folder holds rows of another run key, or rows without one (unless ``force``).
+        UsageError: the folder is another stage's output (even with ``force``), or holds rows of another
+            run key, or rows without one (unless ``force``).
     """
     from pisces_cli.runtime import barrier, dist_context
     from pisces_cli.stages import run_key as keys
@@ -112,6 +116,7 @@ def start_resume(
     ctx = dist_context()
     rows = stores[0]
     settings = keys.read_settings(out_dir)
+    keys.refuse_other_stage(out_dir, settings, schema)
     has_rows = rows.exists() and not force
     if has_rows:
         keys.refuse_other_key(out_dir, settings, key, schema=schema, rows=rows_name,
@@ -123,8 +128,39 @@ def start_resume(
             store.clear() if force else store.fold_in()
     barrier()
     plan = plan_rows(items, rows.read() if has_rows else {}, retry_failed=retry_failed)
+    todo = [[it.key, it.prompt, plan.identities.get(it.key)] for it in plan.todo]
+    agree_across_ranks(hashlib.sha256(json.dumps(todo).encode()).hexdigest(), "the videos still to do")
     known = keys.stored_model_part(settings, signature) if has_rows else None
     return Resume(ctx, out_dir, schema, rows_name, key, signature, settings, has_rows, plan, known)
+
+
+def agree_across_ranks(plan_hash: str, what: str) -> None:
+    """Refuse (exit 1) when the ranks of a ``torchrun`` job planned different work.
+
+    Each rank lists and plans the folder on its own and takes every W-th item of its plan; if the folder
+    changed between the ranks' listings their plans differ and an item could be skipped or done twice. Every
+    rank gathers every rank's ``plan_hash`` and all refuse together. One process: nothing to compare.
+
+    Raises:
+        PiscesRuntimeError: the hashes differ.
+    """
+    if "torch.distributed" not in sys.modules:  # one process: no process group can exist
+        return
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    hashes: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(hashes, plan_hash)
+    if len(set(hashes)) > 1:
+        from pisces_cli.errors import PiscesRuntimeError
+
+        groups = sorted({h[:12] for h in hashes})
+        raise PiscesRuntimeError(
+            f"the ranks of this job planned different work for {what} (plans {', '.join(groups)}): the input "
+            "folder changed while they listed it. Nothing was computed; run the command again once the folder "
+            "no longer changes."
+        )
 
 
 @dataclass

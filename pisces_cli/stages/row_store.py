@@ -4,9 +4,10 @@ A store named ``NAME`` in a folder is ``NAME.jsonl`` (the published table, rows 
 while a multi-process run is going, one ``NAME.rank{r}.jsonl`` per rank. Rows are keyed by their
 ``video`` field; reading takes ``NAME.jsonl`` then the rank files in rank order, and a later line for the
 same video wins. Rows are appended (and flushed) as batches finish, so an interrupted run keeps every
-finished row; a torn last line is ignored. :meth:`RowStore.publish` rewrites ``NAME.jsonl`` atomically
-and removes the rank files, and is called by rank 0 at the start of a run (so leftovers of an
-interrupted run of any world size are folded in before anything is appended) and at its end.
+finished row; a torn last line is ignored, and the next append starts on a fresh line after it.
+:meth:`RowStore.publish` rewrites ``NAME.jsonl`` atomically and removes the rank files, and is called by
+rank 0 at the start of a run (so leftovers of an interrupted run of any world size are folded in before
+anything is appended) and at its end.
 """
 
 from __future__ import annotations
@@ -47,6 +48,18 @@ def publish_json(path: Path, obj: Any) -> bool:
     return publish_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
+def _ends_mid_line(path: Path) -> bool:
+    """Whether ``path`` is a non-empty file whose last byte is not a newline."""
+    try:
+        with open(path, "rb") as handle:
+            if handle.seek(0, 2) == 0:
+                return False
+            handle.seek(-1, 2)
+            return handle.read(1) != b"\n"
+    except OSError:
+        return False
+
+
 class RowStore:
     """Rows keyed by ``video`` in ``folder/NAME.jsonl`` (+ ``NAME.rank{r}.jsonl`` per rank).
 
@@ -77,13 +90,14 @@ class RowStore:
         """Where this process appends."""
         return self.path if self.world_size == 1 else self.folder / f"{self.name}.rank{self.rank}.jsonl"
 
-    def read(self) -> dict[str, dict[str, Any]]:
-        """Every row by video (later lines win), from the table and the rank files."""
+    def read(self, accept: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, dict[str, Any]]:
+        """Every row by video (later lines win), from the table and the rank files; with ``accept``, only
+        the rows it accepts (a later line it refuses does not hide an earlier one)."""
         rows: dict[str, dict[str, Any]] = {}
         for path in [self.path, *self.rank_files()]:
             if path.is_file():
                 for _, record in iter_jsonl(path, strict=False):
-                    if isinstance(record.get("video"), str):
+                    if isinstance(record.get("video"), str) and (accept is None or accept(record)):
                         rows[record["video"]] = record
         return rows
 
@@ -94,7 +108,10 @@ class RowStore:
     def appender(self) -> Iterator[Callable[[Iterable[dict[str, Any]]], None]]:
         """Yield ``append(rows)``: writes one line per row to this process's file and flushes."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.own_path(), "a", encoding="utf-8") as sink:
+        path = self.own_path()
+        with open(path, "a", encoding="utf-8") as sink:
+            if _ends_mid_line(path):  # a torn last line (disk full, killed run): never glue a row onto it
+                sink.write("\n")
 
             def append(rows: Iterable[dict[str, Any]]) -> None:
                 for row in rows:
@@ -150,12 +167,24 @@ class RowPlan:
             row["detail"] = detail
         return row
 
+    def lost_row(self, item: VideoItem) -> dict[str, Any]:
+        """The error row of an item of this run whose row is not on disk (or is another prompt's or file's).
+
+        It carries no file fields, so the next run computes the video again instead of keeping the failure.
+        """
+        return {
+            "video": item.key,
+            "prompt": item.prompt,
+            "error": "no row was recorded for this video in this run (a write was lost: disk full, a killed "
+            "process?); the next run computes it again",
+        }
+
 
 def plan_rows(
     items: list[VideoItem], previous: dict[str, dict[str, Any]], *, retry_failed: bool = False
 ) -> RowPlan:
     """Sort ``items`` into kept rows, rows to compute and item errors (see :class:`RowPlan`)."""
-    from pisces_cli.stages.run_key import row_matches, video_identity
+    from pisces_cli.stages.run_key import has_identity, row_matches, video_identity
 
     kept: dict[str, dict[str, Any]] = {}
     todo: list[VideoItem] = []
@@ -176,7 +205,7 @@ def plan_rows(
                 kept[item.key] = row
                 continue
             retried += 1
-        elif row is not None:
+        elif row is not None and has_identity(row):  # a row of an unreadable file or a lost row: redone
             changed += 1
         todo.append(item)
     return RowPlan(kept, todo, item_errors, changed, retried, identities)
@@ -190,17 +219,26 @@ def ordered_rows(items: list[VideoItem], rows: dict[str, dict[str, Any]]) -> lis
 def merged_rows(
     listed: list[VideoItem], items: list[VideoItem], plan: RowPlan, stored: dict[str, dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """The table to publish, in listing order: this run's ``items`` (item errors made now, the rest from
-    ``stored``), plus stored rows of listed videos beyond the run's items (``--limit``) that still match
-    their prompt and file."""
-    from pisces_cli.stages.run_key import row_matches, video_identity
+    """The table to publish, in listing order: a row for every one of this run's ``items``, plus stored rows
+    of listed videos beyond the run's items (``--limit``) that still match their prompt and file.
+
+    A stored row is taken only when it carries the video's per-video key (as planned, for the run's
+    items); an item of the run without such a row gets :meth:`RowPlan.lost_row` — never an older row of
+    another prompt or file, and never nothing.
+    """
+    from pisces_cli.stages.run_key import row_matches, same_video_key, video_identity
 
     rows = {r["video"]: r for r in plan.item_errors}
     in_run = {it.key for it in items}
     for item in listed:
-        row = stored.get(item.key)
-        if row is None or item.key in rows:
+        if item.key in rows:
             continue
-        if item.key in in_run or (item.error is None and row_matches(row, item, video_identity(item))):
+        row = stored.get(item.key)
+        if item.key in in_run:
+            if row is not None and same_video_key(row, item.prompt, plan.identities.get(item.key)):
+                rows[item.key] = row
+            else:
+                rows[item.key] = plan.lost_row(item)
+        elif row is not None and item.error is None and row_matches(row, item, video_identity(item)):
             rows[item.key] = row
     return ordered_rows(listed, rows)

@@ -62,11 +62,28 @@ def video_identity(item: VideoItem) -> dict[str, int] | None:
     return {"file_size": stat.st_size, "file_mtime_ns": stat.st_mtime_ns}
 
 
+#: the file fields of a per-video key (:func:`video_identity`)
+IDENTITY_FIELDS = ("file_size", "file_mtime_ns")
+
+
 def row_matches(row: Mapping[str, Any], item: VideoItem, identity: Mapping[str, int] | None) -> bool:
     """Whether ``row`` was made from this very prompt and file (the per-video key)."""
     if identity is None or row.get("prompt") != item.prompt:
         return False
     return all(row.get(name) == value for name, value in identity.items())
+
+
+def same_video_key(record: Mapping[str, Any], prompt: str | None, identity: Mapping[str, int] | None) -> bool:
+    """Whether ``record`` carries exactly this per-video key: ``prompt`` and the file fields of ``identity``
+    (``None``: a file that could not be read, whose rows carry no file fields)."""
+    if record.get("prompt") != prompt:
+        return False
+    return all(record.get(name) == (identity or {}).get(name) for name in IDENTITY_FIELDS)
+
+
+def has_identity(record: Mapping[str, Any]) -> bool:
+    """Whether ``record`` was made from a readable file (it carries the file fields of its per-video key)."""
+    return all(record.get(name) is not None for name in IDENTITY_FIELDS)
 
 
 # ------------------------------------------------------------------------------------------- hashes
@@ -233,6 +250,24 @@ def read_settings(folder: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def refuse_other_stage(folder: Path, settings: Mapping[str, Any] | None, schema: str) -> None:
+    """Refuse (exit 2) a folder whose ``settings.json`` is another stage's (``score`` and ``eval`` write files of
+    the same names there: ``settings.json``, ``failed.jsonl``), even with ``--force``.
+
+    Raises:
+        UsageError: ``settings.json`` records a pisces schema other than ``schema``.
+    """
+    other = settings.get("schema") if settings else None
+    if not isinstance(other, str) or not other.startswith("pisces.") or other == schema:
+        return
+    stage = other.split(".")[1] if other.count(".") >= 2 else other
+    raise UsageError(
+        f"{folder} holds the output of `pisces {stage}` ({SETTINGS_FILE}: schema {other!r}); `pisces score` "
+        f"and `pisces eval` keep files of the same names, so they cannot share a folder (not even with "
+        "--force). Choose another folder with --output DIR."
+    )
 
 
 def stored_model_part(settings: Mapping[str, Any] | None, signature: str | None) -> dict[str, Any] | None:

@@ -18,14 +18,16 @@ Resume rule: a row is reused only under the same run key and the same per-video 
 rows of another run key is refused (exit 2) before any model is loaded, naming the changed fields;
 ``--force`` rescores everything into it, or another ``--output`` starts a new folder. A row whose
 prompt or file changed is rescored; an error row is kept until its video changes (``--retry-failed``
-tries it again); rows of videos no longer in the folder leave the table. A re-run with nothing to do
-loads no model.
+tries it again); rows of videos no longer in the folder leave the table. A row is published only when it
+carries its video's per-video key (else an error row: its write was lost). A re-run with nothing to do
+loads no model. A folder holding ``eval``'s ``settings.json`` is refused (the two stages cannot share one).
 
 Under ``torchrun`` / ``accelerate launch`` each rank scores every W-th video still to do on its own device
 and appends to ``scores.rank{r}.jsonl``; rank 0 merges everything into the same files a one-process run
 writes (rows in input order). Frame sampling is deterministic (uniform indices, centre crop) unless
-the recipe asks for a random crop. One bad video never stops the run: it gets an error row. The
-command fails (exit 1) only when every video failed.
+the recipe asks for a random crop. One bad video never stops the run: it gets an error row (a batch
+whose reward fails, e.g. on a prompt with no word to align, is scored item by item). The command fails
+(exit 1) only when every video failed.
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ if TYPE_CHECKING:
 
 SCORE_COLUMNS = ("quality", "semantic", "quality_no_ot", "semantic_no_ot", "total")
 SETTINGS_SCHEMA = "pisces.score.settings"
+#: part of the run key: raise it with every change in pisces that changes a value ``score`` writes for the
+#: same inputs and settings (a formula, frame sampling, preprocessing), so older rows are refused, not reused
+SCORE_VERSION = 1
 
 __all__ = ["SCORE_COLUMNS", "ScoreSummary", "cpu_threads_beside_workers", "run_score"]
 
@@ -106,6 +111,7 @@ def score_key(recipe: Recipe, ot_map: str | None) -> dict[str, Any]:
     from pisces_cli.stages.run_key import encoder_part, frames_part, reward_parts
 
     return {
+        "version": SCORE_VERSION,
         "encoder": encoder_part(recipe),
         "frames": frames_part(recipe, crop=recipe.reward.crop),
         **reward_parts(recipe, ot_map),
@@ -200,11 +206,12 @@ class _Scorer:
     num_frames: int
 
     def score(self, todo: list, plan: Any, scores: Any, heatmaps: Any, advance: Any) -> list[dict[str, Any]]:
-        """Score ``todo``; append each batch's rows and heatmaps as it finishes; returns the new rows."""
-        import torch
+        """Score ``todo``; append each batch's rows and heatmaps as it finishes; returns the new rows.
 
+        A batch whose reward call fails is scored item by item: an item that fails alone is an error row
+        (:func:`~pisces_cli.stages.batch_split.split_on_failure`)."""
+        from pisces_cli.stages.batch_split import split_on_failure
         from pisces_cli.stages.inputs import encoder_loader
-        from pisces_cli.stages.score_report import REPORT_TOP_WORDS, encode_words, top_words
 
         recipe = self.resolved.recipe
         loader = encoder_loader(recipe, self.encoder, todo, num_frames=self.num_frames,
@@ -219,35 +226,54 @@ class _Scorer:
                 rows = [
                     plan.error_row(r["key"], r["prompt"], r["error"], r.get("detail")) for r in batch.errors
                 ]
-                maps = []
+                maps: list[dict[str, Any]] = []
                 if batch.clips is not None:
-                    with torch.no_grad():
-                        out = self.reward.from_preprocessed(
-                            batch.clips.to(self.device), [str(p) for p in batch.prompts]
-                        )
-                    columns = {k: v.float().cpu().tolist() for k, v in out.columns().items()}
-                    for i, key in enumerate(batch.keys):
-                        row: dict[str, Any] = {"video": key, "prompt": batch.prompts[i]}
-                        row.update({k: _finite(v[i]) for k, v in columns.items()})
-                        row.update({"error": None, **(plan.identities.get(key) or {})})
-                        rows.append(row)
-                        words = []
-                        if out.plan is not None:
-                            entry = {
-                                "plan": out.plan[i].float().cpu().numpy(),
-                                "tokens": out.token_strings[i] if out.token_strings else None,
-                                "lexical": out.lexical_mask[i].cpu().numpy()
-                                if out.lexical_mask is not None
-                                else None,
-                                "geometry": out.geometry,
-                            }
-                            words = top_words(entry, REPORT_TOP_WORDS)
-                        maps.append({"video": key, "words": encode_words(words)})
+                    clips, prompts = batch.clips.to(self.device), [str(p) for p in batch.prompts]
+                    for part in split_on_failure(self._reward, clips, prompts):
+                        if part.error is not None:
+                            rows += [plan.error_row(batch.keys[i], batch.prompts[i], part.error)
+                                     for i in part.positions()]  # fmt: skip
+                            continue
+                        columns = {k: v.float().cpu().tolist() for k, v in part.value.columns().items()}
+                        for i in part.positions():
+                            row, words = _scored_row(part.value, columns, i - part.start, batch, i, plan)
+                            rows.append(row)
+                            maps.append({**_video_key(row), "words": words})
                 append_maps(maps)  # heatmaps first: a row on disk always has its heatmaps
                 append_rows(rows)
                 new_rows.extend(rows)
                 advance(len(rows))
         return new_rows
+
+    def _reward(self, clips: Any, prompts: list[str]) -> Any:
+        """The reward output of ``clips [B, T, 3, H, W]`` against ``prompts [B]`` (no gradients)."""
+        import torch
+
+        with torch.no_grad():
+            return self.reward.from_preprocessed(clips, prompts)
+
+
+def _scored_row(
+    out: Any, columns: dict[str, list[float]], j: int, batch: Any, i: int, plan: Any
+) -> tuple[dict[str, Any], list[dict]]:
+    """Row ``j`` of the reward output ``out`` (its ``columns`` as lists), for item ``i`` of ``batch``:
+    (score row, encoded top words)."""
+    from pisces_cli.stages.score_report import REPORT_TOP_WORDS, encode_words, top_words
+
+    key = batch.keys[i]
+    row: dict[str, Any] = {"video": key, "prompt": batch.prompts[i]}
+    row.update({k: _finite(v[j]) for k, v in columns.items()})
+    row.update({"error": None, **(plan.identities.get(key) or {})})
+    words = []
+    if out.plan is not None:
+        entry = {
+            "plan": out.plan[j].float().cpu().numpy(),
+            "tokens": out.token_strings[j] if out.token_strings else None,
+            "lexical": out.lexical_mask[j].cpu().numpy() if out.lexical_mask is not None else None,
+            "geometry": out.geometry,
+        }
+        words = top_words(entry, REPORT_TOP_WORDS)
+    return row, encode_words(words)
 
 
 def _load_scorer(
@@ -293,8 +319,8 @@ def _publish(
     out_dir, plan = resume.out_dir, resume.plan
     all_rows = merged_rows(listing.items, items, plan, scores.read())
     scores.publish(all_rows)
-    maps = heatmaps.read()
-    heatmaps.publish([maps[r["video"]] for r in all_rows if r.get("error") is None and r["video"] in maps])
+    maps = _matching_maps(all_rows, heatmaps)
+    heatmaps.publish(list(maps.values()))
     publish_text(out_dir / "scores.csv", _to_csv(all_rows))
     failed_list = notes.write_failed_list(out_dir, all_rows)
     stats, stats_key = _stats(all_rows, section.bootstrap_samples, recipe.seed, out_dir / "summary.json")
@@ -325,7 +351,8 @@ def _publish(
     report = section.report if report is None else report
     built = None
     if report or (out_dir / "report.html").is_file():
-        built = _write_report(root, out_dir, all_rows, maps, stats, run_key, summary)
+        built = _write_report(root, out_dir, all_rows, maps, stats, run_key, summary,
+                              recipe.runtime.decode_timeout_s)  # fmt: skip
     nothing_to_do = not plan.todo and not resume.needs_model()
     if console is not None:
         if nothing_to_do:
@@ -356,13 +383,19 @@ def _write_report(
     stats: dict,
     run_key: dict,
     summary: dict[str, Any],
+    decode_timeout_s: float | None,
 ) -> bool:
-    """Write ``report.html`` unless it is already the report of exactly these inputs; returns whether it wrote."""
+    """Write ``report.html`` unless it is already the report of exactly these inputs; returns whether it wrote.
+
+    Only the drawn videos' heatmaps are decoded. The inputs digest is hashed row by row (every row: the
+    tables and histograms show them) plus the drawn videos' heatmap records, never one giant string."""
     from pisces_cli import __version__
     from pisces_cli.stages.score_report import (
         REPORT_FORMAT,
+        REPORT_MAX_VIDEOS,
         FrameView,
         decode_words,
+        drawn_rows,
         report_is_current,
         write_score_report,
     )
@@ -376,22 +409,33 @@ def _write_report(
         crop=run_key["frames"]["crop"],
     )
     shown = {k: summary.get(k) for k in ("encoder", "ot_map", "weights", "num_frames", "crop")}
-    inputs = [
-        REPORT_FORMAT,
-        __version__,
-        rows,
-        [heatmaps.get(r["video"]) for r in rows],
-        vars(view),
-        shown,
-        stats,
-    ]
-    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+    drawn = [r["video"] for r in drawn_rows(rows, REPORT_MAX_VIDEOS)]
+    digest = hashlib.sha256()
+    for part in ([REPORT_FORMAT, __version__, vars(view), shown, stats, len(rows)], *rows,
+                 *(heatmaps.get(key) for key in drawn)):  # fmt: skip
+        digest.update(json.dumps(part, sort_keys=True, default=str).encode() + b"\n")
     path = out_dir / "report.html"
-    if report_is_current(path, digest):
+    if report_is_current(path, digest.hexdigest()):
         return False
-    words = {key: decode_words(r.get("words") or []) for key, r in heatmaps.items()}
-    write_score_report(path, root, rows, words, stats, view=view, summary=shown, inputs_digest=digest)
+    words = {key: decode_words((heatmaps.get(key) or {}).get("words") or []) for key in drawn}
+    write_score_report(path, root, rows, words, stats, view=view, max_videos=REPORT_MAX_VIDEOS, summary=shown,
+                       inputs_digest=digest.hexdigest(), decode_timeout_s=decode_timeout_s)  # fmt: skip
     return True
+
+
+def _video_key(row: dict[str, Any]) -> dict[str, Any]:
+    """The ``video`` and per-video key (prompt, file fields) of a row: what a heatmap record carries."""
+    from pisces_cli.stages.run_key import IDENTITY_FIELDS
+
+    return {name: row.get(name) for name in ("video", "prompt", *IDENTITY_FIELDS)}
+
+
+def _matching_maps(rows: list[dict[str, Any]], heatmaps: Any) -> dict[str, dict[str, Any]]:
+    """The heatmap record of each scored row, in row order: the last one carrying the row's per-video key
+    (a record of another prompt or file, left by an interrupted run, is never drawn for this row)."""
+    wanted = {r["video"]: _video_key(r) for r in rows if r.get("error") is None}
+    found = heatmaps.read(accept=lambda record: wanted.get(record["video"]) == _video_key(record))
+    return {video: found[video] for video in wanted if video in found}
 
 
 def _finite(value: float) -> float | None:

@@ -41,6 +41,8 @@ COLUMN_NOTES = {
     "total": "w_q · quality + w_s · semantic",
 }
 MAX_TABLE_ROWS = 1000
+#: scored videos drawn with frames and word heatmaps (the first ones, in table order; every video is in the table)
+REPORT_MAX_VIDEOS = 48
 #: version of the page's layout and drawing; part of the inputs digest, so a report drawn by an older
 #: layout is redrawn (raise it with every change to how the page looks)
 REPORT_FORMAT = 2
@@ -125,17 +127,35 @@ class FrameView:
         return crop_window(height, width, self.size, "center").source_box()
 
 
-def _frames_for(path: Path, view: FrameView) -> tuple[np.ndarray | None, list[int]]:
-    """The frames ``[T, H, W, 3]`` uint8 the encoder was given and their indices (None, [] if unreadable)."""
+def _frames_for(
+    path: Path, view: FrameView, timeout_s: float | None = None
+) -> tuple[np.ndarray | None, list[int]]:
+    """The frames ``[T, H, W, 3]`` uint8 the encoder was given and their indices (None, [] if unreadable).
+
+    Decoded in a child process (:func:`~pisces_cli.io.isolation.call_isolated`): a decoder that crashes or
+    passes ``timeout_s`` seconds costs this video's picture, not the run."""
+    from pisces_cli.errors import PiscesError
+    from pisces_cli.io.isolation import call_isolated
+
+    try:
+        frames, indices = call_isolated(_read_frames, path, view, label=str(path), timeout_s=timeout_s)
+    except PiscesError:
+        return None, []
+    return frames, indices
+
+
+def _read_frames(path: Path, view: FrameView) -> tuple[np.ndarray, list[int]]:
     from pisces_cli.io.dataset import frame_selector
     from pisces_cli.io.video import read_clip
 
-    try:
-        selector = frame_selector(view.num_frames, view.frame_rate, view.sampling)  # type: ignore[arg-type]
-        frames, _info, indices = read_clip(path, selector)
-    except Exception:
-        return None, []
+    selector = frame_selector(view.num_frames, view.frame_rate, view.sampling)  # type: ignore[arg-type]
+    frames, _info, indices = read_clip(path, selector)
     return frames, list(indices)
+
+
+def drawn_rows(rows: list[dict[str, Any]], max_videos: int = REPORT_MAX_VIDEOS) -> list[dict[str, Any]]:
+    """The rows the report draws with figures: the first ``max_videos`` scored ones."""
+    return [r for r in rows if r.get("error") is None][:max_videos]
 
 
 _DIGEST_META = "pisces-report-inputs"
@@ -464,10 +484,11 @@ def write_score_report(
     stats: dict[str, dict[str, float]],
     *,
     view: FrameView,
-    max_videos: int = 48,
+    max_videos: int = REPORT_MAX_VIDEOS,
     top_k: int = REPORT_TOP_WORDS,
     summary: dict[str, Any] | None = None,
     inputs_digest: str | None = None,
+    decode_timeout_s: float | None = None,
 ) -> Path:
     """Write the self-contained HTML report; returns its path.
 
@@ -478,7 +499,8 @@ def write_score_report(
         path: the ``report.html`` to write (atomically).
         videos_root: folder the ``rows``' ``video`` keys are relative to (frames are re-read from there).
         rows: score rows (``video``, ``prompt``, score columns, ``error``).
-        words: per video key, its top words' heatmaps (:func:`top_words` / :func:`decode_words`).
+        words: per video key, its top words' heatmaps (:func:`top_words` / :func:`decode_words`); only the
+            :func:`drawn_rows` are looked up.
         stats: per column ``mean``, ``ci_low``, ``ci_high``, ``n``.
         view: the frame choice and crop the encoder used (frames and crop box are drawn from it).
         max_videos: videos drawn with figures (every video is in the table).
@@ -486,6 +508,7 @@ def write_score_report(
         summary: the run's ``summary.json`` content; read from ``path``'s folder when None and present.
         inputs_digest: a hash of everything the page is drawn from, recorded in it
             (:func:`report_is_current` compares it to skip rebuilding an up-to-date report).
+        decode_timeout_s: time limit for re-reading one video's frames (``runtime.decode_timeout_s``).
     """
     path = Path(path)
     if summary is None:
@@ -517,10 +540,10 @@ def write_score_report(
         "most mass from, where that mass goes over the patches of that crop, drawn over the crop itself "
         "(brighter = more mass; each row scaled to its own maximum).</p>"
     )
-    shown = [r for r in rows if r.get("error") is None][:max_videos]
+    shown = drawn_rows(rows, max_videos)
     for row in shown:
         key = row["video"]
-        frames, indices = _frames_for(videos_root / key, view)
+        frames, indices = _frames_for(videos_root / key, view, decode_timeout_s)
         video_words = list(words.get(key) or [])[:top_k]
         chips = "".join(f"<span>{html.escape(c)} {_fmt(row.get(c))}</span>" for c in columns)
         cells = "".join(
