@@ -621,3 +621,39 @@ def test_the_report_reads_frames_in_a_child_and_a_crash_costs_only_the_picture(
     page = path.read_text()
     assert page.count("The video could not be re-read for its frames.") == 2
     assert page.count("% of mass of clip_") == 2  # the heatmaps are drawn alone
+
+
+@pytest.mark.parametrize("damage", ["deleted", "one record lost"])
+def test_scored_rows_whose_heatmaps_were_lost_are_rescored(
+    world: Path, tmp_path: Path, monkeypatch, capsys, damage: str
+):
+    """heatmaps.jsonl deleted or missing a record: the rows without heatmaps are scored again (the report
+    never draws a scored video without its heatmaps nor blames the semantic reward), the others are kept."""
+    out = tmp_path / "out"
+    assert score(world, world / "clips", out, "--report") == 0
+    first_rows = rows(out)
+    maps_file = out / "heatmaps.jsonl"
+    if damage == "deleted":
+        maps_file.unlink()
+        lost = len(first_rows)
+    else:
+        lines = maps_file.read_text().splitlines(keepends=True)
+        maps_file.write_text("".join(lines[:2] + lines[3:]))
+        lost = 1
+    capsys.readouterr()
+    assert score(world, world / "clips", out, "--report") == 0
+    assert (
+        f"rescored {lost} videos whose heatmaps were missing from heatmaps.jsonl" in capsys.readouterr().out
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rescored_missing_heatmaps"] == lost
+    assert summary["skipped_already_scored"] == len(first_rows) - lost
+    assert_same_rows(rows(out), first_rows, tol=1e-5)
+    maps = [json.loads(line) for line in maps_file.read_text().splitlines()]
+    assert [m["video"] for m in maps] == [r["video"] for r in first_rows] and all(m["words"] for m in maps)
+    page = (out / "report.html").read_text()
+    assert "No word heatmaps" not in page and page.count("% of mass of clip_") == 18
+    no_model(monkeypatch)  # complete again: nothing to do, the same report
+    assert score(world, world / "clips", out, "--report") == 0
+    assert "(report up to date)" in capsys.readouterr().out
+    assert (out / "report.html").read_text() == page

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -102,8 +103,12 @@ def start_resume(
     signature: str | None,
     force: bool,
     retry_failed: bool,
+    incomplete: Callable[[dict[str, dict[str, Any]]], set[str]] | None = None,
 ) -> Resume:
     """Step 1 of the protocol; ``stores[0]`` holds the rows, the others ride along (cleared/folded alike).
+
+    ``incomplete`` names, given the stored rows by video, those whose state beside them (another store) is
+    missing: they are computed again, never published without it.
 
     Raises:
         UsageError: the folder is another stage's output (even with ``force``), or holds rows of another
@@ -127,7 +132,9 @@ def start_resume(
         for store in stores:
             store.clear() if force else store.fold_in()
     barrier()
-    plan = plan_rows(items, rows.read() if has_rows else {}, retry_failed=retry_failed)
+    previous = rows.read() if has_rows else {}
+    redo = incomplete(previous) if incomplete is not None and previous else set()
+    plan = plan_rows(items, previous, retry_failed=retry_failed, redo=redo)
     todo = [[it.key, it.prompt, plan.identities.get(it.key)] for it in plan.todo]
     agree_across_ranks(hashlib.sha256(json.dumps(todo).encode()).hexdigest(), "the videos still to do")
     known = keys.stored_model_part(settings, signature) if has_rows else None

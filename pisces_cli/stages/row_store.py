@@ -148,6 +148,7 @@ class RowPlan:
         item_errors: rows of items that fail before any decoding (no prompt, missing file), made now.
         changed: videos in ``todo`` that had a row made from another prompt or another file.
         retried: videos in ``todo`` whose earlier row was an error (``retry_failed``).
+        incomplete: videos in ``todo`` whose row matched but lacked state kept beside it (``redo``).
         identities: per video, its file identity (:func:`~pisces_cli.stages.run_key.video_identity`).
     """
 
@@ -157,6 +158,7 @@ class RowPlan:
     changed: int
     retried: int
     identities: dict[str, dict[str, int] | None]
+    incomplete: int = 0
 
     def error_row(
         self, key: str, prompt: str | None, error: str, detail: str | None = None
@@ -181,16 +183,21 @@ class RowPlan:
 
 
 def plan_rows(
-    items: list[VideoItem], previous: dict[str, dict[str, Any]], *, retry_failed: bool = False
+    items: list[VideoItem],
+    previous: dict[str, dict[str, Any]],
+    *,
+    retry_failed: bool = False,
+    redo: frozenset[str] | set[str] = frozenset(),
 ) -> RowPlan:
-    """Sort ``items`` into kept rows, rows to compute and item errors (see :class:`RowPlan`)."""
+    """Sort ``items`` into kept rows, rows to compute and item errors (see :class:`RowPlan`); a video in
+    ``redo`` is computed again even when its row matches (its row lacks state kept beside it)."""
     from pisces_cli.stages.run_key import has_identity, row_matches, video_identity
 
     kept: dict[str, dict[str, Any]] = {}
     todo: list[VideoItem] = []
     item_errors: list[dict[str, Any]] = []
     identities: dict[str, dict[str, int] | None] = {}
-    changed = retried = 0
+    changed = retried = incomplete = 0
     for item in items:
         identity = video_identity(item)
         identities[item.key] = identity
@@ -201,14 +208,17 @@ def plan_rows(
             continue
         row = previous.get(item.key)
         if row is not None and row_matches(row, item, identity):
-            if row.get("error") is None or not retry_failed:
+            if item.key in redo:
+                incomplete += 1
+            elif row.get("error") is None or not retry_failed:
                 kept[item.key] = row
                 continue
-            retried += 1
+            else:
+                retried += 1
         elif row is not None and has_identity(row):  # a row of an unreadable file or a lost row: redone
             changed += 1
         todo.append(item)
-    return RowPlan(kept, todo, item_errors, changed, retried, identities)
+    return RowPlan(kept, todo, item_errors, changed, retried, identities, incomplete)
 
 
 def ordered_rows(items: list[VideoItem], rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

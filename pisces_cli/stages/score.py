@@ -152,9 +152,11 @@ def run_score(
     scores = RowStore(out_dir, "scores", rank=ctx.rank, world_size=ctx.world_size)
     heatmaps = RowStore(out_dir, "heatmaps", rank=ctx.rank, world_size=ctx.world_size)
     key = score_key(recipe, ot_map)  # before any model is loaded
+    stored_maps: dict[str, dict[str, Any]] = {}
     resume = start_resume(
         out_dir, [scores, heatmaps], items, key, schema=SETTINGS_SCHEMA, rows_name="score rows",
         signature=keys.encoder_file_signature(recipe), force=force, retry_failed=retry_failed,
+        incomplete=lambda previous: _without_maps(previous, heatmaps, stored_maps),
     )  # fmt: skip
     needs_model = resume.needs_model()
     mine = resume.mine()
@@ -181,7 +183,8 @@ def run_score(
             return ScoreSummary(out_dir, len(new_rows) - failed, failed, len(resume.plan.kept), {}, new_rows)
         advance(0, phase="writing tables")
         return _publish(resolved, root, listing, items, resume, scores, heatmaps, run_key, info,
-                        report=report, console=console)  # fmt: skip
+                        stored_maps=None if resume.plan.todo else stored_maps, report=report,
+                        console=console)  # fmt: skip
 
 
 def _ot_map_info(
@@ -307,10 +310,12 @@ def _publish(
     run_key: dict[str, Any],
     info: dict[str, Any],
     *,
+    stored_maps: dict[str, dict[str, Any]] | None,
     report: bool | None,
     console: Any,
 ) -> ScoreSummary:
-    """Rank 0 after every rank finished: merge the rows into the tables, summary, failures and report."""
+    """Rank 0 after every rank finished: merge the rows into the tables, summary, failures and report
+    (``stored_maps``: the heatmap records read when planning, when no rank computed anything since)."""
     from pisces_cli.stages import notes
     from pisces_cli.stages.row_store import merged_rows, publish_json, publish_text
 
@@ -319,7 +324,7 @@ def _publish(
     out_dir, plan = resume.out_dir, resume.plan
     all_rows = merged_rows(listing.items, items, plan, scores.read())
     scores.publish(all_rows)
-    maps = _matching_maps(all_rows, heatmaps)
+    maps = _matching_maps(all_rows, heatmaps, stored_maps)
     heatmaps.publish(list(maps.values()))
     publish_text(out_dir / "scores.csv", _to_csv(all_rows))
     failed_list = notes.write_failed_list(out_dir, all_rows)
@@ -334,6 +339,7 @@ def _publish(
         "skipped_already_scored": len(plan.kept),
         "rescored_changed": plan.changed,
         "retried_failed": plan.retried,
+        "rescored_missing_heatmaps": plan.incomplete,
         "world_size": resume.ctx.world_size,
         "per_rank": resume.per_rank(),
         "skipped_files": notes.skipped_summary(listing.skipped),
@@ -359,6 +365,12 @@ def _publish(
             rebuilt = {True: " (report rebuilt)", False: " (report up to date)", None: ""}[built]
             console.print(
                 f"nothing to do: all {len(plan.kept)} videos are already scored with these settings{rebuilt}",
+                highlight=False,
+                soft_wrap=True,
+            )
+        if plan.incomplete:
+            console.print(
+                f"rescored {plan.incomplete} videos whose heatmaps were missing from {heatmaps.path.name}",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -430,12 +442,29 @@ def _video_key(row: dict[str, Any]) -> dict[str, Any]:
     return {name: row.get(name) for name in ("video", "prompt", *IDENTITY_FIELDS)}
 
 
-def _matching_maps(rows: list[dict[str, Any]], heatmaps: Any) -> dict[str, dict[str, Any]]:
+def _matching_maps(
+    rows: list[dict[str, Any]], heatmaps: Any, known: dict[str, dict[str, Any]] | None = None
+) -> dict[str, dict[str, Any]]:
     """The heatmap record of each scored row, in row order: the last one carrying the row's per-video key
-    (a record of another prompt or file, left by an interrupted run, is never drawn for this row)."""
+    (a record of another prompt or file, left by an interrupted run, is never drawn for this row).
+
+    ``known``: records already read from ``heatmaps`` (nothing appended since); else the store is read."""
     wanted = {r["video"]: _video_key(r) for r in rows if r.get("error") is None}
-    found = heatmaps.read(accept=lambda record: wanted.get(record["video"]) == _video_key(record))
+    if known is not None:
+        found = {video: record for video, record in known.items() if wanted.get(video) == _video_key(record)}
+    else:
+        found = heatmaps.read(accept=lambda record: wanted.get(record["video"]) == _video_key(record))
     return {video: found[video] for video in wanted if video in found}
+
+
+def _without_maps(
+    previous: dict[str, dict[str, Any]], heatmaps: Any, found: dict[str, dict[str, Any]]
+) -> set[str]:
+    """The stored scored rows whose heatmap record is missing (``heatmaps.jsonl`` deleted or damaged): they
+    are scored again, so the report never draws a scored video without its heatmaps. ``found`` receives
+    the records that match."""
+    found.update(_matching_maps(list(previous.values()), heatmaps))
+    return {video for video, row in previous.items() if row.get("error") is None and video not in found}
 
 
 def _finite(value: float) -> float | None:
