@@ -142,3 +142,16 @@ def test_removed_runtime_dtype_says_what_replaced_it():
         RecipeError, match=r"runtime\.dtype: runtime\.dtype was removed.*models\.generator\.dtype"
     ):
         load_recipe("demo", ["runtime.dtype=float32"])
+
+
+def test_changed_fields_reports_a_section_switched_off_as_one_change():
+    from pisces_cli.config.diff import changed_fields
+
+    old = {"token_ot": {"eps": 0.05, "layers": None}, "weights": {"quality": 1}, "frames": {"crop": "center"}}
+    new = {"token_ot": None, "weights": {"quality": 1.0}, "frames": {"crop": "random", "seed": 0}}
+    assert changed_fields(old, new) == [
+        ("frames.crop", "center", "random"),
+        ("frames.seed", None, 0),
+        ("token_ot", {"eps": 0.05, "layers": None}, None),
+    ]
+    assert changed_fields(old, old) == [] and changed_fields({"e": {}}, {"e": {}}) == []

@@ -97,6 +97,7 @@ def copy_clips(world: Path, tmp_path: Path) -> Path:
         ("reward.weights.semantic=2.0", "weights.semantic"),
         ("data.num_frames=3", "frames.requested"),
         ("reward.crop=random", "frames.crop"),
+        ("reward.token_ot.enabled=false", "token_ot: {"),  # one line for the whole section, not per leaf
     ],
 )
 def test_other_settings_are_refused_before_loading_naming_the_field(
@@ -112,6 +113,7 @@ def test_other_settings_are_refused_before_loading_naming_the_field(
     assert code == 2
     err = capsys.readouterr().err
     assert field in err and "→" in err and "--force" in err and "--output" in err
+    assert "none → none" not in err  # every line names a real change
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing rewritten
 
 

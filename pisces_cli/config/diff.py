@@ -15,25 +15,26 @@ from pisces_cli.errors import UsageError
 __all__ = ["changed_fields", "refuse_changed", "short_value"]
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, Mapping) and value:
-        out: dict[str, Any] = {}
-        for key, inner in value.items():
-            out.update(_flatten(inner, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: value}
+_MISSING = object()
+
+
+def _diff(old: Any, new: Any, prefix: str, out: list[tuple[str, Any, Any]]) -> None:
+    """Append ``(dotted field, old, new)`` for every difference; a field that is an object on one side only
+    (a section switched on or off) is one change of the whole field, not one per leaf."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping) and (old or new):
+        for key in sorted(set(old) | set(new), key=str):
+            _diff(
+                old.get(key, _MISSING), new.get(key, _MISSING), f"{prefix}.{key}" if prefix else str(key), out
+            )
+    elif old != new:
+        out.append((prefix, None if old is _MISSING else old, None if new is _MISSING else new))
 
 
 def changed_fields(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
-    """``(dotted field, old value, new value)`` for every leaf that differs (JSON-normalised)."""
-    old_flat = _flatten(json.loads(json.dumps(old, default=str)))
-    new_flat = _flatten(json.loads(json.dumps(new, default=str)))
-    missing = object()
-    out = []
-    for name in sorted(set(old_flat) | set(new_flat)):
-        before, after = old_flat.get(name, missing), new_flat.get(name, missing)
-        if before != after:
-            out.append((name, None if before is missing else before, None if after is missing else after))
+    """``(dotted field, old value, new value)`` for every leaf that differs (JSON-normalised); a missing
+    field reads as None."""
+    out: list[tuple[str, Any, Any]] = []
+    _diff(json.loads(json.dumps(old, default=str)), json.loads(json.dumps(new, default=str)), "", out)
     return out
 
 
