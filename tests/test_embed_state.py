@@ -126,7 +126,7 @@ def test_changed_items_re_embed_their_shard_alone(world: Path, capsys):
     shutil.copy(world / "clips/clip_000.mp4", world / "clips/clip_004.mp4")  # shard 1 changes
     capsys.readouterr()
     assert embed(world) == 0
-    assert "embedded 1 shards again whose videos or captions changed" in capsys.readouterr().out
+    assert "embedded 1 shards again whose items changed" in capsys.readouterr().out
     now = {p.name: p.stat().st_mtime_ns for p in out.glob("embeddings-*.safetensors")}
     assert now["embeddings-00000.safetensors"] == mtimes["embeddings-00000.safetensors"]
     assert now["embeddings-00001.safetensors"] != mtimes["embeddings-00001.safetensors"]
@@ -199,7 +199,9 @@ def test_limit_never_deletes_the_shards_beyond_it(world: Path, capsys):
     assert embed(world) == 0
     first = embeddings(world)
     kept = {p.name: p.read_bytes() for p in out.glob("embeddings-0000[12].*")}
+    capsys.readouterr()
     assert embed(world, "--limit", "2") == 0  # a smoke test over the first 2 items
+    assert "where --limit ends" in capsys.readouterr().out  # not "videos or captions changed"
     assert {p.name: p.read_bytes() for p in out.glob("embeddings-0000[12].*")} == kept
     assert list(embeddings(world)) == ["clip_000.mp4"]  # clip_001 is corrupt: the limited artifact
     capsys.readouterr()

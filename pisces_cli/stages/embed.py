@@ -487,7 +487,8 @@ def _publish(
             )
         if changed:
             console.print(
-                f"embedded {changed} shards again whose videos or captions changed",
+                f"embedded {changed} shards again whose items changed (videos, captions, or where --limit "
+                "ends)",
                 highlight=False,
                 soft_wrap=True,
             )
