@@ -177,6 +177,16 @@ def test_score_and_eval_cannot_share_an_output_folder(world: Path, tmp_path: Pat
     assert evaluate(world, world / "clips", other) == 0
     assert main([*score[:-1], str(other)]) == 2
     assert "pisces eval" in capsys.readouterr().err
+    # settings.json gone (deleted, damaged): the other stage's rows still tell the folders apart
+    (out / "settings.json").unlink()
+    (other / "settings.json").write_text("{")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    for extra in ([], ["--force"]):
+        assert evaluate(world, world / "clips", out, *extra) == 2
+        assert "pisces score" in capsys.readouterr().err
+        assert main([*score[:-1], str(other), *extra]) == 2
+        assert "pisces eval" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 @pytest.mark.parametrize("problem", ["manifest", "suite"])

@@ -252,19 +252,34 @@ def read_settings(folder: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+#: the rows file of each stage that keeps a ``settings.json`` (how a folder whose ``settings.json`` is gone is told apart)
+STAGE_ROWS = {"pisces.score.settings": "scores", "pisces.eval.settings": "videos"}
+
+
 def refuse_other_stage(folder: Path, settings: Mapping[str, Any] | None, schema: str) -> None:
-    """Refuse (exit 2) a folder whose ``settings.json`` is another stage's (``score`` and ``eval`` write files of
-    the same names there: ``settings.json``, ``failed.jsonl``), even with ``--force``.
+    """Refuse (exit 2) a folder holding another stage's output (``score`` and ``eval`` write files of the same
+    names there: ``settings.json``, ``failed.jsonl``), even with ``--force``: its ``settings.json`` records
+    another pisces schema, or, that file gone, the folder holds the other stage's rows (``NAME.jsonl`` or
+    rank files).
 
     Raises:
-        UsageError: ``settings.json`` records a pisces schema other than ``schema``.
+        UsageError: the folder is another stage's output.
     """
     other = settings.get("schema") if settings else None
-    if not isinstance(other, str) or not other.startswith("pisces.") or other == schema:
+    if isinstance(other, str) and other.startswith("pisces."):
+        found = f"{SETTINGS_FILE}: schema {other!r}"
+    else:
+        rows = [(name, stem) for name, stem in STAGE_ROWS.items() if name != schema
+                and ((folder / f"{stem}.jsonl").is_file() or any(folder.glob(f"{stem}.rank*.jsonl")))]  # fmt: skip
+        if not rows:
+            return
+        other, stem = rows[0]
+        found = f"its {stem}.jsonl"
+    if other == schema:
         return
     stage = other.split(".")[1] if other.count(".") >= 2 else other
     raise UsageError(
-        f"{folder} holds the output of `pisces {stage}` ({SETTINGS_FILE}: schema {other!r}); `pisces score` "
+        f"{folder} holds the output of `pisces {stage}` ({found}); `pisces score` "
         f"and `pisces eval` keep files of the same names, so they cannot share a folder (not even with "
         "--force). Choose another folder with --output DIR."
     )
