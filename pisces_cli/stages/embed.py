@@ -205,7 +205,7 @@ def run_embed(
     from pisces_cli.stages import run_key as keys
     from pisces_cli.stages.inputs import listing_from_recipe
     from pisces_cli.stages.progress import progress_bar
-    from pisces_cli.stages.resume import agree_across_ranks
+    from pisces_cli.stages.resume import agree_across_ranks, lock_output
 
     check_stage("embed", resolved, identify=False, output=output)  # no torch: a no-op re-run stays light
     recipe = resolved.recipe
@@ -219,38 +219,46 @@ def run_embed(
     plan = _ShardPlan.of(listing.items, limit, recipe.embed.shard_size)
     items, shards, digests = plan.items, plan.shards, plan.digests
 
-    key = embed_key(recipe)  # before any model is loaded
-    signature = keys.encoder_file_signature(recipe)
-    manifests = [] if force else _read_manifests(out_dir)
-    stored_key, stored_signature = _stored_key(manifests)
-    ways_out = "Pass --force to start this folder over, or choose another folder with --output DIR."
-    if manifests:
-        keys.refuse_other_key(out_dir, {"schema": EMBEDDINGS_SCHEMA, "run_key": stored_key}, key,
-                              schema=EMBEDDINGS_SCHEMA, rows="embedding shards", ways_out=ways_out)  # fmt: skip
-    found = _entries(out_dir, manifests, plan.expected)  # every rank, before rank 0 changes anything
-    done = {i: e for i, e in found.items() if i < len(shards)}
-    todo = [i for i in range(len(shards)) if i not in done]
-    barrier()
-    if ctx.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if force:
-            start_over(out_dir)
-        elif manifests and (todo or len(manifests) > 1):  # fold rank manifests in; mark it incomplete
-            _merge_manifests(out_dir, manifests, found, len(shards), len(items))
-        _rebuild_errors(out_dir, done)
-    barrier()
-    agree_across_ranks(plan.todo_hash(todo), "the shards still to do")
-    changed = sum(1 for i in todo if i in _entry_indices(manifests))
-    mine = todo[ctx.rank :: ctx.world_size]
-    known_model = None
-    if stored_key is not None and stored_signature is not None and stored_signature == signature:
-        known_model = stored_key.get(keys.MODEL_PART)
-    needs_model = bool(todo) or (known_model is None and bool(done))
-    embedded = failed_now = 0
-    errors_path = out_dir / (ERRORS_FILE if not ctx.distributed else f"errors.rank{ctx.rank}.jsonl")
-    with progress_bar(
-        console if needs_model else None, "embed", total=sum(len(shards[i]) for i in mine)
-    ) as advance:
+    lock = lock_output(out_dir, ctx)  # before anything is read: no other run writes here until the end
+    try:
+        key = embed_key(recipe)  # before any model is loaded
+        signature = keys.encoder_file_signature(recipe)
+        manifests = [] if force else _read_manifests(out_dir)
+        stored_key, stored_signature = _stored_key(manifests)
+        ways_out = "Pass --force to start this folder over, or choose another folder with --output DIR."
+        if manifests:
+            keys.refuse_other_key(out_dir, {"schema": EMBEDDINGS_SCHEMA, "run_key": stored_key}, key,
+                                  schema=EMBEDDINGS_SCHEMA, rows="embedding shards", ways_out=ways_out)  # fmt: skip
+        found = _entries(out_dir, manifests, plan.expected)  # every rank, before rank 0 changes anything
+        done = {i: e for i, e in found.items() if i < len(shards)}
+        todo = [i for i in range(len(shards)) if i not in done]
+        barrier()
+        if ctx.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            if force:
+                start_over(out_dir)
+            elif manifests and (todo or len(manifests) > 1):  # fold rank manifests in; mark it incomplete
+                _merge_manifests(out_dir, manifests, found, len(shards), len(items))
+            _rebuild_errors(out_dir, done)
+        barrier()
+        agree_across_ranks(plan.todo_hash(todo), "the shards still to do")
+        changed = sum(1 for i in todo if i in _entry_indices(manifests))
+        mine = todo[ctx.rank :: ctx.world_size]
+        known_model = None
+        if stored_key is not None and stored_signature is not None and stored_signature == signature:
+            known_model = stored_key.get(keys.MODEL_PART)
+        needs_model = bool(todo) or (known_model is None and bool(done))
+        embedded = failed_now = 0
+        errors_path = out_dir / (ERRORS_FILE if not ctx.distributed else f"errors.rank{ctx.rank}.jsonl")
+    except BaseException:
+        lock.release()
+        raise
+    with (
+        lock,
+        progress_bar(
+            console if needs_model else None, "embed", total=sum(len(shards[i]) for i in mine)
+        ) as advance,
+    ):
         if needs_model:
             check_stage("embed", resolved, output=output)  # the encoder's config, before loading it
             advance(0, phase="loading model")

@@ -433,7 +433,10 @@ def run_eval(
     needs_model = (section.rewards or section.consistency) and resume.needs_model()
     mine = resume.mine()
     new_rows: list[dict[str, Any]] = []
-    with progress_bar(console if mine or needs_model else None, "eval", total=len(mine)) as advance:
+    with (
+        resume.held(),
+        progress_bar(console if mine or needs_model else None, "eval", total=len(mine)) as advance,
+    ):
         evaluator = _Evaluator(resolved)
         model_part, info = resume.known_model, resume.stored_info()
         if needs_model:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sys
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pisces_cli.io.prompts import VideoItem
     from pisces_cli.runtime import DistContext
+    from pisces_cli.stages.folder_lock import FolderLock
     from pisces_cli.stages.row_store import RowPlan, RowStore
 
 
@@ -40,6 +42,12 @@ class Resume:
     has_rows: bool
     plan: RowPlan
     known_model: dict[str, Any] | None
+    lock: FolderLock | None = None
+
+    def held(self) -> FolderLock | contextlib.nullcontext[None]:
+        """The output folder's lock as a context manager: the rest of the run goes in its ``with`` (released
+        at its end, however the run ends)."""
+        return self.lock if self.lock is not None else contextlib.nullcontext()
 
     def mine(self) -> list[VideoItem]:
         """This rank's share of the items to compute: every W-th, starting at its rank."""
@@ -119,26 +127,66 @@ def start_resume(
     from pisces_cli.stages.row_store import plan_rows
 
     ctx = dist_context()
-    rows = stores[0]
-    settings = keys.read_settings(out_dir)
-    keys.refuse_other_stage(out_dir, settings, schema)
-    has_rows = rows.exists() and not force
-    if has_rows:
-        keys.refuse_other_key(out_dir, settings, key, schema=schema, rows=rows_name,
-                              ways_out=keys.folder_ways_out())  # fmt: skip
-    barrier()
-    if ctx.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for store in stores:
-            store.clear() if force else store.fold_in()
-    barrier()
-    previous = rows.read() if has_rows else {}
-    redo = incomplete(previous) if incomplete is not None and previous else set()
-    plan = plan_rows(items, previous, retry_failed=retry_failed, redo=redo)
-    todo = [[it.key, it.prompt, plan.identities.get(it.key)] for it in plan.todo]
-    agree_across_ranks(hashlib.sha256(json.dumps(todo).encode()).hexdigest(), "the videos still to do")
+    lock = lock_output(out_dir, ctx)  # before anything is read: no other run writes here until the end
+    try:
+        rows = stores[0]
+        settings = keys.read_settings(out_dir)
+        keys.refuse_other_stage(out_dir, settings, schema)
+        has_rows = rows.exists() and not force
+        if has_rows:
+            keys.refuse_other_key(out_dir, settings, key, schema=schema, rows=rows_name,
+                                  ways_out=keys.folder_ways_out())  # fmt: skip
+        barrier()
+        if ctx.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            for store in stores:
+                store.clear() if force else store.fold_in()
+        barrier()
+        previous = rows.read() if has_rows else {}
+        redo = incomplete(previous) if incomplete is not None and previous else set()
+        plan = plan_rows(items, previous, retry_failed=retry_failed, redo=redo)
+        todo = [[it.key, it.prompt, plan.identities.get(it.key)] for it in plan.todo]
+        agree_across_ranks(hashlib.sha256(json.dumps(todo).encode()).hexdigest(), "the videos still to do")
+    except BaseException:
+        lock.release()
+        raise
     known = keys.stored_model_part(settings, signature) if has_rows else None
-    return Resume(ctx, out_dir, schema, rows_name, key, signature, settings, has_rows, plan, known)
+    return Resume(ctx, out_dir, schema, rows_name, key, signature, settings, has_rows, plan, known, lock)
+
+
+def lock_output(out_dir: Path, ctx: DistContext) -> FolderLock:
+    """Rank 0 takes ``out_dir``'s lock (:mod:`~pisces_cli.stages.folder_lock`); every rank refuses together when
+    another run holds it. Other ranks get a lock that holds nothing.
+
+    Raises:
+        UsageError: another run is writing into ``out_dir``.
+    """
+    from pisces_cli.errors import UsageError
+    from pisces_cli.stages.folder_lock import FolderLock
+
+    lock, refusal = FolderLock(), None
+    if ctx.is_main:
+        try:
+            lock = FolderLock.acquire(out_dir)
+        except UsageError as error:
+            refusal = str(error)
+    refusal = _from_main(refusal)
+    if refusal is not None:
+        raise UsageError(refusal)
+    return lock
+
+
+def _from_main(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank of a ``torchrun`` job (one process: ``value``)."""
+    if "torch.distributed" not in sys.modules:
+        return value
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def agree_across_ranks(plan_hash: str, what: str) -> None:

@@ -161,7 +161,7 @@ def run_score(
     needs_model = resume.needs_model()
     mine = resume.mine()
     new_rows: list[dict[str, Any]] = []
-    with progress_bar(console if needs_model else None, "score", total=len(mine)) as advance:
+    with resume.held(), progress_bar(console if needs_model else None, "score", total=len(mine)) as advance:
         scorer = None
         model_part, info = resume.known_model, resume.stored_info()
         if needs_model:
