@@ -93,3 +93,9 @@ def test_a_second_run_into_a_folder_being_written_is_refused_and_writes_nothing(
     held.release()
     assert main(args) == 0  # the folder is free again, and this run released it at its end
     FolderLock.acquire(out).release()
+
+
+def test_a_folder_that_cannot_hold_the_lock_file_takes_no_lock(tmp_path: Path):
+    (tmp_path / "a_file").write_text("")
+    lock = FolderLock.acquire(tmp_path / "a_file" / "out")  # cannot be created: no lock, no traceback
+    lock.release()

@@ -6,7 +6,8 @@ Two runs writing one folder at once would append rows of two run keys to one tab
 each other's appends. The lock is an advisory ``flock`` on ``FOLDER/.pisces.lock`` (a hidden file that stays;
 it holds the pid of the run holding it). The kernel drops it when the process ends, however it ends, so a
 killed run never leaves the folder locked. Under ``torchrun`` rank 0 holds it for the whole job. Where
-``flock`` does not exist (not POSIX) no lock is taken.
+``flock`` does not exist (not POSIX), or the lock file cannot be created (a read-only folder, whose re-run
+writes nothing), no lock is taken.
 """
 
 from __future__ import annotations
@@ -38,8 +39,11 @@ class FolderLock:
             import fcntl
         except ImportError:  # not POSIX: no advisory locks
             return cls()
-        folder.mkdir(parents=True, exist_ok=True)
-        handle = open(folder / LOCK_FILE, "a+", encoding="utf-8")  # noqa: SIM115 - held past this call
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            handle = open(folder / LOCK_FILE, "a+", encoding="utf-8")  # noqa: SIM115 - held past this call
+        except OSError:  # a folder this process cannot write: nothing it does there needs guarding
+            return cls()
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
