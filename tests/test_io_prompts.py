@@ -364,3 +364,30 @@ def test_a_file_name_that_is_not_utf8_is_skipped_with_its_reason(tmp_path):
     assert [(s.path, s.reason) for s in listing.skipped] == [
         ("caf\\xe9.mp4", "file name is not valid UTF-8 (rename it to score it)")
     ]
+
+
+def test_mapping_refuses_a_video_listed_twice_with_different_prompts(tmp_path):
+    csv_file = tmp_path / "prompts.csv"
+    csv_file.write_text("file,prompt\na.mp4,a cat\nb.mp4,x\n./a.mp4,a dog\n")
+    with pytest.raises(UsageError, match=r"prompts.csv line 4: 'a.mp4' is listed again .*first on line 2"):
+        read_prompt_mapping(tmp_path)
+    csv_file.write_text("file,prompt\na.mp4,a cat\na.mp4,a cat\n")  # the same line twice is harmless
+    assert read_prompt_mapping(tmp_path) == {"a.mp4": "a cat"}
+    csv_file.unlink()
+    (tmp_path / "prompts.jsonl").write_text(
+        '{"file": "a.mp4", "prompt": "a cat"}\n{"video": "a.mp4", "caption": "a dog"}\n'
+    )
+    with pytest.raises(UsageError, match=r"prompts.jsonl line 2: 'a.mp4' is listed again"):
+        read_prompt_mapping(tmp_path)
+
+
+def test_mapping_csv_reads_long_prompts_and_refuses_an_unclosed_quote(tmp_path):
+    csv_file = tmp_path / "prompts.csv"
+    long_prompt = "a red ball " * 20_000  # 220 kB: past the csv module's default field limit
+    csv_file.write_text(f"file,prompt\na.mp4,{long_prompt}\nb.mp4,b\n")
+    assert read_prompt_mapping(tmp_path) == {"a.mp4": long_prompt, "b.mp4": "b"}
+    csv_file.write_text('file,prompt\na.mp4,"a cat\nb.mp4,a dog\n')  # would swallow b.mp4's row
+    with pytest.raises(UsageError, match=r"prompts.csv line 3: not valid CSV"):
+        read_prompt_mapping(tmp_path)
+    csv_file.write_text('file,prompt\na.mp4,a "quoted" word\n')  # quotes inside a plain field are text
+    assert read_prompt_mapping(tmp_path) == {"a.mp4": 'a "quoted" word'}

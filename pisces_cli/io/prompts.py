@@ -12,7 +12,7 @@ Folder prompts (:func:`list_prompted_folder`), sources in precedence order:
     (a header row with the same column names) at the folder root. The file value is the
     video's path relative to the folder (POSIX ``/``); a bare file name also matches a video
     of that name in a sub-folder when exactly one video has it. ``data.prompts`` names another
-    such file to use instead (``mapping_file``).
+    such file to use instead (``mapping_file``). A video listed twice with different prompts is refused.
 (b) ``sidecar``: ``NAME.txt`` next to ``NAME.mp4`` (surrounding whitespace stripped).
 
 Every text file (mappings, sidecars, tar captions) is read by :mod:`pisces_cli.textfile`: UTF-8 or
@@ -294,8 +294,24 @@ def _pick(record: dict, keys: Sequence[str]) -> tuple[str | None, object]:
     return None, None
 
 
+def _add_mapping_entry(
+    mapping: dict[str, str], lines: dict[str, int], path: Path, line_no: int, file_value: str, text: str
+) -> None:
+    """Add ``file_value → text`` to ``mapping``; a file listed again with another prompt is refused
+    (which of the two would be the right prompt?); listed again with the same prompt is harmless."""
+    rel = _normalise_rel(file_value)
+    if rel in mapping and mapping[rel] != text:
+        raise UsageError(
+            f"{path} line {line_no}: {rel!r} is listed again with another prompt (first on line {lines[rel]}); "
+            "keep one line per video"
+        )
+    mapping[rel] = text
+    lines.setdefault(rel, line_no)
+
+
 def _read_jsonl_mapping(path: Path) -> dict[str, str]:
     mapping: dict[str, str] = {}
+    lines: dict[str, int] = {}
     for line_no, record in iter_jsonl(path):
         file_key, file_value = _pick(record, FILE_KEYS)
         text_key, text_value = _pick(record, CAPTION_KEYS)
@@ -303,27 +319,40 @@ def _read_jsonl_mapping(path: Path) -> dict[str, str]:
             raise UsageError(f"{path} line {line_no}: needs a file name under one of {', '.join(FILE_KEYS)}")
         if text_key is None or not isinstance(text_value, str):
             raise UsageError(f"{path} line {line_no}: needs a string under one of {', '.join(CAPTION_KEYS)}")
-        mapping[_normalise_rel(file_value)] = text_value
+        _add_mapping_entry(mapping, lines, path, line_no, file_value, text_value)
     return mapping
 
 
 def _read_csv_mapping(path: Path) -> dict[str, str]:
     mapping: dict[str, str] = {}
-    with io.StringIO(read_text(path), newline="") as handle:
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        file_col = next((c for c in FILE_KEYS if c in columns), None)
-        text_col = next((c for c in CAPTION_KEYS if c in columns), None)
-        if file_col is None or text_col is None:
-            raise UsageError(
-                f"{path} line 1: header {columns} needs a file column ({', '.join(FILE_KEYS)}) "
-                f"and a prompt column ({', '.join(CAPTION_KEYS)})"
-            )
-        for row in reader:
-            file_value, text_value = row.get(file_col), row.get(text_col)
-            if not file_value or text_value is None:
-                raise UsageError(f"{path} line {reader.line_num}: empty {file_col!r} or missing {text_col!r}")
-            mapping[_normalise_rel(file_value)] = text_value
+    lines: dict[str, int] = {}
+    text = read_text(path)
+    with io.StringIO(text, newline="") as handle:
+        reader = csv.DictReader(handle, strict=True)  # an unclosed quote must not swallow the rows after it
+        limit = csv.field_size_limit()
+        csv.field_size_limit(
+            max(limit, len(text))
+        )  # a long prompt is a prompt (the default stops at 128 KiB)
+        try:
+            columns = reader.fieldnames or []
+            file_col = next((c for c in FILE_KEYS if c in columns), None)
+            text_col = next((c for c in CAPTION_KEYS if c in columns), None)
+            if file_col is None or text_col is None:
+                raise UsageError(
+                    f"{path} line 1: header {columns} needs a file column ({', '.join(FILE_KEYS)}) "
+                    f"and a prompt column ({', '.join(CAPTION_KEYS)})"
+                )
+            for row in reader:
+                file_value, text_value = row.get(file_col), row.get(text_col)
+                if not file_value or text_value is None:
+                    raise UsageError(
+                        f"{path} line {reader.line_num}: empty {file_col!r} or missing {text_col!r}"
+                    )
+                _add_mapping_entry(mapping, lines, path, reader.line_num, file_value, text_value)
+        except csv.Error as exc:
+            raise UsageError(f"{path} line {reader.reader.line_num}: not valid CSV ({exc})") from exc
+        finally:
+            csv.field_size_limit(limit)
     return mapping
 
 
