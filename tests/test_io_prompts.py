@@ -20,6 +20,7 @@ from pisces_cli.io.prompts import (
     read_manifest,
     read_prompt_mapping,
     read_tar_shards,
+    scan_folder,
 )
 from pisces_cli.io.video import read_frames
 from pisces_cli.io.writer import write_mp4
@@ -391,3 +392,23 @@ def test_mapping_csv_reads_long_prompts_and_refuses_an_unclosed_quote(tmp_path):
         read_prompt_mapping(tmp_path)
     csv_file.write_text('file,prompt\na.mp4,a "quoted" word\n')  # quotes inside a plain field are text
     assert read_prompt_mapping(tmp_path) == {"a.mp4": 'a "quoted" word'}
+
+
+def test_a_folder_that_cannot_be_listed_is_reported_not_silently_lost(tmp_path, monkeypatch):
+    import os
+
+    touch(tmp_path / "a.mp4")
+    touch(tmp_path / "locked" / "b.mp4")
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path).endswith("locked"):  # what chmod 000 does to anyone but root
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    scan = scan_folder(tmp_path)
+    assert [v.name for v in scan.videos] == ["a.mp4"]
+    assert [(s.path, s.reason) for s in scan.skipped] == [
+        ("locked/", "cannot list this folder (Permission denied)")
+    ]

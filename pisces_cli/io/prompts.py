@@ -173,7 +173,8 @@ def scan_folder(
     """Sort every entry under ``folder`` (see :class:`FolderScan`); nothing is left out silently.
 
     Skipped, with a reason: hidden files and folders (a name starting with ``.``), broken symbolic links,
-    links to folders (not followed), entries that are not regular files, files of other types,
+    links to folders (not followed), folders that cannot be listed (no permission), entries that are not
+    regular files, files of other types,
     ``score``/``eval`` output folders, and sub-folders when ``recursive`` is false. Symbolic links to
     video files are videos. The folders in ``exclude`` (the run's own output folder) are left out
     without a mention: they are not part of the input.
@@ -192,7 +193,12 @@ def scan_folder(
     def rel(path: Path) -> str:
         return path.relative_to(root).as_posix()
 
-    for current, dirnames, filenames in os.walk(root, followlinks=False):
+    def unreadable(error: OSError) -> None:  # a folder os.walk cannot list: its files are not silently lost
+        folder_path = Path(error.filename)
+        where = _printable(rel(folder_path)) + "/" if folder_path != root else "./"
+        skipped.append(SkippedFile(where, f"cannot list this folder ({error.strerror or error})"))
+
+    for current, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=False):
         here = Path(current)
         keep = []
         for name in sorted(dirnames):
