@@ -14,6 +14,7 @@ from pisces_cli.io.prompts import (
     VideoItem,
     collect_prompted_videos,
     expand_shard_spec,
+    list_tar_shards,
     list_videos,
     prompt_from_filename,
     read_item_bytes,
@@ -284,6 +285,19 @@ def test_tar_shards_group_members_by_key(shards):
     s003 = items[2]
     assert s003.source == f"{shards / '00000.tar'}:s003"
     assert s003.error == f"no prompt for {s003.source} (needs s003.txt or s003.json)"
+
+
+def test_tar_samples_without_a_video_are_listed_as_skipped_not_dropped(shards, clip_bytes):
+    data, _ = clip_bytes
+    with tarfile.open(shards / "00002.tar", "w") as archive:
+        add_member(archive, "s020.avi", data)  # a video type pisces does not read
+        add_member(archive, "s020.txt", b"a cat")
+    listing = list_tar_shards(str(shards / "*.tar"))
+    assert [i.key for i in listing.items] == ["s001", "s002", "s003", "dir/s010", "s011"]
+    assert [(s.path, s.reason) for s in listing.skipped] == [
+        (f"{shards / '00000.tar'}:s004", "no video member (.txt)"),
+        (f"{shards / '00002.tar'}:s020", "no video member (.avi, .txt)"),
+    ]
 
 
 def test_tar_member_bytes_decode_like_the_file(shards, clip_bytes):

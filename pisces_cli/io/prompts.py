@@ -71,6 +71,7 @@ __all__ = [
     "expand_shard_spec",
     "is_vbench_name",
     "list_prompted_folder",
+    "list_tar_shards",
     "list_videos",
     "prompt_from_filename",
     "read_item_bytes",
@@ -623,7 +624,7 @@ def _caption_from_json(data: bytes, name: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _read_one_shard(shard: str) -> list[VideoItem]:
+def _read_one_shard(shard: str) -> tuple[list[VideoItem], list[SkippedFile]]:
     samples: dict[str, dict[str, tarfile.TarInfo]] = {}
     try:
         with tarfile.open(shard, mode="r:") as archive:
@@ -648,14 +649,17 @@ def _read_one_shard(shard: str) -> list[VideoItem]:
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise PiscesRuntimeError(f"cannot read tar shard {shard}: {exc}") from exc
     items: list[VideoItem] = []
+    skipped: list[SkippedFile] = []
     for key in sorted(samples):
         fields = samples[key]
         # the field's last extension decides (".mp4", also ".webm.mp4" or ".lowres.mp4")
         video_field = next(
             (f for f in sorted(fields) if "." + f.rsplit(".", 1)[-1] in VIDEO_EXTENSIONS), None
         )
-        if video_field is None:
-            continue  # not a video sample (e.g. metadata only)
+        if video_field is None:  # not a video sample (metadata only, or a video type pisces does not read)
+            kinds = ", ".join(f or "no extension" for f in sorted(fields))
+            skipped.append(SkippedFile(f"{shard}:{key}", f"no video member ({kinds})"))
+            continue
         info = fields[video_field]
         member = TarMember(shard, info.name, info.offset_data, info.size)
         source = f"{shard}:{key}"
@@ -670,19 +674,27 @@ def _read_one_shard(shard: str) -> list[VideoItem]:
             )
         else:
             items.append(VideoItem(key, source, caption, None, member))
-    return items
+    return items, skipped
 
 
-def read_tar_shards(spec: str | os.PathLike | Iterable[str | os.PathLike]) -> list[VideoItem]:
-    """Video samples of WebDataset tar shards, in shard order then sorted key order.
+def list_tar_shards(spec: str | os.PathLike | Iterable[str | os.PathLike]) -> FolderListing:
+    """Video samples of WebDataset tar shards, in shard order then sorted key order, and the samples
+    skipped for having no video member (``SHARD:KEY`` with the fields they hold).
 
     Raises:
         UsageError: the spec matches no shard. PiscesRuntimeError: a shard is not a readable tar.
     """
-    items: list[VideoItem] = []
+    listing = FolderListing([], [], [])
     for shard in expand_shard_spec(spec):
-        items.extend(_read_one_shard(shard))
-    return items
+        items, skipped = _read_one_shard(shard)
+        listing.items.extend(items)
+        listing.skipped.extend(skipped)
+    return listing
+
+
+def read_tar_shards(spec: str | os.PathLike | Iterable[str | os.PathLike]) -> list[VideoItem]:
+    """The items of :func:`list_tar_shards`."""
+    return list_tar_shards(spec).items
 
 
 def read_item_bytes(item: VideoItem) -> bytes:
