@@ -426,3 +426,20 @@ def test_a_folder_that_cannot_be_listed_is_reported_not_silently_lost(tmp_path, 
     assert [(s.path, s.reason) for s in scan.skipped] == [
         ("locked/", "cannot list this folder (Permission denied)")
     ]
+
+
+def test_a_sidecar_with_an_uppercase_extension_gives_its_videos_prompt(tmp_path):
+    # the scan already counted CLIP.TXT as CLIP.MP4's prompt file; the reader looked only for CLIP.txt
+    touch(tmp_path / "CLIP.MP4")
+    (tmp_path / "CLIP.TXT").write_text("a cat\n")
+    touch(tmp_path / "sub" / "b.mp4")
+    (tmp_path / "sub" / "b.Txt").write_text("a dog")
+    touch(tmp_path / "c.mp4")
+    (tmp_path / "c.txt").write_text("lower wins")
+    (tmp_path / "c.TXT").write_text("upper")
+    items = by_key(collect_prompted_videos(tmp_path))
+    assert {key: item.prompt for key, item in items.items()} == {
+        "CLIP.MP4": "a cat",
+        "c.mp4": "lower wins",
+        "sub/b.mp4": "a dog",
+    }

@@ -396,16 +396,16 @@ def read_prompt_mapping(
     return _read_jsonl_mapping(path) if path.suffix == ".jsonl" else _read_csv_mapping(path)
 
 
-def _read_sidecar(video: Path) -> str | None:
-    """The sidecar ``NAME.txt`` of ``video``, stripped; ``None`` without one.
+def _read_sidecar(video: Path, sidecars: dict[tuple[Path, str], Path]) -> str | None:
+    """The sidecar of ``video``, stripped; ``None`` without one. ``sidecars``: the folder's sidecar files
+    by (folder, stem), as :func:`scan_folder` found them (``NAME.txt``, the extension in any case, like
+    the videos' own: ``CLIP.MP4`` + ``CLIP.TXT``).
 
     Raises:
         UsageError: the sidecar cannot be read as text (the message names it and its encoding).
     """
-    sidecar = video.with_suffix(".txt")
-    if not sidecar.is_file():
-        return None
-    return read_text(sidecar).strip()
+    sidecar = sidecars.get((video.parent, video.stem))
+    return None if sidecar is None else read_text(sidecar).strip()
 
 
 @dataclass
@@ -456,6 +456,11 @@ def list_prompted_folder(
             return mapping[rel]
         return by_name.get(video.name)
 
+    sidecars: dict[tuple[Path, str], Path] = {}
+    for rel_text in sorted(scan.prompt_files, key=lambda name: not name.endswith(".txt")):
+        path = root / rel_text
+        if path.suffix.lower() == ".txt":  # NAME.txt before NAME.TXT when a folder holds both
+            sidecars.setdefault((path.parent, path.stem), path)
     found: list[tuple[str, Path, str | None, str | None]] = []  # (rel, path, prompt, unreadable sidecar)
     for video in videos:
         rel = video.relative_to(root).as_posix()
@@ -464,7 +469,7 @@ def list_prompted_folder(
             prompt = from_mapping(rel, video)
         if prompt is None and prompt_source in ("auto", "sidecar"):
             try:
-                prompt = _read_sidecar(video)
+                prompt = _read_sidecar(video, sidecars)
             except UsageError as exc:  # this video's error row, not the run's end
                 unreadable = str(exc)
         found.append((rel, video, prompt, unreadable))
