@@ -215,13 +215,17 @@ class ManifestSchema:
     #: ``embed --limit``: finished shards of items beyond the limit, kept for a later run (not loaded)
     beyond_limit_shards: list[ShardEntry] = field(default_factory=list)
     beyond_limit_empty_shards: list[EmptyShardEntry] = field(default_factory=list)
+    #: items the run listed and shards it planned (informational; written by ``embed`` and ``finalize``)
+    num_items: int | None = None
+    num_shards: int | None = None
 
 
 def read_manifest_file(path: str | Path) -> dict[str, Any]:
     """A ``manifest.json`` (or a rank's ``manifest.rankN.json``), parsed and type-checked.
 
-    Besides types, every shard's ``file``/``keys_file`` must be a plain name inside the folder and its
-    ``index``/``rows`` non-negative.
+    Besides types, every shard's ``file``/``keys_file`` must be a plain name inside the folder, its
+    ``index``/``rows`` non-negative, and no shard index or file may be listed twice (its rows would be
+    loaded twice).
 
     Raises:
         UsageError: unreadable, not JSON, or not a manifest (names the file and the field).
@@ -234,19 +238,30 @@ def read_manifest_file(path: str | Path) -> dict[str, Any]:
     except (json.JSONDecodeError, RecursionError) as exc:
         raise UsageError(f"{path}: not valid JSON ({exc})") from exc
     problems = json_type_problems(data, ManifestSchema)
+    first_seen: dict[tuple[str, Any], str] = {}  # (field, value) -> where it was listed first
+
+    def once(key: str, value: Any, where: str) -> None:
+        if (key, value) in first_seen:
+            problems.append(f"{where}.{key}: {value!r} is listed twice (also {first_seen[key, value]})")
+        first_seen.setdefault((key, value), where)
+
     for kind in ("shards", "beyond_limit_shards"):
         for i, shard in enumerate(data.get(kind, []) if not problems else []):
             for key in ("file", "keys_file"):
                 name = shard.get(key)
                 if name is not None and (Path(name).name != name or name in ("", ".", "..")):
                     problems.append(f"{kind}[{i}].{key}: {name!r} is not a file name inside the folder")
+                if name is not None:
+                    once(key, name, f"{kind}[{i}]")
             for key in ("index", "rows"):
                 if shard[key] < 0:
                     problems.append(f"{kind}[{i}].{key}: must be >= 0, got {shard[key]}")
+            once("index", shard["index"], f"{kind}[{i}]")
     for kind in ("empty_shards", "beyond_limit_empty_shards"):
         for i, entry in enumerate(data.get(kind, []) if not problems else []):
             if entry["index"] < 0:
                 problems.append(f"{kind}[{i}].index: must be >= 0, got {entry['index']}")
+            once("index", entry["index"], f"{kind}[{i}]")
     if problems:
         raise UsageError(f"{path}: invalid manifest: " + "; ".join(problems))
     return data
@@ -463,7 +478,9 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
 
 def read_shard_keys(folder: str | Path, entry: Mapping[str, Any]) -> list[str]:
     """The row keys of one manifest shard entry: a JSON list of ``rows`` strings (UsageError otherwise)."""
-    path = Path(folder) / str(entry.get("keys_file"))
+    if not isinstance(entry.get("keys_file"), str):
+        raise UsageError(f"{Path(folder) / MANIFEST}: shard {entry.get('index')} names no keys_file")
+    path = Path(folder) / entry["keys_file"]
     try:
         keys = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:

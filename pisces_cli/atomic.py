@@ -155,6 +155,36 @@ def atomic_write_with(path: str | os.PathLike[str], writer: Callable[[Path], Non
         writer(tmp)
 
 
+@contextlib.contextmanager
+def appending(path: str | os.PathLike[str]) -> Iterator[Callable[[str], None]]:
+    """Yield ``write(text)``, which appends ``text`` (UTF-8) to ``path`` straight to the OS: nothing is left
+    in a buffer to fail again at close, and an ``OSError`` (a full disk) names ``path``. A line cut short
+    by a full disk is a torn last line, which the readers of append-only files skip."""
+    with open(path, "ab", buffering=0) as handle:
+
+        def write(text: str) -> None:
+            view = memoryview(text.encode("utf-8"))
+            try:
+                while view:
+                    view = view[handle.write(view) :]
+            except OSError as exc:
+                raise OSError(exc.errno, exc.strerror, os.fspath(path)) from exc
+
+        yield write
+
+
+def _safetensors_os_error(error: Exception, path: Path) -> OSError | None:
+    """The ``OSError`` inside a safetensors serialisation error (it reports I/O failures, a full disk
+    included, as its own exception type with ``(os error N)`` in the text), or ``None``."""
+    import re
+
+    match = re.search(r"\(os error (\d+)\)", str(error))
+    if match is None:
+        return None
+    code = int(match.group(1))
+    return OSError(code, os.strerror(code), os.fspath(path))
+
+
 def atomic_write_safetensors(
     path: str | os.PathLike[str],
     tensors: Mapping[str, torch.Tensor],
@@ -164,11 +194,22 @@ def atomic_write_safetensors(
 
     Streams to the temp file (no in-memory copy of the serialised file), so large state dicts are fine.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     cpu = {name: tensor.detach().to("cpu").contiguous() for name, tensor in tensors.items()}
     header = dict(metadata) if metadata is not None else None
-    atomic_write_with(path, lambda tmp: save_file(cpu, str(tmp), metadata=header))
+
+    def write(tmp: Path) -> None:
+        try:
+            save_file(cpu, str(tmp), metadata=header)
+        except SafetensorError as exc:  # a full disk: make it the OSError that names the file
+            os_error = _safetensors_os_error(exc, tmp)
+            if os_error is None:
+                raise
+            raise os_error from exc
+
+    atomic_write_with(path, write)
 
 
 def _pid_alive(pid: int) -> bool:

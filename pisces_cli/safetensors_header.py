@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,12 +77,15 @@ def read_safetensors_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
     """Parse and check the header of the safetensors file ``path`` (no tensor data is read).
 
     Raises:
-        SafetensorsHeaderError: the file is too short, its header is not a JSON object of well-formed entries,
+        SafetensorsHeaderError: the path is not a regular file, the file is too short, its header is not a JSON object of well-formed entries,
             a tensor's byte range does not match its dtype and shape, or the data does not fill the file exactly.
         OSError: the file cannot be opened.
     """
     path = Path(path)
-    size = path.stat().st_size
+    status = path.stat()
+    if not stat.S_ISREG(status.st_mode):  # a FIFO would block the read below for ever
+        raise SafetensorsHeaderError("not a regular file (a folder, a pipe or a device)")
+    size = status.st_size
     with open(path, "rb") as handle:
         prefix = handle.read(8)
         if len(prefix) < 8:

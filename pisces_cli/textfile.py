@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import os
+import stat
 from pathlib import Path
 
 from pisces_cli.errors import UsageError
@@ -65,6 +66,11 @@ def decode_text(data: bytes, name: str) -> str:
             "save it as UTF-8 and try again"
         ) from exc
     if "\x00" in text:
+        what = _guess(body)
+        if what.startswith("UTF-16"):  # plain ASCII saved as UTF-16 without a BOM decodes as UTF-8 + NULs
+            raise UsageError(
+                f"{name}: cannot read it as text: it looks like {what}; save it as UTF-8 and try again"
+            )
         raise UsageError(f"{name}: not a text file (it holds NUL characters: binary data?)")
     return text
 
@@ -73,15 +79,19 @@ def read_text(path: str | os.PathLike[str]) -> str:
     """The text of ``path`` (see the module docstring); line endings are left as they are.
 
     Raises:
-        UsageError: the file is missing, unreadable, or not text in a supported encoding.
+        UsageError: the file is missing, unreadable, not a regular file (a FIFO would block the read
+            for ever), or not text in a supported encoding.
     """
     file = Path(path)
     try:
+        mode = file.stat().st_mode
+        if stat.S_ISDIR(mode):
+            raise UsageError(f"{file}: is a folder, expected a text file")
+        if not stat.S_ISREG(mode):  # a FIFO or a device: the read could block for ever
+            raise UsageError(f"{file}: not a regular file (a pipe or a device?), expected a text file")
         data = file.read_bytes()
     except FileNotFoundError as exc:
         raise UsageError(f"{file}: no such file") from exc
-    except IsADirectoryError as exc:
-        raise UsageError(f"{file}: is a folder, expected a text file") from exc
     except OSError as exc:
         raise UsageError(f"{file}: cannot read: {exc.strerror or exc}") from exc
     return decode_text(data, str(file))

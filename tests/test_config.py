@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from pisces_cli.config import RecipeError, load_recipe, resolve_data
-from pisces_cli.config.recipe import apply_overrides, list_bundled, resolve_recipe_path
+from pisces_cli.config.recipe import apply_overrides, list_bundled, read_yaml_mapping, resolve_recipe_path
 from pisces_cli.errors import UsageError
 
 
@@ -94,6 +94,36 @@ def test_flag_style_argument_is_an_error():
         apply_overrides({}, ["--lr"])
     with pytest.raises(UsageError, match="expected key.path=value"):
         apply_overrides({}, ["embed.batch_size"])
+    for empty in ("=1", " =1", "~", "~ "):
+        with pytest.raises(UsageError, match="no key"):
+            apply_overrides({}, [empty])
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "lines"),
+    [
+        ("name: a\nseed: 1\nseed: 2\n", "seed", "lines 2 and 3"),
+        ("reward:\n  weights: {quality: 2}\nname: a\nreward:\n  crop: center\n", "reward", "lines 1 and 4"),
+        ("embed: {batch_size: 2, batch_size: 3}\n", "batch_size", "lines 1 and 1"),
+    ],
+)
+def test_a_key_given_twice_is_refused_naming_it_and_both_lines(
+    tmp_path: Path, text: str, key: str, lines: str
+):
+    recipe = tmp_path / "dup.yaml"
+    recipe.write_text(text)
+    with pytest.raises(UsageError, match=rf"dup.yaml: .*key '{key}' is given twice \({lines}\)"):
+        load_recipe(str(recipe))
+
+
+def test_merge_keys_and_repeated_aliases_are_not_duplicates(tmp_path: Path):
+    recipe = tmp_path / "merge.yaml"
+    recipe.write_text(
+        "x-weights: &w {quality: 2.0}\nname: m\nreward:\n  weights:\n    <<: *w\n    semantic: 0.5\n"
+        "  token_ot: {gamma: 0.1}\n"
+    )
+    data = read_yaml_mapping(recipe)
+    assert data["reward"]["weights"] == {"quality": 2.0, "semantic": 0.5}
 
 
 def test_interpolation_and_cycles():

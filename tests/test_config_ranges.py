@@ -181,3 +181,30 @@ def test_command_line_options_are_range_checked_before_any_work(tmp_path: Path, 
     err = " ".join(capsys.readouterr().err.split())
     option = next(a for a in argv if a.startswith("--"))
     assert f"'{option}'" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "key", ["output_dir", "reward.ot_map", "data.videos", "models.encoder.path", "embed.output"]
+)
+def test_an_empty_path_is_refused_not_read_as_the_root_or_the_working_folder(key: str):
+    # `output_dir=$RUN` with RUN unset: every ${output_dir}/... output would land under /
+    with pytest.raises(RecipeError, match=rf"{key}: an empty path"):
+        resolve_data({}, [f"{key}="], "t")
+    with pytest.raises(RecipeError, match=rf"{key}: an empty path"):
+        resolve_data({}, [f"{key}= "], "t")
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["score", "", "-r", "demo"], "an empty argument after 'score'"),
+        (["score", "clips", "-r", "demo", "-o", ""], "an empty argument after '-o'"),
+        (["score", "clips", "-r", "demo", "--ot-map="], "'--ot-map=' gives an empty value"),
+        (["validate", ""], "an empty argument after 'validate'"),
+    ],
+)
+def test_an_empty_command_line_argument_exits_2_before_anything_runs(capsys, argv: list[str], words: str):
+    # `pisces score "$DIR"` with DIR unset scored the working folder; `-o ""` silently meant the default
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert words in err and "unset shell variable" in err and "Traceback" not in err

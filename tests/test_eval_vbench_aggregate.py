@@ -157,6 +157,8 @@ def test_eval_detect_scale_rules():
         detect_scale([50.0, 101.0])
     with pytest.raises(UsageError, match="finite"):
         detect_scale([float("nan")])
+    with pytest.raises(UsageError, match=">= 0"):  # was read as a fraction: a raw score of -500 %
+        detect_scale([0.5, -5.0])
 
 
 def test_eval_dimension_names_with_spaces_or_underscores():
@@ -244,6 +246,10 @@ def test_eval_bad_files_are_usage_errors(tmp_path):
     other.write_text("scene: 0.5\n")
     with pytest.raises(UsageError, match=".json or .csv"):
         load_dimension_scores(other)
+    twice = tmp_path / "twice.json"  # JSON itself keeps the last value without a word; CSV refuses it too
+    twice.write_text('{"scene": 0.5, "color": 0.4, "scene": 0.9}')
+    with pytest.raises(UsageError, match="twice.json: dimension 'scene' is given twice"):
+        load_dimension_scores(twice)
 
 
 def test_eval_rich_table_lists_every_dimension_and_scores():

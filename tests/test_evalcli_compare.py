@@ -148,6 +148,26 @@ def test_compare_usage_errors(runs: Path, tmp_path: Path):
     )
 
 
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        (lambda doc: doc.update(videos="all"), "videos: expected a list of objects"),
+        (lambda doc: doc["videos"][0].update(quality="high"), "videos[0].quality: expected a finite number"),
+        (lambda doc: doc["videos"][0].update(quality=float("nan")), "videos[0].quality: expected a finite"),
+        (lambda doc: doc["videos"].append(dict(doc["videos"][0])), "is listed twice"),
+    ],
+)
+def test_a_wrong_typed_eval_output_exits_2_naming_the_field(runs: Path, tmp_path: Path, capsys, edit, words):
+    # a string or NaN metric was dropped without a word, a row listed twice counted twice in its prompt's mean
+    document = json.loads((runs / "A" / "pisces-eval/eval.json").read_text())
+    edit(document)
+    (tmp_path / "eval.json").write_text(json.dumps(document))
+    capsys.readouterr()
+    assert main(["eval", "compare", str(tmp_path), str(runs / "B"), "-o", str(tmp_path / "o")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "invalid eval output" in err and words in err and "Traceback" not in err
+
+
 def test_disjoint_prompts_exit_2(runs: Path, tmp_path: Path):
     folder = tmp_path / "E"
     clips.write_folder(folder, {"another prompt-0": clips.static_clip(3)})

@@ -99,6 +99,31 @@ def test_a_full_disk_during_a_safetensors_write_keeps_the_previous_file(tmp_path
     assert target.read_bytes() == before
 
 
+def test_safetensors_own_disk_full_error_names_the_file_too(tmp_path: Path, monkeypatch):
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def full(*_args, **_kwargs):  # what safetensors really raises: its own type, not an OSError
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    target = tmp_path / "embeddings-00000.safetensors"
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    with pytest.raises(PiscesRuntimeError, match="embeddings-00000.safetensors: no space left"):
+        save_artifact(target, {"x": torch.zeros(2)}, ArtifactHeader(schema="pisces.test"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_appending_to_a_full_disk_names_the_file(tmp_path: Path):
+    with pytest.raises(OSError) as info, atomic.appending("/dev/full") as write:  # every write: ENOSPC
+        write('{"video": "a.mp4"}\n')
+    assert info.value.errno == errno.ENOSPC and info.value.filename == "/dev/full"
+    rows = tmp_path / "scores.jsonl"
+    with atomic.appending(rows) as write:
+        write("a\n")
+        write("ü\n")
+    assert rows.read_text(encoding="utf-8") == "a\nü\n"
+
+
 def test_a_full_disk_through_the_cli_exits_1_naming_the_file(tmp_path: Path, monkeypatch, capsys):
     results = tmp_path / "results.json"
     results.write_text(json.dumps({"subject_consistency": 0.9, "motion_smoothness": 0.95}))

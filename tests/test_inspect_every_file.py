@@ -216,6 +216,26 @@ def test_wrong_typed_ot_map_header_is_refused_by_score(outputs: Path, tmp_path: 
         ),
         ({"schema": "pisces.embeddings", "shards": [], "complete": "yes"}, "complete: expected"),
         ([1, 2, 3], "expected a mapping"),
+        ({"schema": "pisces.embeddings", "shards": [], "num_items": "48"}, "num_items: expected int"),
+        (  # one shard listed twice would load its rows twice (and into both fit-ot splits)
+            {
+                "schema": "pisces.embeddings",
+                "shards": [
+                    {"file": "e-0.safetensors", "keys_file": "e-0.keys.json", "index": 0, "rows": 1},
+                    {"file": "e-1.safetensors", "keys_file": "e-1.keys.json", "index": 1, "rows": 1},
+                    {"file": "e-0.safetensors", "keys_file": "e-0.keys.json", "index": 2, "rows": 1},
+                ],
+            },
+            "shards[2].file: 'e-0.safetensors' is listed twice (also shards[0])",
+        ),
+        (
+            {
+                "schema": "pisces.embeddings",
+                "shards": [{"file": "e-0.safetensors", "index": 0, "rows": 1}],
+                "empty_shards": [{"index": 0}],
+            },
+            "empty_shards[0].index: 0 is listed twice",
+        ),
     ],
 )
 def test_wrong_typed_manifests_exit_2_for_inspect_and_embed_resume(
@@ -231,6 +251,19 @@ def test_wrong_typed_manifests_exit_2_for_inspect_and_embed_resume(
     assert main(["embed", "-r", str(outputs / "r.yaml"), "-o", str(folder)]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "invalid manifest" in err and "Traceback" not in err
+
+
+def test_a_fifo_is_refused_instead_of_blocking_inspect(tmp_path: Path, capsys):
+    import os
+
+    for name in ("ot_map.safetensors", "manifest.json"):
+        os.mkfifo(tmp_path / name)  # nobody writes to it: reading it would wait for ever
+        code, text = run_inspect(tmp_path / name, capsys)
+        assert code == 2 and "not a regular file" in text and "Traceback" not in text
+    from pisces_cli.safetensors_header import SafetensorsHeaderError, read_safetensors_header
+
+    with pytest.raises(SafetensorsHeaderError, match="not a regular file"):
+        read_safetensors_header(tmp_path / "ot_map.safetensors")
 
 
 def test_generate_folders_rank_parts_and_state_files_are_recognised(tmp_path: Path, capsys):

@@ -14,12 +14,14 @@ from pisces_cli.io.prompts import (
     VideoItem,
     collect_prompted_videos,
     expand_shard_spec,
+    list_tar_shards,
     list_videos,
     prompt_from_filename,
     read_item_bytes,
     read_manifest,
     read_prompt_mapping,
     read_tar_shards,
+    scan_folder,
 )
 from pisces_cli.io.video import read_frames
 from pisces_cli.io.writer import write_mp4
@@ -285,6 +287,19 @@ def test_tar_shards_group_members_by_key(shards):
     assert s003.error == f"no prompt for {s003.source} (needs s003.txt or s003.json)"
 
 
+def test_tar_samples_without_a_video_are_listed_as_skipped_not_dropped(shards, clip_bytes):
+    data, _ = clip_bytes
+    with tarfile.open(shards / "00002.tar", "w") as archive:
+        add_member(archive, "s020.avi", data)  # a video type pisces does not read
+        add_member(archive, "s020.txt", b"a cat")
+    listing = list_tar_shards(str(shards / "*.tar"))
+    assert [i.key for i in listing.items] == ["s001", "s002", "s003", "dir/s010", "s011"]
+    assert [(s.path, s.reason) for s in listing.skipped] == [
+        (f"{shards / '00000.tar'}:s004", "no video member (.txt)"),
+        (f"{shards / '00002.tar'}:s020", "no video member (.avi, .txt)"),
+    ]
+
+
 def test_tar_member_bytes_decode_like_the_file(shards, clip_bytes):
     data, path = clip_bytes
     items = read_tar_shards(str(shards / "*.tar"))
@@ -364,3 +379,67 @@ def test_a_file_name_that_is_not_utf8_is_skipped_with_its_reason(tmp_path):
     assert [(s.path, s.reason) for s in listing.skipped] == [
         ("caf\\xe9.mp4", "file name is not valid UTF-8 (rename it to score it)")
     ]
+
+
+def test_mapping_refuses_a_video_listed_twice_with_different_prompts(tmp_path):
+    csv_file = tmp_path / "prompts.csv"
+    csv_file.write_text("file,prompt\na.mp4,a cat\nb.mp4,x\n./a.mp4,a dog\n")
+    with pytest.raises(UsageError, match=r"prompts.csv line 4: 'a.mp4' is listed again .*first on line 2"):
+        read_prompt_mapping(tmp_path)
+    csv_file.write_text("file,prompt\na.mp4,a cat\na.mp4,a cat\n")  # the same line twice is harmless
+    assert read_prompt_mapping(tmp_path) == {"a.mp4": "a cat"}
+    csv_file.unlink()
+    (tmp_path / "prompts.jsonl").write_text(
+        '{"file": "a.mp4", "prompt": "a cat"}\n{"video": "a.mp4", "caption": "a dog"}\n'
+    )
+    with pytest.raises(UsageError, match=r"prompts.jsonl line 2: 'a.mp4' is listed again"):
+        read_prompt_mapping(tmp_path)
+
+
+def test_mapping_csv_reads_long_prompts_and_refuses_an_unclosed_quote(tmp_path):
+    csv_file = tmp_path / "prompts.csv"
+    long_prompt = "a red ball " * 20_000  # 220 kB: past the csv module's default field limit
+    csv_file.write_text(f"file,prompt\na.mp4,{long_prompt}\nb.mp4,b\n")
+    assert read_prompt_mapping(tmp_path) == {"a.mp4": long_prompt, "b.mp4": "b"}
+    csv_file.write_text('file,prompt\na.mp4,"a cat\nb.mp4,a dog\n')  # would swallow b.mp4's row
+    with pytest.raises(UsageError, match=r"prompts.csv line 3: not valid CSV"):
+        read_prompt_mapping(tmp_path)
+    csv_file.write_text('file,prompt\na.mp4,a "quoted" word\n')  # quotes inside a plain field are text
+    assert read_prompt_mapping(tmp_path) == {"a.mp4": 'a "quoted" word'}
+
+
+def test_a_folder_that_cannot_be_listed_is_reported_not_silently_lost(tmp_path, monkeypatch):
+    import os
+
+    touch(tmp_path / "a.mp4")
+    touch(tmp_path / "locked" / "b.mp4")
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path).endswith("locked"):  # what chmod 000 does to anyone but root
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    scan = scan_folder(tmp_path)
+    assert [v.name for v in scan.videos] == ["a.mp4"]
+    assert [(s.path, s.reason) for s in scan.skipped] == [
+        ("locked/", "cannot list this folder (Permission denied)")
+    ]
+
+
+def test_a_sidecar_with_an_uppercase_extension_gives_its_videos_prompt(tmp_path):
+    # the scan already counted CLIP.TXT as CLIP.MP4's prompt file; the reader looked only for CLIP.txt
+    touch(tmp_path / "CLIP.MP4")
+    (tmp_path / "CLIP.TXT").write_text("a cat\n")
+    touch(tmp_path / "sub" / "b.mp4")
+    (tmp_path / "sub" / "b.Txt").write_text("a dog")
+    touch(tmp_path / "c.mp4")
+    (tmp_path / "c.txt").write_text("lower wins")
+    (tmp_path / "c.TXT").write_text("upper")
+    items = by_key(collect_prompted_videos(tmp_path))
+    assert {key: item.prompt for key, item in items.items()} == {
+        "CLIP.MP4": "a cat",
+        "c.mp4": "lower wins",
+        "sub/b.mp4": "a dog",
+    }

@@ -241,6 +241,19 @@ def test_zero_byte_missing_and_folder_inputs(tmp_path):
         read_frames(b"")
 
 
+def test_a_video_without_read_permission_says_so(tmp_path, clip_path, monkeypatch):
+    import pisces_cli.io.video as video_module
+
+    def refuse(path, flags, *args):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(video_module.os, "open", refuse)  # chmod 000 does not stop root, who runs the tests
+    with pytest.raises(VideoDecodeError, match=r"cannot open it \(Permission denied\)"):
+        probe(clip_path)
+    monkeypatch.undo()
+    assert probe(clip_path).num_frames > 0
+
+
 def test_decode_error_is_a_runtime_error_and_bad_decoder_name_is_usage_error(tmp_path, clip_path):
     assert issubclass(VideoDecodeError, PiscesRuntimeError)
     with pytest.raises(UsageError, match="unknown video decoder 'ffmpeg'"):

@@ -84,6 +84,9 @@ def test_otmap_import_inconsistent_shapes_and_missing_file(tmp_path, reference_n
         import_reference_map(path)
     with pytest.raises(UsageError, match="not found"):
         import_reference_map(tmp_path / "absent.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")  # torch's own message for it is empty
+    with pytest.raises(UsageError, match=r"empty\.pt: empty file \(0 bytes\)"):
+        import_reference_map(tmp_path / "empty.pt")
 
 
 def test_otmap_import_refuses_arbitrary_pickles(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -116,3 +117,34 @@ def test_tar_captions_in_utf16_decode_and_undecodable_ones_are_error_rows(tmp_pa
     items = {item.key: item for item in read_tar_shards(str(shard))}
     assert items["k1"].prompt == "ein Würfel"
     assert items["k2"].error is not None and "k2.txt" in items["k2"].error and "Latin-1" in items["k2"].error
+
+
+def test_a_fifo_or_device_is_refused_instead_of_blocking_the_read(tmp_path: Path, capsys):
+    fifo = tmp_path / "recipe.yaml"
+    os.mkfifo(fifo)  # nobody writes to it: reading it would wait for ever
+    with pytest.raises(UsageError, match="not a regular file"):
+        read_text(fifo)
+    (tmp_path / "prompts.txt").unlink(missing_ok=True)
+    os.mkfifo(tmp_path / "prompts.txt")
+    with pytest.raises(UsageError, match="not a regular file|neither a built-in suite"):
+        load_suite(str(tmp_path / "prompts.txt"))
+    with pytest.raises(UsageError, match="not a regular file"):
+        read_text("/dev/null")  # a device (empty here; /dev/zero would never end)
+
+
+def test_ascii_saved_as_utf16_without_a_bom_is_named_as_such_not_binary():
+    with pytest.raises(UsageError, match="UTF-16 \\(little-endian\\) without a byte-order mark"):
+        decode_text("name: x\nseed: 3\n".encode("utf-16-le"), "r.yaml")
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "latin-1"])
+def test_preflight_counts_a_manifest_in_any_encoding_without_a_decode_error(tmp_path: Path, encoding: str):
+    from pisces_cli.config import resolve_data
+    from pisces_cli.preflight.run import _count_items
+
+    manifest = tmp_path / "manifest.jsonl"
+    lines = [json.dumps({"video": f"v{i}.mp4", "caption": f"café {i}"}, ensure_ascii=False) for i in range(3)]
+    manifest.write_bytes(("\n".join(lines) + "\n").encode(encoding))
+    recipe = resolve_data({"data": {"manifest": str(manifest)}}, [], "t").recipe
+    # UTF-16 is read like the stage reads it; Latin-1 is left to the stage's own clear error (exit 2)
+    assert _count_items(recipe) == (3 if encoding == "utf-16" else None)

@@ -41,6 +41,8 @@ def inspect(
 
     if not path.exists():
         raise UsageError(f"{path}: no such file or folder")
+    if not path.is_dir() and not path.is_file():  # a FIFO: reading it would wait for ever
+        raise UsageError(f"{path}: not a regular file or folder (a pipe or a device?)")
     if path.is_dir() and _is_sharded(path):
         _inspect_sharded(path, as_json, recipe)
         return

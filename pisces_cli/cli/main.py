@@ -74,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
 
     tune_cpu_allocator()
     exit_types, abort_types, click_error_types = _click_exception_types()
+    empty = _empty_argument(sys.argv[1:] if argv is None else argv)
+    if empty is not None:
+        return _print_error(empty, 2)
     try:
         result = app(args=argv, prog_name="pisces", standalone_mode=False)
     except exit_types as exc:
@@ -96,6 +99,23 @@ def main(argv: list[str] | None = None) -> int:
     if result == INTERRUPTED:  # typer turns Ctrl-C into a plain return of 130
         return _interrupted()
     return int(result) if isinstance(result, int) else 0
+
+
+def _empty_argument(args: list[str]) -> str | None:
+    """Why ``args`` hold an empty argument (``-o ""``, ``--ot-map=``, ``score ""``), else ``None``.
+
+    No pisces argument is meaningfully empty; an empty one is almost always an unset shell variable, and
+    taken as given it would mean the current folder or the recipe's default without a word.
+    """
+    for position, arg in enumerate(args):
+        if arg.startswith("-") and "=" in arg and not arg.split("=", 1)[1].strip():
+            return (
+                f"{arg!r} gives an empty value (an unset shell variable?); give one, or leave the option out"
+            )
+        if not arg.strip():
+            after = f" after {args[position - 1]!r}" if position else ""
+            return f"an empty argument{after} (an unset shell variable?); give a value, or leave it out"
+    return None
 
 
 #: Exit code of an interrupted command (Ctrl-C), as shells report SIGINT.

@@ -220,11 +220,45 @@ def _check_expansion(root: yaml.Node) -> None:
                 stack.append((child, False))
 
 
+class YamlDuplicateKey(yaml.YAMLError):
+    """A YAML mapping that gives one key twice (YAML itself would keep the last value without a word)."""
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _check_duplicate_keys(root: yaml.Node) -> None:
+    """Refuse a mapping, at any depth, that holds the same scalar key twice (naming the key and both
+    lines). Iterative, and each node is visited once, however often aliases repeat it."""
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            lines: dict[tuple[str, str], int] = {}
+            for key, _value in node.value:
+                if not isinstance(key, yaml.ScalarNode) or key.tag == _MERGE_TAG:
+                    continue
+                line = key.start_mark.line + 1
+                first = lines.get((key.tag, key.value))
+                lines[(key.tag, key.value)] = line
+                if first is not None:
+                    raise YamlDuplicateKey(
+                        f"key {key.value!r} is given twice (lines {first} and {line}); YAML would keep "
+                        "only the last one: keep one"
+                    )
+        stack.extend(_children(node))
+
+
 def parse_yaml(text: str) -> Any:
-    """``yaml.safe_load`` with aliases bounded (:func:`_check_expansion`) before anything is built.
+    """``yaml.safe_load`` with aliases bounded (:func:`_check_expansion`) and duplicate keys refused
+    (:func:`_check_duplicate_keys`) before anything is built.
 
     Raises:
-        yaml.YAMLError: invalid YAML, or :class:`YamlTooLarge`.
+        yaml.YAMLError: invalid YAML, :class:`YamlTooLarge` or :class:`YamlDuplicateKey`.
     """
     loader = yaml.SafeLoader(text)
     try:
@@ -235,6 +269,7 @@ def parse_yaml(text: str) -> Any:
         if node is None:
             return None
         _check_expansion(node)
+        _check_duplicate_keys(node)
         return loader.construct_document(node)
     finally:
         loader.dispose()
@@ -268,6 +303,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], source: str = "o
             )
         if item.startswith("~"):
             key = item[1:]
+            if not key.strip():
+                raise UsageError(f"bad override {item!r}: no key after '~'; expected ~key.path")
             _tp, err = schema.schema_for_path(Recipe, key)
             if err:
                 problems.append((key, err))
@@ -278,6 +315,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], source: str = "o
             raise UsageError(f"bad override {item!r}: expected key.path=value or ~key.path")
         key, raw = item.split("=", 1)
         key = key.strip()
+        if not key:
+            raise UsageError(f"bad override {item!r}: no key before '='; expected key.path=value")
         _tp, err = schema.schema_for_path(Recipe, key)
         if err:
             problems.append((key, err))

@@ -225,6 +225,10 @@ def _coerce(value: Any, tp: Any, path: str, problems: list[tuple[str, str]]) -> 
         if len(problems) == problems_before and bounds is not None and not bounds.contains(out):
             problems.append((path, f"must be {bounds.describe()}, got {_describe(value)}"))
             return None
+        if path_kind(tp) is not None and isinstance(out, str) and not out.strip():
+            # '' is no path: `output_dir=$RUN` with RUN unset would put every output under / or the cwd
+            problems.append((path, "an empty path (an unset shell variable?); give a path"))
+            return None
         return out
     if origin in (Union, types.UnionType):
         args = get_args(tp)

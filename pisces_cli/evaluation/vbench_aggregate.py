@@ -169,12 +169,16 @@ def detect_scale(values: Iterable[float]) -> Scale:
     """``"fraction"`` if every value is <= 1; ``"percent"`` if some value is > 1 and all are <= 100.
 
     Raises:
-        UsageError: a value above 100 or not finite.
+        UsageError: a value below 0, above 100 or not finite.
     """
     values = list(values)
     for value in values:
         if not math.isfinite(value):
             raise UsageError(f"dimension scores must be finite numbers, got {value}")
+        if value < 0:
+            raise UsageError(
+                f"dimension scores must be >= 0 (VBench scores are fractions or percentages), got {value}"
+            )
     if all(v <= 1.0 for v in values):
         return "fraction"
     if all(v <= 100.0 for v in values):
@@ -198,15 +202,29 @@ def _as_score(value: Any, where: str) -> float:
         raise UsageError(f"{where}: {value!r} is not a number") from exc
 
 
+class _RepeatedKey(ValueError):
+    """A JSON object that gives one key twice (its ``args[0]``)."""
+
+
+def _refuse_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    repeated = next((key for key in keys if keys.count(key) > 1), None)
+    if repeated is not None:
+        raise _RepeatedKey(repeated)
+    return dict(pairs)
+
+
 def _read_one(path: Path) -> dict[str, float]:
     if not path.is_file():
         raise UsageError(f"VBench results file {path} does not exist")
     suffix = path.suffix.lower()
     if suffix == ".json":
         try:
-            payload = json.loads(read_text(path))
+            payload = json.loads(read_text(path), object_pairs_hook=_refuse_repeated_keys)
         except json.JSONDecodeError as exc:
             raise UsageError(f"{path}: not valid JSON ({exc})") from exc
+        except _RepeatedKey as exc:  # JSON would keep the last value without a word
+            raise UsageError(f"{path}: dimension {exc.args[0]!r} is given twice") from None
         if not isinstance(payload, dict):
             raise UsageError(
                 f"{path}: expected a JSON object {{dimension: score}}, got {type(payload).__name__}"

@@ -12,7 +12,7 @@ Folder prompts (:func:`list_prompted_folder`), sources in precedence order:
     (a header row with the same column names) at the folder root. The file value is the
     video's path relative to the folder (POSIX ``/``); a bare file name also matches a video
     of that name in a sub-folder when exactly one video has it. ``data.prompts`` names another
-    such file to use instead (``mapping_file``).
+    such file to use instead (``mapping_file``). A video listed twice with different prompts is refused.
 (b) ``sidecar``: ``NAME.txt`` next to ``NAME.mp4`` (surrounding whitespace stripped).
 
 Every text file (mappings, sidecars, tar captions) is read by :mod:`pisces_cli.textfile`: UTF-8 or
@@ -71,6 +71,7 @@ __all__ = [
     "expand_shard_spec",
     "is_vbench_name",
     "list_prompted_folder",
+    "list_tar_shards",
     "list_videos",
     "prompt_from_filename",
     "read_item_bytes",
@@ -173,7 +174,8 @@ def scan_folder(
     """Sort every entry under ``folder`` (see :class:`FolderScan`); nothing is left out silently.
 
     Skipped, with a reason: hidden files and folders (a name starting with ``.``), broken symbolic links,
-    links to folders (not followed), entries that are not regular files, files of other types,
+    links to folders (not followed), folders that cannot be listed (no permission), entries that are not
+    regular files, files of other types,
     ``score``/``eval`` output folders, and sub-folders when ``recursive`` is false. Symbolic links to
     video files are videos. The folders in ``exclude`` (the run's own output folder) are left out
     without a mention: they are not part of the input.
@@ -192,7 +194,12 @@ def scan_folder(
     def rel(path: Path) -> str:
         return path.relative_to(root).as_posix()
 
-    for current, dirnames, filenames in os.walk(root, followlinks=False):
+    def unreadable(error: OSError) -> None:  # a folder os.walk cannot list: its files are not silently lost
+        folder_path = Path(error.filename)
+        where = _printable(rel(folder_path)) + "/" if folder_path != root else "./"
+        skipped.append(SkippedFile(where, f"cannot list this folder ({error.strerror or error})"))
+
+    for current, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=False):
         here = Path(current)
         keep = []
         for name in sorted(dirnames):
@@ -294,8 +301,24 @@ def _pick(record: dict, keys: Sequence[str]) -> tuple[str | None, object]:
     return None, None
 
 
+def _add_mapping_entry(
+    mapping: dict[str, str], lines: dict[str, int], path: Path, line_no: int, file_value: str, text: str
+) -> None:
+    """Add ``file_value → text`` to ``mapping``; a file listed again with another prompt is refused
+    (which of the two would be the right prompt?); listed again with the same prompt is harmless."""
+    rel = _normalise_rel(file_value)
+    if rel in mapping and mapping[rel] != text:
+        raise UsageError(
+            f"{path} line {line_no}: {rel!r} is listed again with another prompt (first on line {lines[rel]}); "
+            "keep one line per video"
+        )
+    mapping[rel] = text
+    lines.setdefault(rel, line_no)
+
+
 def _read_jsonl_mapping(path: Path) -> dict[str, str]:
     mapping: dict[str, str] = {}
+    lines: dict[str, int] = {}
     for line_no, record in iter_jsonl(path):
         file_key, file_value = _pick(record, FILE_KEYS)
         text_key, text_value = _pick(record, CAPTION_KEYS)
@@ -303,27 +326,40 @@ def _read_jsonl_mapping(path: Path) -> dict[str, str]:
             raise UsageError(f"{path} line {line_no}: needs a file name under one of {', '.join(FILE_KEYS)}")
         if text_key is None or not isinstance(text_value, str):
             raise UsageError(f"{path} line {line_no}: needs a string under one of {', '.join(CAPTION_KEYS)}")
-        mapping[_normalise_rel(file_value)] = text_value
+        _add_mapping_entry(mapping, lines, path, line_no, file_value, text_value)
     return mapping
 
 
 def _read_csv_mapping(path: Path) -> dict[str, str]:
     mapping: dict[str, str] = {}
-    with io.StringIO(read_text(path), newline="") as handle:
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        file_col = next((c for c in FILE_KEYS if c in columns), None)
-        text_col = next((c for c in CAPTION_KEYS if c in columns), None)
-        if file_col is None or text_col is None:
-            raise UsageError(
-                f"{path} line 1: header {columns} needs a file column ({', '.join(FILE_KEYS)}) "
-                f"and a prompt column ({', '.join(CAPTION_KEYS)})"
-            )
-        for row in reader:
-            file_value, text_value = row.get(file_col), row.get(text_col)
-            if not file_value or text_value is None:
-                raise UsageError(f"{path} line {reader.line_num}: empty {file_col!r} or missing {text_col!r}")
-            mapping[_normalise_rel(file_value)] = text_value
+    lines: dict[str, int] = {}
+    text = read_text(path)
+    with io.StringIO(text, newline="") as handle:
+        reader = csv.DictReader(handle, strict=True)  # an unclosed quote must not swallow the rows after it
+        limit = csv.field_size_limit()
+        csv.field_size_limit(
+            max(limit, len(text))
+        )  # a long prompt is a prompt (the default stops at 128 KiB)
+        try:
+            columns = reader.fieldnames or []
+            file_col = next((c for c in FILE_KEYS if c in columns), None)
+            text_col = next((c for c in CAPTION_KEYS if c in columns), None)
+            if file_col is None or text_col is None:
+                raise UsageError(
+                    f"{path} line 1: header {columns} needs a file column ({', '.join(FILE_KEYS)}) "
+                    f"and a prompt column ({', '.join(CAPTION_KEYS)})"
+                )
+            for row in reader:
+                file_value, text_value = row.get(file_col), row.get(text_col)
+                if not file_value or text_value is None:
+                    raise UsageError(
+                        f"{path} line {reader.line_num}: empty {file_col!r} or missing {text_col!r}"
+                    )
+                _add_mapping_entry(mapping, lines, path, reader.line_num, file_value, text_value)
+        except csv.Error as exc:
+            raise UsageError(f"{path} line {reader.reader.line_num}: not valid CSV ({exc})") from exc
+        finally:
+            csv.field_size_limit(limit)
     return mapping
 
 
@@ -360,16 +396,16 @@ def read_prompt_mapping(
     return _read_jsonl_mapping(path) if path.suffix == ".jsonl" else _read_csv_mapping(path)
 
 
-def _read_sidecar(video: Path) -> str | None:
-    """The sidecar ``NAME.txt`` of ``video``, stripped; ``None`` without one.
+def _read_sidecar(video: Path, sidecars: dict[tuple[Path, str], Path]) -> str | None:
+    """The sidecar of ``video``, stripped; ``None`` without one. ``sidecars``: the folder's sidecar files
+    by (folder, stem), as :func:`scan_folder` found them (``NAME.txt``, the extension in any case, like
+    the videos' own: ``CLIP.MP4`` + ``CLIP.TXT``).
 
     Raises:
         UsageError: the sidecar cannot be read as text (the message names it and its encoding).
     """
-    sidecar = video.with_suffix(".txt")
-    if not sidecar.is_file():
-        return None
-    return read_text(sidecar).strip()
+    sidecar = sidecars.get((video.parent, video.stem))
+    return None if sidecar is None else read_text(sidecar).strip()
 
 
 @dataclass
@@ -420,6 +456,11 @@ def list_prompted_folder(
             return mapping[rel]
         return by_name.get(video.name)
 
+    sidecars: dict[tuple[Path, str], Path] = {}
+    for rel_text in sorted(scan.prompt_files, key=lambda name: not name.endswith(".txt")):
+        path = root / rel_text
+        if path.suffix.lower() == ".txt":  # NAME.txt before NAME.TXT when a folder holds both
+            sidecars.setdefault((path.parent, path.stem), path)
     found: list[tuple[str, Path, str | None, str | None]] = []  # (rel, path, prompt, unreadable sidecar)
     for video in videos:
         rel = video.relative_to(root).as_posix()
@@ -428,7 +469,7 @@ def list_prompted_folder(
             prompt = from_mapping(rel, video)
         if prompt is None and prompt_source in ("auto", "sidecar"):
             try:
-                prompt = _read_sidecar(video)
+                prompt = _read_sidecar(video, sidecars)
             except UsageError as exc:  # this video's error row, not the run's end
                 unreadable = str(exc)
         found.append((rel, video, prompt, unreadable))
@@ -588,7 +629,7 @@ def _caption_from_json(data: bytes, name: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _read_one_shard(shard: str) -> list[VideoItem]:
+def _read_one_shard(shard: str) -> tuple[list[VideoItem], list[SkippedFile]]:
     samples: dict[str, dict[str, tarfile.TarInfo]] = {}
     try:
         with tarfile.open(shard, mode="r:") as archive:
@@ -613,14 +654,17 @@ def _read_one_shard(shard: str) -> list[VideoItem]:
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise PiscesRuntimeError(f"cannot read tar shard {shard}: {exc}") from exc
     items: list[VideoItem] = []
+    skipped: list[SkippedFile] = []
     for key in sorted(samples):
         fields = samples[key]
         # the field's last extension decides (".mp4", also ".webm.mp4" or ".lowres.mp4")
         video_field = next(
             (f for f in sorted(fields) if "." + f.rsplit(".", 1)[-1] in VIDEO_EXTENSIONS), None
         )
-        if video_field is None:
-            continue  # not a video sample (e.g. metadata only)
+        if video_field is None:  # not a video sample (metadata only, or a video type pisces does not read)
+            kinds = ", ".join(f or "no extension" for f in sorted(fields))
+            skipped.append(SkippedFile(f"{shard}:{key}", f"no video member ({kinds})"))
+            continue
         info = fields[video_field]
         member = TarMember(shard, info.name, info.offset_data, info.size)
         source = f"{shard}:{key}"
@@ -635,19 +679,27 @@ def _read_one_shard(shard: str) -> list[VideoItem]:
             )
         else:
             items.append(VideoItem(key, source, caption, None, member))
-    return items
+    return items, skipped
 
 
-def read_tar_shards(spec: str | os.PathLike | Iterable[str | os.PathLike]) -> list[VideoItem]:
-    """Video samples of WebDataset tar shards, in shard order then sorted key order.
+def list_tar_shards(spec: str | os.PathLike | Iterable[str | os.PathLike]) -> FolderListing:
+    """Video samples of WebDataset tar shards, in shard order then sorted key order, and the samples
+    skipped for having no video member (``SHARD:KEY`` with the fields they hold).
 
     Raises:
         UsageError: the spec matches no shard. PiscesRuntimeError: a shard is not a readable tar.
     """
-    items: list[VideoItem] = []
+    listing = FolderListing([], [], [])
     for shard in expand_shard_spec(spec):
-        items.extend(_read_one_shard(shard))
-    return items
+        items, skipped = _read_one_shard(shard)
+        listing.items.extend(items)
+        listing.skipped.extend(skipped)
+    return listing
+
+
+def read_tar_shards(spec: str | os.PathLike | Iterable[str | os.PathLike]) -> list[VideoItem]:
+    """The items of :func:`list_tar_shards`."""
+    return list_tar_shards(spec).items
 
 
 def read_item_bytes(item: VideoItem) -> bytes:

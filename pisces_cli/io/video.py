@@ -196,6 +196,10 @@ def _check_source(source: VideoSource, label: str) -> None:
         raise VideoDecodeError(label, "not a regular file")
     if path.stat().st_size == 0:
         raise VideoDecodeError(label, "empty file (0 bytes)")
+    try:  # a file without read permission is that, not "damaged data" after every decoder failed
+        os.close(os.open(path, os.O_RDONLY))
+    except OSError as exc:
+        raise VideoDecodeError(label, f"cannot open it ({exc.strerror or exc})") from exc
 
 
 def _validate_indices(indices: Sequence[int], num_frames: int) -> list[int]:

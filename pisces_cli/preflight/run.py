@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from pisces_cli.errors import UsageError
 from pisces_cli.preflight.report import PreflightReport, Status
+from pisces_cli.textfile import read_text
 
 if TYPE_CHECKING:
     from pisces_cli.config import Recipe, ResolvedRecipe
@@ -279,8 +280,10 @@ def _count_items(recipe: Recipe) -> int | None:
     if data.videos and Path(data.videos).is_dir():
         return _count_videos(data.videos)
     if data.manifest and Path(data.manifest).is_file():
-        with open(data.manifest, encoding="utf-8") as handle:
-            return sum(1 for line in handle if line.strip())
+        try:  # any encoding the stage reads; an unreadable manifest is the stage's clear error, not ours
+            return sum(1 for line in read_text(data.manifest).splitlines() if line.strip())
+        except UsageError:
+            return None
     return None
 
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pisces_cli.atomic import appending
 from pisces_cli.errors import PiscesRuntimeError, UsageError
 from pisces_cli.preflight import check_stage
 
@@ -359,14 +360,12 @@ class _Embedder:
         text_rows, video_rows, token_rows, keys, errors = [], [], [], [], []
         with (
             cpu_threads_beside_workers(self.device, loader.num_workers),
-            open(errors_path, "a", encoding="utf-8") as sink,
+            appending(errors_path) as write_errors,
         ):
             for batch in loader:
                 batch_errors = [{"key": r["key"], "source": r["source"], "error": r["error"], "shard": index,
                                  **error_detail(r)} for r in batch.errors]  # fmt: skip
-                for row in batch_errors:
-                    sink.write(json.dumps(row, ensure_ascii=False) + "\n")
-                sink.flush()
+                write_errors("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in batch_errors))
                 errors.extend(batch_errors)
                 if batch.clips is not None:
                     with torch.no_grad():

@@ -82,9 +82,35 @@ def load_eval_run(spec: str | Path) -> EvalRun:
         raise UsageError(f"{path}: not valid JSON ({error})") from error
     if not isinstance(document, dict) or document.get("schema") != EVAL_SCHEMA:
         raise UsageError(f"{path}: not a pisces eval output (expected schema {EVAL_SCHEMA!r})")
+    _check_video_rows(path, document)
     _upgrade_version_1(document)
     label = path.parent.parent.name if path.parent.name == DEFAULT_OUTPUT else path.parent.name
     return EvalRun(path, label or str(path), document)
+
+
+def _check_video_rows(path: Path, document: dict[str, Any]) -> None:
+    """Refuse (exit 2, naming the file and the field) ``videos`` rows the comparison would misread: not a
+    list of objects, a row without a string ``video``, a video listed twice (counted twice in its prompt's
+    mean), or a metric that is neither a finite number nor null (it would be dropped without a word)."""
+    from pisces_cli.stages.eval import METRIC_ORDER
+
+    rows = document.get("videos", [])
+    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+        raise UsageError(f"{path}: invalid eval output: videos: expected a list of objects")
+    seen: set[str] = set()
+    for i, row in enumerate(rows):
+        video = row.get("video")
+        if not isinstance(video, str) or not isinstance(row.get("prompt", ""), str | None):
+            raise UsageError(f"{path}: invalid eval output: videos[{i}]: needs a string 'video' and 'prompt'")
+        if video in seen:
+            raise UsageError(f"{path}: invalid eval output: videos[{i}]: {video!r} is listed twice")
+        seen.add(video)
+        bad = next((m for m in METRIC_ORDER if row.get(m) is not None and not _is_number(row[m])), None)
+        if bad is not None:
+            raise UsageError(
+                f"{path}: invalid eval output: videos[{i}].{bad}: expected a finite number or null, "
+                f"got {row[bad]!r}"
+            )
 
 
 def _upgrade_version_1(document: dict[str, Any]) -> None:

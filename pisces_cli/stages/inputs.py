@@ -20,13 +20,13 @@ def listing_from_recipe(
     exclude: Sequence[str | Path] = (),
     prompts_from_names: bool | None = None,
 ) -> FolderListing:
-    """Items (and, for a folder, the skipped entries) of ``videos_dir`` if given, else of ``data.videos`` /
+    """Items (and, for a folder or tar shards, the skipped entries) of ``videos_dir`` if given, else of ``data.videos`` /
     ``data.manifest`` / ``data.shards``.
 
     ``exclude``: folders left out of a folder listing (the run's own output folder).
     ``prompts_from_names``: overrides ``data.prompts_from_names`` when not None.
     """
-    from pisces_cli.io.prompts import FolderListing, list_prompted_folder, read_manifest, read_tar_shards
+    from pisces_cli.io.prompts import FolderListing, list_prompted_folder, list_tar_shards, read_manifest
 
     data = recipe.data
     from_names = data.prompts_from_names if prompts_from_names is None else prompts_from_names
@@ -46,7 +46,7 @@ def listing_from_recipe(
             raise UsageError(f"data.manifest: {data.manifest} does not exist")
         return FolderListing(read_manifest(data.manifest), [], [])
     if data.shards:
-        return FolderListing(read_tar_shards(data.shards), [], [])
+        return list_tar_shards(data.shards)
     raise UsageError("no input videos: set data.videos, data.manifest or data.shards in the recipe")
 
 

@@ -75,7 +75,7 @@ def note_skipped(console: Any, skipped: list[SkippedFile], summary_file: Path) -
     from rich.markup import escape
 
     console.print(
-        f"[yellow]note:[/] skipped {len(skipped)} entries of the folder "
+        f"[yellow]note:[/] skipped {len(skipped)} entries of the input "
         f"({escape(reasons)}); listed in {escape(str(summary_file))}",
         highlight=False,
         soft_wrap=True,

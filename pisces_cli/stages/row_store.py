@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pisces_cli.atomic import appending
 from pisces_cli.io.jsonl import iter_jsonl
 
 if TYPE_CHECKING:
@@ -109,14 +110,12 @@ class RowStore:
         """Yield ``append(rows)``: writes one line per row to this process's file and flushes."""
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.own_path()
-        with open(path, "a", encoding="utf-8") as sink:
+        with appending(path) as write:
             if _ends_mid_line(path):  # a torn last line (disk full, killed run): never glue a row onto it
-                sink.write("\n")
+                write("\n")
 
             def append(rows: Iterable[dict[str, Any]]) -> None:
-                for row in rows:
-                    sink.write(json.dumps(row, ensure_ascii=False) + "\n")
-                sink.flush()
+                write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
             yield append
 

@@ -108,9 +108,12 @@ def import_reference_map(path: str | Path) -> tuple[dict[str, torch.Tensor], Map
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{path}: reference OT map file not found")
+    if path.stat().st_size == 0:
+        raise UsageError(f"{path}: empty file (0 bytes), not a torch checkpoint")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises UnpicklingError, RuntimeError, ...
-        raise UsageError(f"{path}: cannot load with torch.load(weights_only=True): {error}") from error
+        reason = str(error).strip() or type(error).__name__
+        raise UsageError(f"{path}: cannot load with torch.load(weights_only=True): {reason}") from error
     state_dict = extract_reference_state_dict(payload, str(path))
     return state_dict, dims_from_state_dict(state_dict)
