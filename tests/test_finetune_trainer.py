@@ -58,6 +58,7 @@ def test_batches_are_a_pure_function_of_seed_step_rank():
 # ------------------------------------------------------------------------------------------- resume
 def test_resume_after_interrupt_matches_an_uninterrupted_run(tmp_path):
     settings = {"lr_scheduler": "linear", "checkpointing_steps": 10, "gradient_accumulation_steps": 2}
+    settings["extra"] = ["finetune.max_steps=3"]  # the linear schedule's length
     straight = make_trainer(tmp_path / "a", max_steps=3, **settings)
     straight_log: list = []
     record_batches(straight, straight_log)
@@ -114,6 +115,37 @@ def test_resume_under_other_training_settings_is_refused_naming_them(tmp_path):
     text = str(refused.value)
     assert "reward.weights.quality: 1 → 0.5" in text and "finetune.weight_decay" in text
     assert "--fresh" in text and "finetune.output" in text
+
+
+def test_a_decaying_schedule_spans_finetune_max_steps_and_keys_it(tmp_path):
+    """linear/cosine decay to 0 at finetune.max_steps: stopping early (--max-steps) and resuming follows one
+    schedule; resuming under another finetune.max_steps (another lr at every step) is refused; a constant
+    schedule still trains longer."""
+    from pisces_cli.errors import UsageError
+
+    def run(folder, horizon=4, max_steps=None, schedule="linear"):
+        extra = [f"finetune.max_steps={horizon}"]
+        return make_trainer(
+            tmp_path / folder, extra=extra, max_steps=max_steps, lr_scheduler=schedule, checkpointing_steps=10
+        )
+
+    straight = run("a")
+    straight.train()
+    run("b", max_steps=2).train()
+    resumed = run("b")
+    assert resumed.step == 2
+    resumed.train()
+
+    def learning_rates(trainer):
+        return [e["lr"] for e in read_events(trainer) if "lr" in e]
+
+    assert learning_rates(resumed) == learning_rates(straight) == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4])
+    with pytest.raises(UsageError, match=r"finetune\.max_steps: 4 → 8"):
+        run("b", horizon=8)
+    with pytest.raises(UsageError, match="goes past finetune.max_steps=4"):
+        run("c", max_steps=6)
+    run("d", schedule="constant").train()
+    assert run("d", horizon=6, schedule="constant").step == 4
 
 
 def test_fresh_run_removes_the_earlier_checkpoints_and_log(tmp_path):

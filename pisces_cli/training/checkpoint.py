@@ -65,15 +65,21 @@ UNKEYED_FINETUNE = (
 )
 #: the same for the ``finetune.grpo`` and ``finetune.vae`` sub-sections
 UNKEYED_SUBKEYS = {"grpo": ("chunk_size", "sanity_check", "sanity_prompts"), "vae": ("decode_checkpointing",)}
+#: ``finetune.lr_scheduler`` values whose learning rate at a step depends on ``finetune.max_steps`` (the decay
+#: ends there): under them ``max_steps`` is the schedule's horizon and part of the training key.
+DECAYING_SCHEDULES = ("linear", "cosine")
 
 
 def training_key(recipe_data: dict[str, Any], world_size: int) -> dict[str, Any]:
     """The settings a checkpoint's training state depends on, from the resolved recipe ``recipe_data`` (paths
     absolute): ``seed``, ``models``, ``reward`` and ``finetune`` without :data:`UNKEYED_FINETUNE` and
     :data:`UNKEYED_SUBKEYS`, plus the effective batch (``batch_size`` × ``gradient_accumulation_steps`` ×
-    ``world_size``), so 8 GPUs × 4 accumulation steps resume as 1 GPU × 32."""
+    ``world_size``), so 8 GPUs × 4 accumulation steps resume as 1 GPU × 32. Under a decaying learning-rate
+    schedule (:data:`DECAYING_SCHEDULES`) ``max_steps`` sets every step's learning rate, so it is keyed too."""
     section = recipe_data.get("finetune", {})
     finetune = {k: v for k, v in section.items() if k not in UNKEYED_FINETUNE}
+    if section.get("lr_scheduler") in DECAYING_SCHEDULES:
+        finetune["max_steps"] = section.get("max_steps")
     for name, unkeyed in UNKEYED_SUBKEYS.items():
         if isinstance(finetune.get(name), dict):
             finetune[name] = {k: v for k, v in finetune[name].items() if k not in unkeyed}
@@ -97,6 +103,13 @@ def check_training_key(folder: Path, meta: dict[str, Any], key: dict[str, Any]) 
     stored = meta.get("training_key")
     if not isinstance(stored, dict):
         return
+    stored_finetune = stored.get("finetune")
+    if (  # a key written before the horizon was keyed: the run's max_steps was its horizon
+        isinstance(stored_finetune, dict)
+        and "max_steps" in key.get("finetune", {})
+        and "max_steps" not in stored_finetune
+    ):
+        stored = {**stored, "finetune": {**stored_finetune, "max_steps": meta.get("max_steps")}}
     refuse_changed(
         str(folder),
         changed_fields(stored, key),

@@ -256,6 +256,14 @@ class Trainer:
             raise UsageError(FSDP_TWO_EXPERTS)
         if self.max_steps < 1:
             raise UsageError(f"max steps must be >= 1, got {self.max_steps}")
+        from pisces_cli.training.checkpoint import DECAYING_SCHEDULES
+
+        if self.section.lr_scheduler in DECAYING_SCHEDULES and self.max_steps > self.section.max_steps:
+            raise UsageError(
+                f"--max-steps {self.max_steps} goes past finetune.max_steps={self.section.max_steps}, where the "
+                f"{self.section.lr_scheduler} learning-rate schedule has decayed to 0; raise finetune.max_steps "
+                "instead (the schedule's length: a new run, so also --fresh or another finetune.output)"
+            )
 
     def setup(self) -> None:
         from pisces_cli.backbones.lora import apply_lora, enable_full_finetune
@@ -344,7 +352,9 @@ class Trainer:
             self.section.lr_scheduler,
             self.optimizer,
             num_warmup_steps=self.section.lr_warmup_steps,
-            num_training_steps=self.max_steps,
+            # the recipe's run length, not --max-steps (which only stops earlier): a run stopped early and
+            # resumed follows the one schedule
+            num_training_steps=self.section.max_steps,
         )
         encoder = load_encoder_from_recipe(self.recipe, self.device, dtype=self.precision.reward_dtype)
         self.reward, self.reward_info = build_reward(self.recipe, encoder)
@@ -499,7 +509,7 @@ class Trainer:
                     "recipe_hash": self.resolved.hash,
                     "training_key": training_key(self.resolved.portable_data(), self.dist.world_size),
                     "world_size": self.dist.world_size,
-                    "max_steps": self.max_steps,
+                    "max_steps": self.section.max_steps,
                 },
             )
             final = publish(staging, self.output, step)
