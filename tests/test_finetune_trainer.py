@@ -92,6 +92,29 @@ def test_resume_after_interrupt_matches_an_uninterrupted_run(tmp_path):
     assert any(e.get("event") == "resumed" for e in read_events(resumed))
 
 
+def test_a_resume_after_a_kill_logs_each_step_once(tmp_path):
+    """A killed run logged steps its last checkpoint does not hold; the resumed run trains them again and
+    metrics.jsonl ends with each step once (a torn last line is dropped too)."""
+    import shutil
+
+    make_trainer(tmp_path, max_steps=3, checkpointing_steps=2).train()
+    output = tmp_path / "run" / "finetune"
+    shutil.rmtree(output / "checkpoint-3")  # killed before the step-3 checkpoint was written
+    log = output / "logs" / "metrics.jsonl"
+    before = [json.loads(line) for line in log.read_text().splitlines()]
+    with log.open("a") as handle:
+        handle.write('{"step": 4, "loss": 0.')  # the kill tore a line
+    resumed = make_trainer(tmp_path, max_steps=3, checkpointing_steps=2)
+    assert resumed.step == 2
+    resumed.train()
+    records = read_events(resumed)
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]
+    assert [r["step"] for r in records if r.get("event") == "checkpoint"] == [2, 3]
+    losses = {r["step"]: r["loss"] for r in before if "loss" in r}
+    assert {r["step"]: r["loss"] for r in records if "loss" in r} == pytest.approx(losses)
+    assert next(r for r in records if r.get("event") == "resumed")["replaced_log_lines"] == 3
+
+
 def test_resume_under_other_training_settings_is_refused_naming_them(tmp_path):
     """A checkpoint's weights never continue under settings that did not make them; training longer,
     checkpointing more often or logging differently is still a resume."""

@@ -400,7 +400,9 @@ class Trainer:
         if folder is not None:
             self.load_checkpoint(folder)
             self.resumed_from = folder
-            self.logger.event(self.step, "resumed", checkpoint=str(folder))
+            dropped = self.logger.rewind(self.step)  # lines of steps the resumed run trains again
+            fields = {"replaced_log_lines": dropped} if dropped else {}
+            self.logger.event(self.step, "resumed", checkpoint=str(folder), **fields)
 
     def load_checkpoint(self, folder: Path) -> None:
         from pisces_cli.training.checkpoint import (
