@@ -209,3 +209,36 @@ def cpu_threads_beside_workers(device: object, num_workers: int) -> Iterator[Non
         yield
     finally:
         torch.set_num_threads(before)
+
+
+class HeldInterrupt:
+    """What :func:`hold_interrupts` saw: ``received`` is True when Ctrl-C (SIGINT) came during the block."""
+
+    received: bool = False
+
+
+@contextlib.contextmanager
+def hold_interrupts() -> Iterator[HeldInterrupt]:
+    """Hold Ctrl-C (SIGINT) during a short block of state updates that must happen all or not at all.
+
+    The signal only sets ``received`` on the yielded :class:`HeldInterrupt`; the caller raises
+    ``KeyboardInterrupt`` once its state is consistent again. A no-op outside the main thread or where SIGINT
+    has no Python handler (ignored, or the default action).
+    """
+    import signal
+    import threading
+
+    held = HeldInterrupt()
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
+        yield held
+        return
+
+    def note(_signum: int, _frame: object) -> None:
+        held.received = True
+
+    signal.signal(signal.SIGINT, note)
+    try:
+        yield held
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -92,6 +92,37 @@ def test_resume_after_interrupt_matches_an_uninterrupted_run(tmp_path):
     assert any(e.get("event") == "resumed" for e in read_events(resumed))
 
 
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step()` has been overridden")
+def test_ctrl_c_during_the_update_stops_after_the_step_with_a_consistent_checkpoint(tmp_path):
+    """Ctrl-C landing between the weight update and the step count would save the updated weights under the
+    previous step (the resumed run applies that step twice); it is held until the step is counted and logged."""
+    import os
+    import signal
+
+    straight = make_trainer(tmp_path / "a", max_steps=3, checkpointing_steps=10)
+    straight.train()
+    interrupted = make_trainer(tmp_path / "b", max_steps=3, checkpointing_steps=10)
+    update = interrupted.optimizer.step
+
+    def update_then_ctrl_c(*args, **kwargs):
+        result = update(*args, **kwargs)
+        if interrupted.step == 1:  # the update of the second step
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+
+    interrupted.optimizer.step = update_then_ctrl_c
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.train()
+    assert [r["step"] for r in read_events(interrupted) if "loss" in r] == [1, 2]
+    resumed = make_trainer(tmp_path / "b", max_steps=3, checkpointing_steps=10)
+    assert resumed.step == 2
+    resumed.train()
+    assert [r["step"] for r in read_events(resumed) if "loss" in r] == [1, 2, 3]
+    expected = trainable_snapshot(straight)
+    for name, value in trainable_snapshot(resumed).items():
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-7)
+
+
 def test_a_resume_after_a_kill_logs_each_step_once(tmp_path):
     """A killed run logged steps its last checkpoint does not hold; the resumed run trains them again and
     metrics.jsonl ends with each step once (a torn last line is dropped too)."""

@@ -231,6 +231,7 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         self.resumed_from: Path | None = None
         self.last_metrics: dict[str, float] = {}
+        self.interrupt_pending = False
 
     # ------------------------------------------------------------------------------------------ setup
     def check_plan(self) -> None:
@@ -581,6 +582,29 @@ class Trainer:
         dist.all_reduce(values)
         return {n: float(v) / self.dist.world_size for n, v in zip(names, values.tolist())}
 
+    def _commit_step(
+        self, step: int, finite: bool, overflow: bool, loss_finite: bool, loss_scale: float | None
+    ) -> None:
+        """Apply (or skip) the update of step ``step`` and advance the scaler, the schedule and the step count."""
+        if finite:
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+            else:
+                self.optimizer.step()
+            self.nan_streak = 0
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped_steps += 1
+            if overflow:
+                self.overflow_steps += 1
+            if not overflow or loss_scale < 1.0:
+                self.nan_streak += 1
+        if self.scaler is not None and loss_finite:
+            self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step = step + 1
+
     def train_one_step(self) -> dict[str, float]:
         """One optimizer step at ``self.step`` (or a skipped one when the loss/gradients are not finite).
 
@@ -589,6 +613,7 @@ class Trainer:
         as a non-finite step towards ``max_nan_steps`` only once the scale is below 1, where scaling can no longer
         be the cause.
         """
+        from pisces_cli.runtime import hold_interrupts
         from pisces_cli.training.data import derived_seed
         from pisces_cli.training.memory import peak_memory_gb, reset_peak_memory
 
@@ -617,54 +642,41 @@ class Trainer:
             finite = self._all_finite(math.isfinite(grad_norm))
         overflow = self.scaler is not None and loss_finite and not finite
         lr = float(self.scheduler.get_last_lr()[0])
-        if finite:
+        metrics = self._average_metrics(metrics)  # a collective: outside the block that holds Ctrl-C
+        with hold_interrupts() as held:  # update, step count and log line: all or none
+            self._commit_step(step, finite, overflow, loss_finite, loss_scale)
+            metrics.update(
+                {
+                    "grad_norm": grad_norm,
+                    "lr": lr,
+                    "skipped": 0.0 if finite else 1.0,
+                    "skipped_steps": float(self.skipped_steps),
+                    "step_time_s": time.perf_counter() - start,
+                    "peak_memory_gb": peak_memory_gb(self.device),
+                }
+            )
             if self.scaler is not None:
-                self.scaler.step(self.optimizer)
-            else:
-                self.optimizer.step()
-            self.nan_streak = 0
-        else:
-            self.optimizer.zero_grad(set_to_none=True)
-            self.skipped_steps += 1
+                metrics["loss_scale"] = loss_scale
+                metrics["overflow_steps"] = float(self.overflow_steps)
             if overflow:
-                self.overflow_steps += 1
-            if not overflow or loss_scale < 1.0:
-                self.nan_streak += 1
-        if self.scaler is not None and loss_finite:
-            self.scaler.update()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step = step + 1
-        metrics = self._average_metrics(metrics)
-        metrics.update(
-            {
-                "grad_norm": grad_norm,
-                "lr": lr,
-                "skipped": 0.0 if finite else 1.0,
-                "skipped_steps": float(self.skipped_steps),
-                "step_time_s": time.perf_counter() - start,
-                "peak_memory_gb": peak_memory_gb(self.device),
-            }
-        )
-        if self.scaler is not None:
-            metrics["loss_scale"] = loss_scale
-            metrics["overflow_steps"] = float(self.overflow_steps)
-        if overflow:
-            self.logger.event(
-                self.step,
-                "overflow_step_skipped",
-                loss_scale=loss_scale,
-                next_loss_scale=float(self.scaler.get_scale()),
-                overflow_steps=self.overflow_steps,
-            )
-        elif not finite:
-            self.logger.event(
-                self.step,
-                "nan_step_skipped",
-                loss=metrics.get("loss"),
-                grad_norm=grad_norm,
-                in_a_row=self.nan_streak,
-            )
+                self.logger.event(
+                    self.step,
+                    "overflow_step_skipped",
+                    loss_scale=loss_scale,
+                    next_loss_scale=float(self.scaler.get_scale()),
+                    overflow_steps=self.overflow_steps,
+                )
+            elif not finite:
+                self.logger.event(
+                    self.step,
+                    "nan_step_skipped",
+                    loss=metrics.get("loss"),
+                    grad_norm=grad_norm,
+                    in_a_row=self.nan_streak,
+                )
+            if self.step % self.section.log_every == 0 or self.step == self.max_steps:
+                self.logger.log(self.step, metrics)
+        self.interrupt_pending = held.received  # Ctrl-C during the block: train() stops after it
         return metrics
 
     def train(self) -> FinetuneSummary:
@@ -681,10 +693,9 @@ class Trainer:
         self.logger.start_live()
         try:
             while self.step < self.max_steps:
-                metrics = self.train_one_step()
-                self.last_metrics = metrics
-                if self.step % self.section.log_every == 0 or self.step == self.max_steps:
-                    self.logger.log(self.step, metrics)
+                self.last_metrics = self.train_one_step()
+                if self.interrupt_pending:
+                    raise KeyboardInterrupt
                 if self.nan_streak >= self.section.max_nan_steps:
                     kept = self.last_checkpoint or "none (no checkpoint was written yet)"
                     self.logger.event(self.step, "stopped_on_nan", in_a_row=self.nan_streak)
