@@ -201,6 +201,17 @@ def test_a_decaying_schedule_spans_finetune_max_steps_and_keys_it(tmp_path):
     run("d", schedule="constant").train()
     assert run("d", horizon=6, schedule="constant").step == 4
 
+    from rich.console import Console
+
+    from pisces_cli.training.trainer import Trainer
+
+    console = Console(record=True, width=200)
+    past = Trainer(resolve(tmp_path / "d", "hunyuan", ["finetune.max_steps=4"]), console=console, max_steps=2)
+    past.setup()
+    assert past.train().step == 4
+    text = console.export_text()
+    assert "nothing to train" in text and "checkpoint-4 is already at step 4" in text
+
 
 def test_fresh_run_removes_the_earlier_checkpoints_and_log(tmp_path):
     from pisces_cli.stages.finetune import run_finetune

@@ -687,6 +687,11 @@ class Trainer:
                 f"{sum(p.numel() for p in self.ctx.trainable):,} trainable params · {len(self.data)} items · "
                 f"world {self.dist.world_size} · steps {self.step}→{self.max_steps}"
             )
+            if self.resumed_from is not None and self.step >= self.max_steps:
+                self.console.print(
+                    f"[yellow]nothing to train:[/] {self.resumed_from} is already at step {self.step} (max steps "
+                    f"{self.max_steps}); raise finetune.max_steps to train on, or pass --fresh to start over"
+                )
         before = self.algorithm.before_training()
         if before:
             self.logger.log(self.step, before)
