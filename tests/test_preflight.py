@@ -289,6 +289,46 @@ def test_wrong_shape_in_a_pt_is_listed(
     assert "itm_head.weight: file (3, 32) vs model (2, 32)" in failed["models.encoder.path"]
 
 
+@pytest.mark.parametrize("lines", [[], ["a", "red", "cat"]], ids=["empty", "no-special-tokens"])
+def test_a_vocab_without_berts_special_tokens_is_refused(models: Path, tmp_path: Path, lines) -> None:
+    """transformers loads an empty (or non-BERT) vocab.txt by appending the special tokens: every caption would
+    become [UNK]s; the preflight and the loader refuse it."""
+    from pisces_cli.encoders.internvideo2.tokenizer import load_bert_tokenizer
+
+    folder = tmp_path / "bert"
+    folder.mkdir()
+    (folder / "vocab.txt").write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    data = recipe_data(models, tmp_path / "run")
+    data["models"]["encoder"]["tokenizer"] = str(folder)
+    failed = rows(run_preflight(resolve_data(data, [], "t"), stages=("score",)), Status.FAIL)
+    assert "lacks BERT's [CLS], [SEP], [PAD], [UNK]" in failed["models.encoder.tokenizer"]
+    with pytest.raises(UsageError, match="not a bert-large-uncased vocab.txt"):
+        load_bert_tokenizer(folder)
+
+
+def test_a_released_checkpoint_needs_the_whole_bert_vocabulary(
+    models: Path, released: dict[str, Path], tmp_path: Path, tiny_is_released: None
+) -> None:
+    """The released weights index bert-large-uncased's ids one to one: a shorter vocabulary (another
+    tokenizer) gives valid but wrong ids, so it is refused; the full-size one passes."""
+    from pisces_cli.encoders.registry import load_encoder
+
+    vocab_size = InternVideo2Config.tiny().text.vocab_size
+    short = released_recipe(models, tmp_path / "run", released["good"])  # the tiny export's 9-token vocab
+    failed = rows(run_preflight(resolve_data(short, [], "t"), stages=("score",)), Status.FAIL)
+    assert f"the model's word embedding table has {vocab_size} rows" in failed["models.encoder.tokenizer"]
+    with pytest.raises(UsageError, match=f"embedding table has {vocab_size} rows"):
+        load_encoder("internvideo2", str(released["good"]), tokenizer_dir=str(models / "iv2"))
+    full = tmp_path / "bert"
+    full.mkdir()
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    tokens += [f"[unused{i}]" for i in range(vocab_size - len(tokens))]
+    (full / "vocab.txt").write_text("".join(f"{t}\n" for t in tokens), encoding="utf-8")
+    short["models"]["encoder"]["tokenizer"] = str(full)
+    passed = rows(run_preflight(resolve_data(short, [], "t"), stages=("score",)), Status.OK)
+    assert f"vocab.txt with {vocab_size} tokens" in passed["models.encoder.tokenizer"]
+
+
 def test_diffusers_folder_of_another_model(models: Path, tmp_path: Path, capsys) -> None:
     data = recipe_data(models, tmp_path / "run")
     data["models"]["generator"]["path"] = str(models / "wan")
