@@ -213,6 +213,25 @@ def test_a_decaying_schedule_spans_finetune_max_steps_and_keys_it(tmp_path):
     assert "nothing to train" in text and "checkpoint-4 is already at step 4" in text
 
 
+def test_a_reward_file_rewritten_at_its_path_is_not_resumed(tmp_path):
+    """The recipe names the OT map by path; a refit written over it changes every reward, so a checkpoint
+    trained on the old map is refused (naming the map's hash), not continued under the new one."""
+    from test_preflight import write_map
+
+    from pisces_cli.encoders.registry import load_encoder
+    from pisces_cli.errors import UsageError
+
+    encoder = load_encoder("clip", str(model_root() / "clip"))
+    ot_map = tmp_path / "ot_map.safetensors"
+    write_map(ot_map, encoder.embed_dim, encoder.fingerprint())
+    extra = [f"reward.ot_map={ot_map}"]
+    make_trainer(tmp_path, max_steps=1, extra=extra).train()
+    assert make_trainer(tmp_path, max_steps=2, extra=extra).step == 1  # the same file: resumed
+    write_map(ot_map, encoder.embed_dim, encoder.fingerprint(), seed=1)  # `fit-ot` again, same path
+    with pytest.raises(UsageError, match=r"contents\.ot_map_sha256"):
+        make_trainer(tmp_path, max_steps=2, extra=extra)
+
+
 def test_fresh_run_removes_the_earlier_checkpoints_and_log(tmp_path):
     from pisces_cli.stages.finetune import run_finetune
 

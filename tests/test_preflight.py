@@ -46,11 +46,11 @@ def encoder_fingerprint(path: Path) -> tuple[dict, int]:
     return encoder.fingerprint(), encoder.embed_dim
 
 
-def write_map(path: Path, dim: int, fingerprint: dict) -> None:
+def write_map(path: Path, dim: int, fingerprint: dict, seed: int = 0) -> None:
     from pisces_cli.ot.maps import fit_gaussian_map
     from pisces_cli.rewards import save_ot_map_artifact
 
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(seed)
     transport_map = fit_gaussian_map(
         torch.randn(64, dim, generator=generator), torch.randn(64, dim, generator=generator)
     )

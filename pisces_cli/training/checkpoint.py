@@ -15,8 +15,8 @@ Layout of ``{finetune.output}/checkpoint-{step}/``::
 A checkpoint is written into a hidden temporary folder and renamed into place, so a folder named
 ``checkpoint-{step}`` is always complete.
 
-``state.json`` also records the *training key* (:func:`training_key`): the settings that change what training
-computes. A resume under another key is refused (:func:`check_training_key`), so a checkpoint's weights never
+``state.json`` also records the *training key* (:func:`training_key`, plus the reward's file contents): the
+settings that change what training computes. A resume under another key is refused (:func:`check_training_key`), so a checkpoint's weights never
 continue under settings that did not make them.
 """
 
@@ -103,6 +103,8 @@ def check_training_key(folder: Path, meta: dict[str, Any], key: dict[str, Any]) 
     stored = meta.get("training_key")
     if not isinstance(stored, dict):
         return
+    if "contents" not in stored:  # written before the reward's file contents were keyed: compare the rest
+        key = {k: v for k, v in key.items() if k != "contents"}
     stored_finetune = stored.get("finetune")
     if (  # a key written before the horizon was keyed: the run's max_steps was its horizon
         isinstance(stored_finetune, dict)

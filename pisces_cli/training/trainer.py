@@ -192,6 +192,17 @@ def quiet_diffusers() -> None:
     diffusers_logging.set_verbosity_error()
 
 
+def reward_contents(encoder: Any, ot_map: str | None) -> dict[str, str | None]:
+    """What the reward's files hold, for the training key: the encoder's weights hash (from its fingerprint,
+    computed when it loaded) and the OT map's SHA-256 (a small file)."""
+    from pisces_cli.encoders.fingerprint import hash_weight_files
+
+    return {
+        "encoder_weights_sha256": encoder.fingerprint().get("weights_sha256"),
+        "ot_map_sha256": hash_weight_files([ot_map]) if ot_map else None,
+    }
+
+
 def build_algorithm(name: str, ctx: TrainContext) -> TrainingAlgorithm:
     if name == "backprop":
         from pisces_cli.training.backprop import BackpropAlgorithm
@@ -359,6 +370,7 @@ class Trainer:
         )
         encoder = load_encoder_from_recipe(self.recipe, self.device, dtype=self.precision.reward_dtype)
         self.reward, self.reward_info = build_reward(self.recipe, encoder)
+        self.content_key = reward_contents(encoder, self.recipe.reward.ot_map)
         self.ctx = TrainContext(
             recipe=self.recipe,
             section=self.section,
@@ -393,6 +405,16 @@ class Trainer:
         )
         self.maybe_resume()
 
+    def training_key(self) -> dict[str, Any]:
+        """The settings this run's checkpoints are keyed on: :func:`~pisces_cli.training.checkpoint.training_key`
+        of the recipe plus the reward's file contents (a map refit, or an encoder replaced, at the same path)."""
+        from pisces_cli.training.checkpoint import training_key
+
+        return {
+            **training_key(self.resolved.portable_data(), self.dist.world_size),
+            "contents": self.content_key,
+        }
+
     # ---------------------------------------------------------------------------------------- resume
     def maybe_resume(self) -> None:
         from pisces_cli.training.checkpoint import find_resume_checkpoint
@@ -411,13 +433,10 @@ class Trainer:
             load_training_state,
             optimizer_from_flat,
             restore_rng,
-            training_key,
         )
 
         meta, tensors, trainable = load_training_state(folder)
-        check_training_key(
-            Path(folder), meta, training_key(self.resolved.portable_data(), self.dist.world_size)
-        )
+        check_training_key(Path(folder), meta, self.training_key())
         if self.section.full_finetune:
             self._load_full_weights(folder)
         else:
@@ -473,7 +492,6 @@ class Trainer:
             publish,
             save_training_state,
             staging_dir,
-            training_key,
         )
 
         final = None
@@ -510,7 +528,7 @@ class Trainer:
                     "overflow_steps": self.overflow_steps,
                     "grad_scaler": None if self.scaler is None else self.scaler.state_dict(),
                     "recipe_hash": self.resolved.hash,
-                    "training_key": training_key(self.resolved.portable_data(), self.dist.world_size),
+                    "training_key": self.training_key(),
                     "world_size": self.dist.world_size,
                     "max_steps": self.section.max_steps,
                 },
