@@ -232,6 +232,27 @@ def test_a_reward_file_rewritten_at_its_path_is_not_resumed(tmp_path):
         make_trainer(tmp_path, max_steps=2, extra=extra)
 
 
+def test_a_resume_under_other_settings_is_refused_before_any_model_loads(tmp_path, monkeypatch):
+    """The recipe part of the training key is compared before the generator, encoder and captions load
+    (minutes on the real models); an unreadable state.json is a usage error too."""
+    from pisces_cli.backbones import registry
+    from pisces_cli.errors import UsageError
+    from pisces_cli.stages.finetune import run_finetune
+
+    make_trainer(tmp_path, max_steps=1).train()
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(registry, "load_backbone", no_loading)
+    with pytest.raises(UsageError, match=r"finetune\.learning_rate"):
+        run_finetune(resolve(tmp_path, "hunyuan", ["finetune.learning_rate=0.5"]), max_steps=2)
+    state = tmp_path / "run" / "finetune" / "checkpoint-1" / "training_state" / "state.json"
+    state.write_text("{", encoding="utf-8")
+    with pytest.raises(UsageError, match="cannot read the training state"):
+        run_finetune(resolve(tmp_path, "hunyuan"), max_steps=2)
+
+
 def test_fresh_run_removes_the_earlier_checkpoints_and_log(tmp_path):
     from pisces_cli.stages.finetune import run_finetune
 

@@ -103,7 +103,9 @@ def check_training_key(folder: Path, meta: dict[str, Any], key: dict[str, Any]) 
     stored = meta.get("training_key")
     if not isinstance(stored, dict):
         return
-    if "contents" not in stored:  # written before the reward's file contents were keyed: compare the rest
+    if "contents" not in stored or "contents" not in key:  # not recorded yet (an older checkpoint) or not
+        # known yet (the check before any model loads): compare the rest
+        stored = {k: v for k, v in stored.items() if k != "contents"}
         key = {k: v for k, v in key.items() if k != "contents"}
     stored_finetune = stored.get("finetune")
     if (  # a key written before the horizon was keyed: the run's max_steps was its horizon
@@ -120,6 +122,20 @@ def check_training_key(folder: Path, meta: dict[str, Any], key: dict[str, Any]) 
         "to start this output folder over (its checkpoints, logs and validation videos are removed), or set another "
         "finetune.output.",
     )
+
+
+def read_training_meta(folder: Path) -> dict[str, Any]:
+    """``training_state/state.json`` of a checkpoint folder (UsageError when it cannot be read)."""
+    path = Path(folder) / STATE_DIR / "state.json"
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise UsageError(
+            f"{path}: cannot read the training state ({error}); resume another checkpoint or --fresh"
+        ) from error
+    if not isinstance(meta, dict):
+        raise UsageError(f"{path}: not a training state (expected a JSON object)")
+    return meta
 
 
 def clear_training_output(output: str | Path) -> list[Path]:
@@ -274,7 +290,7 @@ def load_training_state(
     from safetensors.torch import load_file
 
     state_dir = Path(folder) / STATE_DIR
-    meta = json.loads((state_dir / "state.json").read_text(encoding="utf-8"))
+    meta = read_training_meta(folder)
     if int(meta.get("format_version", 0)) > FORMAT_VERSION:
         raise UsageError(
             f"{folder}: checkpoint format {meta['format_version']} is newer than this pisces supports"

@@ -276,6 +276,23 @@ class Trainer:
                 f"{self.section.lr_scheduler} learning-rate schedule has decayed to 0; raise finetune.max_steps "
                 "instead (the schedule's length: a new run, so also --fresh or another finetune.output)"
             )
+        self._check_resume_key()
+
+    def _check_resume_key(self) -> None:
+        """Refuse a resume under other recipe settings before any model loads (the reward's file contents are
+        compared once the reward is built)."""
+        from pisces_cli.runtime import dist_context
+        from pisces_cli.training.checkpoint import (
+            check_training_key,
+            find_resume_checkpoint,
+            read_training_meta,
+            training_key,
+        )
+
+        folder = find_resume_checkpoint(self.output, self.section.resume if self.allow_resume else None)
+        if folder is not None:
+            key = training_key(self.resolved.portable_data(), dist_context().world_size)
+            check_training_key(Path(folder), read_training_meta(folder), key)
 
     def setup(self) -> None:
         from pisces_cli.backbones.lora import apply_lora, enable_full_finetune
