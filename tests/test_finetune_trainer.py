@@ -253,6 +253,19 @@ def test_a_resume_under_other_settings_is_refused_before_any_model_loads(tmp_pat
         run_finetune(resolve(tmp_path, "hunyuan"), max_steps=2)
 
 
+def test_a_damaged_training_state_file_is_a_usage_error_naming_it(tmp_path):
+    from pisces_cli.errors import UsageError
+
+    make_trainer(tmp_path, max_steps=1).train()
+    optimizer = tmp_path / "run" / "finetune" / "checkpoint-1" / "training_state" / "optimizer.safetensors"
+    optimizer.write_bytes(optimizer.read_bytes()[:-40])
+    with pytest.raises(UsageError, match=r"optimizer\.safetensors: not a complete safetensors file"):
+        make_trainer(tmp_path, max_steps=2)
+    optimizer.unlink()
+    with pytest.raises(UsageError, match=r"optimizer\.safetensors: cannot read"):
+        make_trainer(tmp_path, max_steps=2)
+
+
 def test_fresh_run_removes_the_earlier_checkpoints_and_log(tmp_path):
     from pisces_cli.stages.finetune import run_finetune
 

@@ -289,14 +289,21 @@ def load_training_state(
     """``(state.json, optimizer+RNG tensors, trainable tensors or None)`` of a checkpoint folder."""
     from safetensors.torch import load_file
 
+    from pisces_cli.artifacts import check_safetensors_file
+
     state_dir = Path(folder) / STATE_DIR
     meta = read_training_meta(folder)
     if int(meta.get("format_version", 0)) > FORMAT_VERSION:
         raise UsageError(
             f"{folder}: checkpoint format {meta['format_version']} is newer than this pisces supports"
         )
-    tensors = load_file(str(state_dir / "optimizer.safetensors"))
     trainable_path = state_dir / "trainable.safetensors"
+    files = [state_dir / "optimizer.safetensors"] + ([trainable_path] if trainable_path.is_file() else [])
+    for path in files:  # a missing, truncated or damaged file: a usage error naming it, not a library crash
+        check_safetensors_file(
+            path, what=f"the training state of {folder} (resume another checkpoint or --fresh)"
+        )
+    tensors = load_file(str(files[0]))
     trainable = load_file(str(trainable_path)) if trainable_path.is_file() else None
     return meta, tensors, trainable
 
