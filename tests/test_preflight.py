@@ -329,6 +329,36 @@ def test_a_released_checkpoint_needs_the_whole_bert_vocabulary(
     assert f"vocab.txt with {vocab_size} tokens" in passed["models.encoder.tokenizer"]
 
 
+class _RunsCode:
+    """Pickles to a call of ``os.system``: loading it without weights_only would run the command."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pt_whose_pickle_needs_code_is_refused_without_running_it(models: Path, tmp_path: Path) -> None:
+    """The reward encoder's .pt and the reference OT map's .pt: refused with what to do instead (torch's own
+    message suggests weights_only=False, which pisces never uses), and the code never runs."""
+    from pisces_cli.ot.maps.reference import import_reference_map
+
+    marker = tmp_path / "code-ran"
+    checkpoint = tmp_path / "evil.pt"
+    torch.save({"module": _RunsCode(marker)}, checkpoint)
+    data = released_recipe(models, tmp_path / "run", checkpoint)
+    failed = rows(run_preflight(resolve_data(data, [], "t"), stages=("score",)), Status.FAIL)
+    detail = failed["models.encoder.path"]
+    assert "never runs code from a file" in detail and "posix.system" in detail
+    assert "weights_only` set to `False`" not in detail
+    with pytest.raises(UsageError, match="never runs code from a file"):
+        import_reference_map(checkpoint)
+    assert not marker.exists()
+
+
 def test_diffusers_folder_of_another_model(models: Path, tmp_path: Path, capsys) -> None:
     data = recipe_data(models, tmp_path / "run")
     data["models"]["generator"]["path"] = str(models / "wan")
