@@ -123,6 +123,31 @@ def test_ctrl_c_during_the_update_stops_after_the_step_with_a_consistent_checkpo
         torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-7)
 
 
+def test_sigterm_saves_a_checkpoint_like_ctrl_c(tmp_path):
+    """A cluster's preemption (SIGTERM) keeps the finished steps: the run saves a checkpoint and stops as on
+    Ctrl-C; SIGTERM gets its default action back afterwards."""
+    import os
+    import signal
+
+    trainer = make_trainer(tmp_path, max_steps=4, checkpointing_steps=10)
+    original = trainer.train_one_step
+
+    def preempted_in_step_three():
+        if trainer.step == 2:
+            # without a handler SIGTERM would end the test process itself
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original()
+
+    trainer.train_one_step = preempted_in_step_three
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert (trainer.output / "checkpoint-2" / "training_state" / "state.json").is_file()
+    assert [e["step"] for e in read_events(trainer) if e.get("event") == "interrupted"] == [2]
+    assert make_trainer(tmp_path, max_steps=4, checkpointing_steps=10).step == 2
+
+
 def test_a_resume_after_a_kill_logs_each_step_once(tmp_path):
     """A killed run logged steps its last checkpoint does not hold; the resumed run trains them again and
     metrics.jsonl ends with each step once (a torn last line is dropped too)."""

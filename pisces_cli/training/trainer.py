@@ -715,7 +715,10 @@ class Trainer:
         return metrics
 
     def train(self) -> FinetuneSummary:
-        """Run from ``self.step`` to ``max_steps``; Ctrl-C saves a checkpoint of the last finished step, then re-raises."""
+        """Run from ``self.step`` to ``max_steps``; Ctrl-C or SIGTERM saves a checkpoint of the last finished step,
+        then raises KeyboardInterrupt."""
+        from pisces_cli.runtime import sigterm_as_interrupt
+
         if self.dist.is_main and self.console is not None:
             self.console.print(
                 f"[bold]finetune[/] {self.section.algorithm} · {self.adapter.family} · "
@@ -731,30 +734,32 @@ class Trainer:
         if before:
             self.logger.log(self.step, before)
         self.logger.start_live()
-        try:
-            while self.step < self.max_steps:
-                self.last_metrics = self.train_one_step()
-                if self.interrupt_pending:
-                    raise KeyboardInterrupt
-                if self.nan_streak >= self.section.max_nan_steps:
-                    kept = self.last_checkpoint or "none (no checkpoint was written yet)"
-                    self.logger.event(self.step, "stopped_on_nan", in_a_row=self.nan_streak)
-                    raise PiscesRuntimeError(
-                        f"{self.nan_streak} non-finite steps in a row (finetune.max_nan_steps="
-                        f"{self.section.max_nan_steps}); stopped. Last good checkpoint: {kept}"
-                    )
-                periodic = self.step % self.section.checkpointing_steps == 0 and self.nan_streak == 0
-                if periodic or self.step == self.max_steps:
-                    self.save_checkpoint(self.step)
-                if self.validator.due(self.step):  # after the checkpoint: a failed validation loses no step
-                    self.validate()
-        except KeyboardInterrupt:
-            self.logger.event(self.step, "interrupted")
-            if self.last_checkpoint is None or not self.last_checkpoint.name.endswith(f"-{self.step}"):
-                self.save_checkpoint(self.step, sync=False)
-            raise
-        finally:
-            self.logger.close()
+        with sigterm_as_interrupt():  # a preemption saves a checkpoint like Ctrl-C
+            try:
+                while self.step < self.max_steps:
+                    self.last_metrics = self.train_one_step()
+                    if self.interrupt_pending:
+                        raise KeyboardInterrupt
+                    if self.nan_streak >= self.section.max_nan_steps:
+                        kept = self.last_checkpoint or "none (no checkpoint was written yet)"
+                        self.logger.event(self.step, "stopped_on_nan", in_a_row=self.nan_streak)
+                        raise PiscesRuntimeError(
+                            f"{self.nan_streak} non-finite steps in a row (finetune.max_nan_steps="
+                            f"{self.section.max_nan_steps}); stopped. Last good checkpoint: {kept}"
+                        )
+                    periodic = self.step % self.section.checkpointing_steps == 0 and self.nan_streak == 0
+                    if periodic or self.step == self.max_steps:
+                        self.save_checkpoint(self.step)
+                    # after the checkpoint: a failed validation loses no step
+                    if self.validator.due(self.step):
+                        self.validate()
+            except KeyboardInterrupt:
+                self.logger.event(self.step, "interrupted")
+                if self.last_checkpoint is None or not self.last_checkpoint.name.endswith(f"-{self.step}"):
+                    self.save_checkpoint(self.step, sync=False)
+                raise
+            finally:
+                self.logger.close()
         return FinetuneSummary(
             output=self.output,
             step=self.step,
