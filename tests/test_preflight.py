@@ -359,6 +359,28 @@ def test_a_pt_whose_pickle_needs_code_is_refused_without_running_it(models: Path
     assert not marker.exists()
 
 
+def test_finetune_preflight_shows_the_resume_and_refuses_other_settings(models: Path, tmp_path: Path) -> None:
+    """`validate --weights --stage finetune` tells whether the checkpoint that finetune would resume was made
+    under these settings, before any GPU is asked for."""
+    from pisces_cli.training.checkpoint import training_key
+
+    resolved = resolve_data(recipe_data(models, tmp_path / "run"), [], "t")
+    assert named(run_preflight(resolved, stages=("finetune",)), "resume").status is Status.SKIP
+    state = Path(resolved.recipe.finetune.output) / "checkpoint-3" / "training_state" / "state.json"
+    state.parent.mkdir(parents=True)
+    key = training_key(resolved.portable_data(), 1)
+    state.write_text(json.dumps({"step": 3, "training_key": key}), encoding="utf-8")
+    resume = named(run_preflight(resolved, stages=("finetune",)), "resume")
+    assert resume.status is Status.OK and "step 3" in resume.detail
+    key["finetune"]["learning_rate"] = 0.5
+    state.write_text(json.dumps({"step": 3, "training_key": key}), encoding="utf-8")
+    failed = rows(run_preflight(resolved, stages=("finetune",)), Status.FAIL)
+    assert (
+        "finetune.learning_rate: 0.5 →" in failed["finetune.resume"]
+        and "--fresh" in failed["finetune.resume"]
+    )
+
+
 def test_diffusers_folder_of_another_model(models: Path, tmp_path: Path, capsys) -> None:
     data = recipe_data(models, tmp_path / "run")
     data["models"]["generator"]["path"] = str(models / "wan")
