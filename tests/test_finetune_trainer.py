@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -169,6 +170,27 @@ def test_a_resume_after_a_kill_logs_each_step_once(tmp_path):
     losses = {r["step"]: r["loss"] for r in before if "loss" in r}
     assert {r["step"]: r["loss"] for r in records if "loss" in r} == pytest.approx(losses)
     assert next(r for r in records if r.get("event") == "resumed")["replaced_log_lines"] == 3
+
+
+def test_a_run_from_step_0_never_mixes_with_an_earlier_runs_checkpoints_or_log(tmp_path):
+    """resume: never into a folder holding checkpoints would write among them, and checkpoints_total_limit would
+    prune the new run's (lower steps) first: refused. A run that starts at step 0 beside the log of a run that
+    died before its first checkpoint replaces that log instead of appending a second step 1."""
+    from pisces_cli.errors import UsageError
+
+    make_trainer(tmp_path, max_steps=3, checkpointing_steps=1, checkpoints_total_limit=2).train()
+    with pytest.raises(
+        UsageError, match=r"holds checkpoints of an earlier run \(checkpoint-2, checkpoint-3\)"
+    ):
+        make_trainer(tmp_path, extra=["finetune.resume=never"], max_steps=1)
+    output = tmp_path / "run" / "finetune"
+    for folder in output.glob("checkpoint-*"):
+        shutil.rmtree(folder)  # as if the earlier run died before its first checkpoint
+    fresh = make_trainer(tmp_path, max_steps=2, checkpointing_steps=1)
+    fresh.train()
+    records = read_events(fresh)
+    assert [r["step"] for r in records if "loss" in r] == [1, 2]
+    assert records[0]["event"] == "started_over" and records[0]["replaced_log_lines"] > 0
 
 
 def test_resume_under_other_training_settings_is_refused_naming_them(tmp_path):

@@ -280,7 +280,8 @@ class Trainer:
 
     def _check_resume_key(self) -> None:
         """Refuse a resume under other recipe settings before any model loads (the reward's file contents are
-        compared once the reward is built)."""
+        compared once the reward is built), and ``resume: never`` into a folder holding another run's
+        checkpoints."""
         from pisces_cli.runtime import dist_context
         from pisces_cli.training.checkpoint import (
             check_training_key,
@@ -288,7 +289,16 @@ class Trainer:
             read_training_meta,
             training_key,
         )
+        from pisces_cli.training.checkpoint_layout import checkpoint_dirs
 
+        if self.allow_resume and self.section.resume in (None, "", "never", "none"):
+            earlier = [folder.name for _step, folder in checkpoint_dirs(self.output)]
+            if earlier:
+                raise UsageError(
+                    f"finetune.resume={self.section.resume}, but {self.output} holds checkpoints of an earlier run "
+                    f"({', '.join(earlier)}): a new run would write and prune (checkpoints_total_limit) among them; "
+                    "pass --fresh to remove them, or set another finetune.output"
+                )
         folder = find_resume_checkpoint(self.output, self.section.resume if self.allow_resume else None)
         if folder is not None:
             key = training_key(self.resolved.portable_data(), dist_context().world_size)
@@ -437,12 +447,16 @@ class Trainer:
         from pisces_cli.training.checkpoint import find_resume_checkpoint
 
         folder = find_resume_checkpoint(self.output, self.section.resume if self.allow_resume else None)
-        if folder is not None:
-            self.load_checkpoint(folder)
-            self.resumed_from = folder
-            dropped = self.logger.rewind(self.step)  # lines of steps the resumed run trains again
-            fields = {"replaced_log_lines": dropped} if dropped else {}
-            self.logger.event(self.step, "resumed", checkpoint=str(folder), **fields)
+        if folder is None:  # step 0: every line an earlier run left belongs to steps no checkpoint holds
+            dropped = self.logger.rewind(-1)
+            if dropped:
+                self.logger.event(0, "started_over", replaced_log_lines=dropped)
+            return
+        self.load_checkpoint(folder)
+        self.resumed_from = folder
+        dropped = self.logger.rewind(self.step)  # lines of steps the resumed run trains again
+        fields = {"replaced_log_lines": dropped} if dropped else {}
+        self.logger.event(self.step, "resumed", checkpoint=str(folder), **fields)
 
     def load_checkpoint(self, folder: Path) -> None:
         from pisces_cli.training.checkpoint import (
