@@ -447,6 +447,38 @@ def test_video_folder_is_encoded_into_a_latent_cache(tmp_path):
     assert math.isfinite(metrics["loss"])
 
 
+def test_the_latent_cache_follows_clips_added_or_removed_in_the_folder(tmp_path):
+    """The cache's shards are reused only for the same (clip, caption) items: a clip added to (or removed from)
+    the training folder is encoded (dropped), never silently left out or trained twice."""
+    from pisces_cli.io.writer import write_mp4
+    from pisces_cli.training.data import load_latent_cache
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    generator = torch.Generator().manual_seed(0)
+
+    def add_clip(name, caption):
+        write_mp4(videos / name, torch.rand(6, 3, 20, 24, generator=generator), 8)
+        with (videos / "prompts.jsonl").open("a") as handle:
+            handle.write(json.dumps({"file": name, "prompt": caption}) + "\n")
+
+    add_clip("clip0.mp4", PROMPTS[0])
+    add_clip("clip1.mp4", PROMPTS[1])
+    extra = ["finetune.data.prompts=null", f"finetune.data.videos={videos}"]
+    trainer = make_trainer(tmp_path, max_steps=1, extra=extra)
+    cache = trainer.output / "latents"
+    assert load_latent_cache(cache)[2] == ["clip0.mp4", "clip1.mp4"]
+    add_clip("clip0a.mp4", PROMPTS[2])  # sorts between the two
+    make_trainer(tmp_path, max_steps=1, extra=extra)
+    latents, captions, keys = load_latent_cache(cache)
+    assert keys == ["clip0.mp4", "clip0a.mp4", "clip1.mp4"] and captions == [
+        PROMPTS[0],
+        PROMPTS[2],
+        PROMPTS[1],
+    ]
+    assert latents.shape[0] == 3
+
+
 def test_dry_run_prints_the_plan_and_a_memory_estimate(tmp_path):
     from rich.console import Console
 
