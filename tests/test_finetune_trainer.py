@@ -260,9 +260,10 @@ def test_a_decaying_schedule_spans_finetune_max_steps_and_keys_it(tmp_path):
     assert "nothing to train" in text and "checkpoint-4 is already at step 4" in text
 
 
-def test_a_reward_file_rewritten_at_its_path_is_not_resumed(tmp_path):
-    """The recipe names the OT map by path; a refit written over it changes every reward, so a checkpoint
-    trained on the old map is refused (naming the map's hash), not continued under the new one."""
+def test_reward_and_data_files_rewritten_at_their_paths_are_not_resumed(tmp_path):
+    """The recipe names the OT map and the training data by path; a refit written over the map changes every
+    reward, an edited prompt file every batch: a checkpoint trained on the old files is refused (naming the
+    changed hash), not continued under the new ones."""
     from test_preflight import write_map
 
     from pisces_cli.encoders.registry import load_encoder
@@ -271,9 +272,15 @@ def test_a_reward_file_rewritten_at_its_path_is_not_resumed(tmp_path):
     encoder = load_encoder("clip", str(model_root() / "clip"))
     ot_map = tmp_path / "ot_map.safetensors"
     write_map(ot_map, encoder.embed_dim, encoder.fingerprint())
-    extra = [f"reward.ot_map={ot_map}"]
+    prompts = tmp_path / "own_prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n", encoding="utf-8")
+    extra = [f"reward.ot_map={ot_map}", f"finetune.data.prompts={prompts}"]
     make_trainer(tmp_path, max_steps=1, extra=extra).train()
-    assert make_trainer(tmp_path, max_steps=2, extra=extra).step == 1  # the same file: resumed
+    assert make_trainer(tmp_path, max_steps=2, extra=extra).step == 1  # the same files: resumed
+    prompts.write_text(prompts.read_text() + "a new prompt\n")  # edited in place
+    with pytest.raises(UsageError, match=r"contents\.data_sha256"):
+        make_trainer(tmp_path, max_steps=2, extra=extra)
+    prompts.write_text("\n".join(PROMPTS) + "\n", encoding="utf-8")
     write_map(ot_map, encoder.embed_dim, encoder.fingerprint(), seed=1)  # `fit-ot` again, same path
     with pytest.raises(UsageError, match=r"contents\.ot_map_sha256"):
         make_trainer(tmp_path, max_steps=2, extra=extra)

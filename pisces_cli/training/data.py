@@ -54,6 +54,13 @@ class TrainingData:
     seed: int = 0
     _permutations: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
+    def digest(self) -> str:
+        """SHA-256 of the items (prompts and keys, in order): what a step's batch is drawn from."""
+        import hashlib
+        import json
+
+        return hashlib.sha256(json.dumps([self.prompts, self.keys]).encode()).hexdigest()
+
     def __post_init__(self) -> None:
         if not self.prompts:
             raise UsageError("finetune.data: no training items (the prompt file or video folder is empty)")

@@ -416,6 +416,7 @@ class Trainer:
         self.data = build_training_data(
             self.resolved, adapter, rank=self.dist.rank, world_size=self.dist.world_size, console=self.console
         )
+        self.content_key["data_sha256"] = self.data.digest()  # an edited prompt file or video folder
         self.validator = Validator(self.ctx, self.recipe.generate, self.data.prompts, self.output)
         if self.section.offload_text_encoders:
             sanity = list(getattr(self.section.grpo, "sanity_prompts", None) or [])
