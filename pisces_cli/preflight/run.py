@@ -134,8 +134,8 @@ def _check_resume(resolved: ResolvedRecipe, report: PreflightReport) -> None:
         "resume",
         key,
         Status.OK,
-        f"{folder}: step {meta.get('step')} under the same settings (the OT map and encoder weights are compared "
-        "once they load)",
+        f"{folder}: step {meta.get('step')} under the same settings (what the OT map, encoder weights and "
+        "training data hold is compared when finetune loads them)",
     )
 
 

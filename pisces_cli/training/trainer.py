@@ -280,7 +280,7 @@ class Trainer:
 
     def _check_resume_key(self) -> None:
         """Refuse a resume under other recipe settings before any model loads (the reward's file contents are
-        compared once the reward is built), and ``resume: never`` into a folder holding another run's
+        compared once they are loaded), and ``resume: never`` into a folder holding another run's
         checkpoints."""
         from pisces_cli.runtime import dist_context
         from pisces_cli.training.checkpoint import (
