@@ -209,3 +209,69 @@ def cpu_threads_beside_workers(device: object, num_workers: int) -> Iterator[Non
         yield
     finally:
         torch.set_num_threads(before)
+
+
+class HeldInterrupt:
+    """What :func:`hold_interrupts` saw: ``received`` is True when an interrupt came during the block."""
+
+    received: bool = False
+
+
+def _interrupt_signals() -> list[int]:
+    import signal
+
+    return [signal.SIGINT, signal.SIGTERM]
+
+
+@contextlib.contextmanager
+def hold_interrupts() -> Iterator[HeldInterrupt]:
+    """Hold interrupts (SIGINT, and SIGTERM where a Python handler takes it) during a short block of state
+    updates that must happen all or not at all.
+
+    The signal only sets ``received`` on the yielded :class:`HeldInterrupt`; the caller raises
+    ``KeyboardInterrupt`` once its state is consistent again. Signals without a Python handler (ignored, or the
+    default action) are left alone, and so is everything outside the main thread.
+    """
+    import signal
+    import threading
+
+    held = HeldInterrupt()
+    if threading.current_thread() is not threading.main_thread():
+        yield held
+        return
+    previous = {number: signal.getsignal(number) for number in _interrupt_signals()}
+    held_signals = [number for number, handler in previous.items() if callable(handler)]
+
+    def note(_signum: int, _frame: object) -> None:
+        held.received = True
+
+    for number in held_signals:
+        signal.signal(number, note)
+    try:
+        yield held
+    finally:
+        for number in held_signals:
+            signal.signal(number, previous[number])
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block SIGTERM (a cluster scheduler's preemption, ``torchrun`` stopping its workers) raises
+    ``KeyboardInterrupt`` like Ctrl-C, so the code under it saves its work the same way. Main thread only; a
+    SIGTERM handler someone else installed is kept."""
+    import signal
+    import threading
+
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or previous is not signal.SIG_DFL:
+        yield
+        return
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -58,6 +59,7 @@ def test_batches_are_a_pure_function_of_seed_step_rank():
 # ------------------------------------------------------------------------------------------- resume
 def test_resume_after_interrupt_matches_an_uninterrupted_run(tmp_path):
     settings = {"lr_scheduler": "linear", "checkpointing_steps": 10, "gradient_accumulation_steps": 2}
+    settings["extra"] = ["finetune.max_steps=3"]  # the linear schedule's length
     straight = make_trainer(tmp_path / "a", max_steps=3, **settings)
     straight_log: list = []
     record_batches(straight, straight_log)
@@ -91,6 +93,106 @@ def test_resume_after_interrupt_matches_an_uninterrupted_run(tmp_path):
     assert any(e.get("event") == "resumed" for e in read_events(resumed))
 
 
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step()` has been overridden")
+def test_ctrl_c_during_the_update_stops_after_the_step_with_a_consistent_checkpoint(tmp_path):
+    """Ctrl-C landing between the weight update and the step count would save the updated weights under the
+    previous step (the resumed run applies that step twice); it is held until the step is counted and logged."""
+    import os
+    import signal
+
+    straight = make_trainer(tmp_path / "a", max_steps=3, checkpointing_steps=10)
+    straight.train()
+    interrupted = make_trainer(tmp_path / "b", max_steps=3, checkpointing_steps=10)
+    update = interrupted.optimizer.step
+
+    def update_then_ctrl_c(*args, **kwargs):
+        result = update(*args, **kwargs)
+        if interrupted.step == 1:  # the update of the second step
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+
+    interrupted.optimizer.step = update_then_ctrl_c
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.train()
+    assert [r["step"] for r in read_events(interrupted) if "loss" in r] == [1, 2]
+    resumed = make_trainer(tmp_path / "b", max_steps=3, checkpointing_steps=10)
+    assert resumed.step == 2
+    resumed.train()
+    assert [r["step"] for r in read_events(resumed) if "loss" in r] == [1, 2, 3]
+    expected = trainable_snapshot(straight)
+    for name, value in trainable_snapshot(resumed).items():
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-7)
+
+
+def test_sigterm_saves_a_checkpoint_like_ctrl_c(tmp_path):
+    """A cluster's preemption (SIGTERM) keeps the finished steps: the run saves a checkpoint and stops as on
+    Ctrl-C; SIGTERM gets its default action back afterwards."""
+    import os
+    import signal
+
+    trainer = make_trainer(tmp_path, max_steps=4, checkpointing_steps=10)
+    original = trainer.train_one_step
+
+    def preempted_in_step_three():
+        if trainer.step == 2:
+            # without a handler SIGTERM would end the test process itself
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original()
+
+    trainer.train_one_step = preempted_in_step_three
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert (trainer.output / "checkpoint-2" / "training_state" / "state.json").is_file()
+    assert [e["step"] for e in read_events(trainer) if e.get("event") == "interrupted"] == [2]
+    assert make_trainer(tmp_path, max_steps=4, checkpointing_steps=10).step == 2
+
+
+def test_a_resume_after_a_kill_logs_each_step_once(tmp_path):
+    """A killed run logged steps its last checkpoint does not hold; the resumed run trains them again and
+    metrics.jsonl ends with each step once (a torn last line is dropped too)."""
+    import shutil
+
+    make_trainer(tmp_path, max_steps=3, checkpointing_steps=2).train()
+    output = tmp_path / "run" / "finetune"
+    shutil.rmtree(output / "checkpoint-3")  # killed before the step-3 checkpoint was written
+    log = output / "logs" / "metrics.jsonl"
+    before = [json.loads(line) for line in log.read_text().splitlines()]
+    with log.open("a") as handle:
+        handle.write('{"step": 4, "loss": 0.')  # the kill tore a line
+    resumed = make_trainer(tmp_path, max_steps=3, checkpointing_steps=2)
+    assert resumed.step == 2
+    resumed.train()
+    records = read_events(resumed)
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]
+    assert [r["step"] for r in records if r.get("event") == "checkpoint"] == [2, 3]
+    losses = {r["step"]: r["loss"] for r in before if "loss" in r}
+    assert {r["step"]: r["loss"] for r in records if "loss" in r} == pytest.approx(losses)
+    assert next(r for r in records if r.get("event") == "resumed")["replaced_log_lines"] == 3
+
+
+def test_a_run_from_step_0_never_mixes_with_an_earlier_runs_checkpoints_or_log(tmp_path):
+    """resume: never into a folder holding checkpoints would write among them, and checkpoints_total_limit would
+    prune the new run's (lower steps) first: refused. A run that starts at step 0 beside the log of a run that
+    died before its first checkpoint replaces that log instead of appending a second step 1."""
+    from pisces_cli.errors import UsageError
+
+    make_trainer(tmp_path, max_steps=3, checkpointing_steps=1, checkpoints_total_limit=2).train()
+    with pytest.raises(
+        UsageError, match=r"holds checkpoints of an earlier run \(checkpoint-2, checkpoint-3\)"
+    ):
+        make_trainer(tmp_path, extra=["finetune.resume=never"], max_steps=1)
+    output = tmp_path / "run" / "finetune"
+    for folder in output.glob("checkpoint-*"):
+        shutil.rmtree(folder)  # as if the earlier run died before its first checkpoint
+    fresh = make_trainer(tmp_path, max_steps=2, checkpointing_steps=1)
+    fresh.train()
+    records = read_events(fresh)
+    assert [r["step"] for r in records if "loss" in r] == [1, 2]
+    assert records[0]["event"] == "started_over" and records[0]["replaced_log_lines"] > 0
+
+
 def test_resume_under_other_training_settings_is_refused_naming_them(tmp_path):
     """A checkpoint's weights never continue under settings that did not make them; training longer,
     checkpointing more often or logging differently is still a resume."""
@@ -114,6 +216,108 @@ def test_resume_under_other_training_settings_is_refused_naming_them(tmp_path):
     text = str(refused.value)
     assert "reward.weights.quality: 1 → 0.5" in text and "finetune.weight_decay" in text
     assert "--fresh" in text and "finetune.output" in text
+
+
+def test_a_decaying_schedule_spans_finetune_max_steps_and_keys_it(tmp_path):
+    """linear/cosine decay to 0 at finetune.max_steps: stopping early (--max-steps) and resuming follows one
+    schedule; resuming under another finetune.max_steps (another lr at every step) is refused; a constant
+    schedule still trains longer."""
+    from pisces_cli.errors import UsageError
+
+    def run(folder, horizon=4, max_steps=None, schedule="linear"):
+        extra = [f"finetune.max_steps={horizon}"]
+        return make_trainer(
+            tmp_path / folder, extra=extra, max_steps=max_steps, lr_scheduler=schedule, checkpointing_steps=10
+        )
+
+    straight = run("a")
+    straight.train()
+    run("b", max_steps=2).train()
+    resumed = run("b")
+    assert resumed.step == 2
+    resumed.train()
+
+    def learning_rates(trainer):
+        return [e["lr"] for e in read_events(trainer) if "lr" in e]
+
+    assert learning_rates(resumed) == learning_rates(straight) == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4])
+    with pytest.raises(UsageError, match=r"finetune\.max_steps: 4 → 8"):
+        run("b", horizon=8)
+    with pytest.raises(UsageError, match="goes past finetune.max_steps=4"):
+        run("c", max_steps=6)
+    run("d", schedule="constant").train()
+    assert run("d", horizon=6, schedule="constant").step == 4
+
+    from rich.console import Console
+
+    from pisces_cli.training.trainer import Trainer
+
+    console = Console(record=True, width=200)
+    past = Trainer(resolve(tmp_path / "d", "hunyuan", ["finetune.max_steps=4"]), console=console, max_steps=2)
+    past.setup()
+    assert past.train().step == 4
+    text = console.export_text()
+    assert "nothing to train" in text and "checkpoint-4 is already at step 4" in text
+
+
+def test_reward_and_data_files_rewritten_at_their_paths_are_not_resumed(tmp_path):
+    """The recipe names the OT map and the training data by path; a refit written over the map changes every
+    reward, an edited prompt file every batch: a checkpoint trained on the old files is refused (naming the
+    changed hash), not continued under the new ones."""
+    from test_preflight import write_map
+
+    from pisces_cli.encoders.registry import load_encoder
+    from pisces_cli.errors import UsageError
+
+    encoder = load_encoder("clip", str(model_root() / "clip"))
+    ot_map = tmp_path / "ot_map.safetensors"
+    write_map(ot_map, encoder.embed_dim, encoder.fingerprint())
+    prompts = tmp_path / "own_prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n", encoding="utf-8")
+    extra = [f"reward.ot_map={ot_map}", f"finetune.data.prompts={prompts}"]
+    make_trainer(tmp_path, max_steps=1, extra=extra).train()
+    assert make_trainer(tmp_path, max_steps=2, extra=extra).step == 1  # the same files: resumed
+    prompts.write_text(prompts.read_text() + "a new prompt\n")  # edited in place
+    with pytest.raises(UsageError, match=r"contents\.data_sha256"):
+        make_trainer(tmp_path, max_steps=2, extra=extra)
+    prompts.write_text("\n".join(PROMPTS) + "\n", encoding="utf-8")
+    write_map(ot_map, encoder.embed_dim, encoder.fingerprint(), seed=1)  # `fit-ot` again, same path
+    with pytest.raises(UsageError, match=r"contents\.ot_map_sha256"):
+        make_trainer(tmp_path, max_steps=2, extra=extra)
+
+
+def test_a_resume_under_other_settings_is_refused_before_any_model_loads(tmp_path, monkeypatch):
+    """The recipe part of the training key is compared before the generator, encoder and captions load
+    (minutes on the real models); an unreadable state.json is a usage error too."""
+    from pisces_cli.backbones import registry
+    from pisces_cli.errors import UsageError
+    from pisces_cli.stages.finetune import run_finetune
+
+    make_trainer(tmp_path, max_steps=1).train()
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(registry, "load_backbone", no_loading)
+    with pytest.raises(UsageError, match=r"finetune\.learning_rate"):
+        run_finetune(resolve(tmp_path, "hunyuan", ["finetune.learning_rate=0.5"]), max_steps=2)
+    state = tmp_path / "run" / "finetune" / "checkpoint-1" / "training_state" / "state.json"
+    state.write_text("{", encoding="utf-8")
+    with pytest.raises(UsageError, match="cannot read the training state"):
+        run_finetune(resolve(tmp_path, "hunyuan"), max_steps=2)
+
+
+def test_a_damaged_training_state_file_is_a_usage_error_naming_it(tmp_path):
+    from pisces_cli.errors import UsageError
+
+    make_trainer(tmp_path, max_steps=1).train()
+    optimizer = tmp_path / "run" / "finetune" / "checkpoint-1" / "training_state" / "optimizer.safetensors"
+    optimizer.write_bytes(optimizer.read_bytes()[:-40])
+    with pytest.raises(UsageError, match=r"optimizer\.safetensors: not a complete safetensors file"):
+        make_trainer(tmp_path, max_steps=2)
+    optimizer.unlink()
+    with pytest.raises(UsageError, match=r"optimizer\.safetensors: cannot read"):
+        make_trainer(tmp_path, max_steps=2)
 
 
 def test_fresh_run_removes_the_earlier_checkpoints_and_log(tmp_path):
@@ -248,6 +452,38 @@ def test_video_folder_is_encoded_into_a_latent_cache(tmp_path):
     torch.testing.assert_close(latents[1], trainer.adapter.encode_video(pixels[None])[0])
     metrics = trainer.train_one_step()
     assert math.isfinite(metrics["loss"])
+
+
+def test_the_latent_cache_follows_clips_added_or_removed_in_the_folder(tmp_path):
+    """The cache's shards are reused only for the same (clip, caption) items: a clip added to (or removed from)
+    the training folder is encoded (dropped), never silently left out or trained twice."""
+    from pisces_cli.io.writer import write_mp4
+    from pisces_cli.training.data import load_latent_cache
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    generator = torch.Generator().manual_seed(0)
+
+    def add_clip(name, caption):
+        write_mp4(videos / name, torch.rand(6, 3, 20, 24, generator=generator), 8)
+        with (videos / "prompts.jsonl").open("a") as handle:
+            handle.write(json.dumps({"file": name, "prompt": caption}) + "\n")
+
+    add_clip("clip0.mp4", PROMPTS[0])
+    add_clip("clip1.mp4", PROMPTS[1])
+    extra = ["finetune.data.prompts=null", f"finetune.data.videos={videos}"]
+    trainer = make_trainer(tmp_path, max_steps=1, extra=extra)
+    cache = trainer.output / "latents"
+    assert load_latent_cache(cache)[2] == ["clip0.mp4", "clip1.mp4"]
+    add_clip("clip0a.mp4", PROMPTS[2])  # sorts between the two
+    make_trainer(tmp_path, max_steps=1, extra=extra)
+    latents, captions, keys = load_latent_cache(cache)
+    assert keys == ["clip0.mp4", "clip0a.mp4", "clip1.mp4"] and captions == [
+        PROMPTS[0],
+        PROMPTS[2],
+        PROMPTS[1],
+    ]
+    assert latents.shape[0] == 3
 
 
 def test_dry_run_prints_the_plan_and_a_memory_estimate(tmp_path):

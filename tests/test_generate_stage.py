@@ -58,6 +58,42 @@ def test_generate_writes_vbench_names_manifest_and_resumes(tmp_path):
         run_generate(changed, prompts=str(prompts), output=str(output), limit=2)
 
 
+def test_videos_without_a_manifest_are_not_kept_and_a_killed_run_has_one(tmp_path, monkeypatch):
+    """Videos of this run's names with no manifest.json (deleted, or written by hand) could come from any
+    settings: refused, not skipped. A run killed after its first video has the manifest already, so the same
+    command resumes it and another command is refused."""
+    from pisces_cli.stages import generate as generate_module
+
+    resolved = resolve(tmp_path, extra=["generate.batch_size=1"])
+    prompts = str(tmp_path / "prompts.txt")
+    output = tmp_path / "videos"
+    generate_module.run_generate(resolved, prompts=prompts, output=str(output), limit=2)
+    (output / "manifest.json").unlink()
+    with pytest.raises(UsageError, match="no manifest.json"):
+        generate_module.run_generate(resolved, prompts=prompts, output=str(output), limit=2)
+
+    from pisces_cli.io import writer  # run_generate imports write_mp4 from here when it runs
+
+    killed = tmp_path / "killed"
+
+    original = writer.write_mp4
+
+    def write_then_die(path, *args, **kwargs):
+        original(path, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(writer, "write_mp4", write_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        generate_module.run_generate(resolved, prompts=prompts, output=str(killed), limit=2)
+    monkeypatch.setattr(writer, "write_mp4", original)
+    assert len(list(killed.glob("*.mp4"))) == 1
+    more_steps = resolve(tmp_path, extra=["generate.batch_size=1", "generate.steps=3"])
+    with pytest.raises(UsageError, match="steps"):
+        generate_module.run_generate(more_steps, prompts=prompts, output=str(killed), limit=2)
+    resumed = generate_module.run_generate(resolved, prompts=prompts, output=str(killed), limit=2)
+    assert (resumed.written, resumed.skipped) == (1, 1)
+
+
 def test_complete_folder_is_checked_before_anything_is_skipped(tmp_path, trained_checkpoint, monkeypatch):
     """Every video exists: a re-run with the same settings loads nothing; one with an adapter (or another
     sampler) is refused instead of keeping the base model's videos under the adapter's name."""

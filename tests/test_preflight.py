@@ -46,11 +46,11 @@ def encoder_fingerprint(path: Path) -> tuple[dict, int]:
     return encoder.fingerprint(), encoder.embed_dim
 
 
-def write_map(path: Path, dim: int, fingerprint: dict) -> None:
+def write_map(path: Path, dim: int, fingerprint: dict, seed: int = 0) -> None:
     from pisces_cli.ot.maps import fit_gaussian_map
     from pisces_cli.rewards import save_ot_map_artifact
 
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(seed)
     transport_map = fit_gaussian_map(
         torch.randn(64, dim, generator=generator), torch.randn(64, dim, generator=generator)
     )
@@ -287,6 +287,98 @@ def test_wrong_shape_in_a_pt_is_listed(
     data = released_recipe(models, tmp_path / "run", released["misshaped"])
     failed = rows(run_preflight(resolve_data(data, [], "t"), stages=("score",)), Status.FAIL)
     assert "itm_head.weight: file (3, 32) vs model (2, 32)" in failed["models.encoder.path"]
+
+
+@pytest.mark.parametrize("lines", [[], ["a", "red", "cat"]], ids=["empty", "no-special-tokens"])
+def test_a_vocab_without_berts_special_tokens_is_refused(models: Path, tmp_path: Path, lines) -> None:
+    """transformers loads an empty (or non-BERT) vocab.txt by appending the special tokens: every caption would
+    become [UNK]s; the preflight and the loader refuse it."""
+    from pisces_cli.encoders.internvideo2.tokenizer import load_bert_tokenizer
+
+    folder = tmp_path / "bert"
+    folder.mkdir()
+    (folder / "vocab.txt").write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    data = recipe_data(models, tmp_path / "run")
+    data["models"]["encoder"]["tokenizer"] = str(folder)
+    failed = rows(run_preflight(resolve_data(data, [], "t"), stages=("score",)), Status.FAIL)
+    assert "lacks BERT's [CLS], [SEP], [PAD], [UNK]" in failed["models.encoder.tokenizer"]
+    with pytest.raises(UsageError, match="not a bert-large-uncased vocab.txt"):
+        load_bert_tokenizer(folder)
+
+
+def test_a_released_checkpoint_needs_the_whole_bert_vocabulary(
+    models: Path, released: dict[str, Path], tmp_path: Path, tiny_is_released: None
+) -> None:
+    """The released weights index bert-large-uncased's ids one to one: a shorter vocabulary (another
+    tokenizer) gives valid but wrong ids, so it is refused; the full-size one passes."""
+    from pisces_cli.encoders.registry import load_encoder
+
+    vocab_size = InternVideo2Config.tiny().text.vocab_size
+    short = released_recipe(models, tmp_path / "run", released["good"])  # the tiny export's 9-token vocab
+    failed = rows(run_preflight(resolve_data(short, [], "t"), stages=("score",)), Status.FAIL)
+    assert f"the model's word embedding table has {vocab_size} rows" in failed["models.encoder.tokenizer"]
+    with pytest.raises(UsageError, match=f"embedding table has {vocab_size} rows"):
+        load_encoder("internvideo2", str(released["good"]), tokenizer_dir=str(models / "iv2"))
+    full = tmp_path / "bert"
+    full.mkdir()
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    tokens += [f"[unused{i}]" for i in range(vocab_size - len(tokens))]
+    (full / "vocab.txt").write_text("".join(f"{t}\n" for t in tokens), encoding="utf-8")
+    short["models"]["encoder"]["tokenizer"] = str(full)
+    passed = rows(run_preflight(resolve_data(short, [], "t"), stages=("score",)), Status.OK)
+    assert f"vocab.txt with {vocab_size} tokens" in passed["models.encoder.tokenizer"]
+
+
+class _RunsCode:
+    """Pickles to a call of ``os.system``: loading it without weights_only would run the command."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pt_whose_pickle_needs_code_is_refused_without_running_it(models: Path, tmp_path: Path) -> None:
+    """The reward encoder's .pt and the reference OT map's .pt: refused with what to do instead (torch's own
+    message suggests weights_only=False, which pisces never uses), and the code never runs."""
+    from pisces_cli.ot.maps.reference import import_reference_map
+
+    marker = tmp_path / "code-ran"
+    checkpoint = tmp_path / "evil.pt"
+    torch.save({"module": _RunsCode(marker)}, checkpoint)
+    data = released_recipe(models, tmp_path / "run", checkpoint)
+    failed = rows(run_preflight(resolve_data(data, [], "t"), stages=("score",)), Status.FAIL)
+    detail = failed["models.encoder.path"]
+    assert "never runs code from a file" in detail and "posix.system" in detail
+    assert "weights_only` set to `False`" not in detail
+    with pytest.raises(UsageError, match="never runs code from a file"):
+        import_reference_map(checkpoint)
+    assert not marker.exists()
+
+
+def test_finetune_preflight_shows_the_resume_and_refuses_other_settings(models: Path, tmp_path: Path) -> None:
+    """`validate --weights --stage finetune` tells whether the checkpoint that finetune would resume was made
+    under these settings, before any GPU is asked for."""
+    from pisces_cli.training.checkpoint import training_key
+
+    resolved = resolve_data(recipe_data(models, tmp_path / "run"), [], "t")
+    assert named(run_preflight(resolved, stages=("finetune",)), "resume").status is Status.SKIP
+    state = Path(resolved.recipe.finetune.output) / "checkpoint-3" / "training_state" / "state.json"
+    state.parent.mkdir(parents=True)
+    key = training_key(resolved.portable_data(), 1)
+    state.write_text(json.dumps({"step": 3, "training_key": key}), encoding="utf-8")
+    resume = named(run_preflight(resolved, stages=("finetune",)), "resume")
+    assert resume.status is Status.OK and "step 3" in resume.detail
+    key["finetune"]["learning_rate"] = 0.5
+    state.write_text(json.dumps({"step": 3, "training_key": key}), encoding="utf-8")
+    failed = rows(run_preflight(resolved, stages=("finetune",)), Status.FAIL)
+    assert (
+        "finetune.learning_rate: 0.5 →" in failed["finetune.resume"]
+        and "--fresh" in failed["finetune.resume"]
+    )
 
 
 def test_diffusers_folder_of_another_model(models: Path, tmp_path: Path, capsys) -> None:

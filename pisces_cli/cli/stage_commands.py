@@ -167,7 +167,11 @@ def finetune(
         help="Start over: remove this output's checkpoints, logs and validation videos; train from step 0.",
     ),
     max_steps: int = typer.Option(
-        None, "--max-steps", min=1, help="Stop after N optimizer steps (default: finetune.max_steps)."
+        None,
+        "--max-steps",
+        min=1,
+        help="Stop after N optimizer steps (default: finetune.max_steps, which also sets the length of a "
+        "linear/cosine lr schedule).",
     ),
     sanity: bool = typer.Option(
         False,

@@ -144,26 +144,24 @@ def _check_bert_tokenizer(recipe: Recipe, model_path: Path, report: PreflightRep
     if vocab.is_file():
         detail += f": vocab.txt with {sum(1 for _ in vocab.open(encoding='utf-8'))} tokens"
     if deep:
-        from pisces_cli.encoders.internvideo2.tokenizer import load_bert_tokenizer
+        from pisces_cli.encoders.internvideo2.tokenizer import check_vocabulary_fits, load_bert_tokenizer
 
         try:
             tokenizer = load_bert_tokenizer(directory)
         except UsageError as error:
             report.add("tokenizer", key, Status.FAIL, str(error))
             return
-        limit = _vocab_limit(model_path)
-        if limit is not None and len(tokenizer) > limit:
-            report.add(
-                "tokenizer",
-                key,
-                Status.FAIL,
-                f"{directory}: {len(tokenizer)} tokens but the model's embedding table has {limit} rows",
+        try:
+            check_vocabulary_fits(
+                tokenizer, directory, _vocab_limit(model_path), released=not model_path.is_dir()
             )
+        except UsageError as error:
+            report.add("tokenizer", key, Status.FAIL, str(error))
             return
     report.add("tokenizer", key, Status.OK, detail)
 
 
-def _vocab_limit(model_path: Path) -> int | None:
+def _vocab_limit(model_path: Path) -> int:
     from pisces_cli.encoders.internvideo2.config import InternVideo2Config
     from pisces_cli.encoders.internvideo2.model import CONFIG_FILE
 

@@ -88,6 +88,8 @@ def run_preflight(
     for stage in stages:
         _check_inputs(stage, recipe, inputs, report, chosen)
     estimate = _memory_estimate(recipe, report) if deep and "finetune" in chosen else None
+    if deep and "finetune" in chosen:
+        _check_resume(resolved, report)
     trainable = None
     if estimate is not None and not isinstance(estimate, str) and "trainable_fp32" in estimate.parts:
         trainable = int(estimate.parts["trainable_fp32"] // 4)
@@ -103,6 +105,39 @@ def run_preflight(
         if estimate is not None:
             check_memory_plan(report, gpus, estimate)
     return report
+
+
+def _check_resume(resolved: ResolvedRecipe, report: PreflightReport) -> None:
+    """The checkpoint ``finetune`` would resume, compared with the recipe as ``finetune`` compares it."""
+    from pisces_cli.runtime import dist_context
+    from pisces_cli.training.checkpoint import (
+        check_training_key,
+        find_resume_checkpoint,
+        read_training_meta,
+        training_key,
+    )
+
+    section = resolved.recipe.finetune
+    key = "finetune.resume"
+    try:
+        folder = find_resume_checkpoint(section.output, section.resume)
+        if folder is None:
+            report.add(
+                "resume", key, Status.SKIP, f"{section.resume}: no checkpoint to resume; starts at step 0"
+            )
+            return
+        meta = read_training_meta(folder)
+        check_training_key(folder, meta, training_key(resolved.portable_data(), dist_context().world_size))
+    except UsageError as error:
+        report.add("resume", key, Status.FAIL, str(error))
+        return
+    report.add(
+        "resume",
+        key,
+        Status.OK,
+        f"{folder}: step {meta.get('step')} under the same settings (what the OT map, encoder weights and "
+        "training data hold is compared when finetune loads them)",
+    )
 
 
 def check_stage(stage: str, resolved: ResolvedRecipe, *, identify: bool = True, **inputs: str | None) -> None:

@@ -9,7 +9,8 @@ atomically. The folder also gets:
 - ``manifest.json``: every setting (backbone, weights, adapter, steps, guidance, shift, geometry, fps, seeds) and
   the file → prompt map.
 
-Existing videos are skipped, so an interrupted run resumes; a folder made with other settings is refused.
+Existing videos are skipped, so an interrupted run resumes; a folder made with other settings is refused, and so
+are videos of this run's names with no ``manifest.json`` (nothing says what made them).
 """
 
 from __future__ import annotations
@@ -198,9 +199,17 @@ def settings_record(
     }
 
 
-def _check_existing(folder: Path, settings: dict[str, Any]) -> None:
+def _check_existing(folder: Path, settings: dict[str, Any], jobs: list[VideoJob]) -> None:
+    """Refuse a folder whose videos were made under other settings, or whose videos nothing vouches for."""
     path = folder / MANIFEST
     if not path.is_file():
+        present = [job.file for job in jobs if (folder / job.file).is_file()]
+        if present:
+            raise UsageError(
+                f"{folder} already holds {len(present)} of the videos to write (e.g. {present[0]}) but no "
+                f"{MANIFEST} saying what made them, so they cannot be kept as this run's; choose another "
+                "--output or delete them"
+            )
         return
     try:
         old = json.loads(path.read_text(encoding="utf-8")).get("settings", {})
@@ -263,7 +272,7 @@ def run_generate(
     folder.mkdir(parents=True, exist_ok=True)
     todo = [job for job in jobs if not (folder / job.file).is_file()]
     adapter_dir = adapter_dir or section.adapter
-    _check_existing(folder, requested_settings(resolved, adapter_dir, seeds))  # before any skip or load
+    _check_existing(folder, requested_settings(resolved, adapter_dir, seeds), jobs)  # before any skip or load
     if not todo:
         return GenerateSummary(folder, 0, len(jobs), len(jobs))
     dist = init_distributed()
@@ -271,7 +280,9 @@ def run_generate(
     adapter = load_generator(resolved, adapter_dir)
     adapter.validate_geometry(section.num_frames, section.height, section.width)
     settings = settings_record(resolved, adapter, adapter_dir, seeds)
-    _check_existing(folder, settings)
+    _check_existing(folder, settings, jobs)
+    if dist.is_main:  # the settings go on record before the first video, so a killed run's videos have them
+        _write_index(folder, settings, jobs, resolved)
     with progress_bar(console if dist.is_main else None, "generate", len(mine)) as advance:
         for start in range(0, len(mine), section.batch_size):
             chunk = mine[start : start + section.batch_size]

@@ -15,8 +15,8 @@ Layout of ``{finetune.output}/checkpoint-{step}/``::
 A checkpoint is written into a hidden temporary folder and renamed into place, so a folder named
 ``checkpoint-{step}`` is always complete.
 
-``state.json`` also records the *training key* (:func:`training_key`): the settings that change what training
-computes. A resume under another key is refused (:func:`check_training_key`), so a checkpoint's weights never
+``state.json`` also records the *training key* (:func:`training_key`, plus the reward's file contents): the
+settings that change what training computes. A resume under another key is refused (:func:`check_training_key`), so a checkpoint's weights never
 continue under settings that did not make them.
 """
 
@@ -65,15 +65,21 @@ UNKEYED_FINETUNE = (
 )
 #: the same for the ``finetune.grpo`` and ``finetune.vae`` sub-sections
 UNKEYED_SUBKEYS = {"grpo": ("chunk_size", "sanity_check", "sanity_prompts"), "vae": ("decode_checkpointing",)}
+#: ``finetune.lr_scheduler`` values whose learning rate at a step depends on ``finetune.max_steps`` (the decay
+#: ends there): under them ``max_steps`` is the schedule's horizon and part of the training key.
+DECAYING_SCHEDULES = ("linear", "cosine")
 
 
 def training_key(recipe_data: dict[str, Any], world_size: int) -> dict[str, Any]:
     """The settings a checkpoint's training state depends on, from the resolved recipe ``recipe_data`` (paths
     absolute): ``seed``, ``models``, ``reward`` and ``finetune`` without :data:`UNKEYED_FINETUNE` and
     :data:`UNKEYED_SUBKEYS`, plus the effective batch (``batch_size`` × ``gradient_accumulation_steps`` ×
-    ``world_size``), so 8 GPUs × 4 accumulation steps resume as 1 GPU × 32."""
+    ``world_size``), so 8 GPUs × 4 accumulation steps resume as 1 GPU × 32. Under a decaying learning-rate
+    schedule (:data:`DECAYING_SCHEDULES`) ``max_steps`` sets every step's learning rate, so it is keyed too."""
     section = recipe_data.get("finetune", {})
     finetune = {k: v for k, v in section.items() if k not in UNKEYED_FINETUNE}
+    if section.get("lr_scheduler") in DECAYING_SCHEDULES:
+        finetune["max_steps"] = section.get("max_steps")
     for name, unkeyed in UNKEYED_SUBKEYS.items():
         if isinstance(finetune.get(name), dict):
             finetune[name] = {k: v for k, v in finetune[name].items() if k not in unkeyed}
@@ -97,6 +103,17 @@ def check_training_key(folder: Path, meta: dict[str, Any], key: dict[str, Any]) 
     stored = meta.get("training_key")
     if not isinstance(stored, dict):
         return
+    if "contents" not in stored or "contents" not in key:  # not recorded yet (an older checkpoint) or not
+        # known yet (the check before any model loads): compare the rest
+        stored = {k: v for k, v in stored.items() if k != "contents"}
+        key = {k: v for k, v in key.items() if k != "contents"}
+    stored_finetune = stored.get("finetune")
+    if (  # a key written before the horizon was keyed: the run's max_steps was its horizon
+        isinstance(stored_finetune, dict)
+        and "max_steps" in key.get("finetune", {})
+        and "max_steps" not in stored_finetune
+    ):
+        stored = {**stored, "finetune": {**stored_finetune, "max_steps": meta.get("max_steps")}}
     refuse_changed(
         str(folder),
         changed_fields(stored, key),
@@ -105,6 +122,20 @@ def check_training_key(folder: Path, meta: dict[str, Any], key: dict[str, Any]) 
         "to start this output folder over (its checkpoints, logs and validation videos are removed), or set another "
         "finetune.output.",
     )
+
+
+def read_training_meta(folder: Path) -> dict[str, Any]:
+    """``training_state/state.json`` of a checkpoint folder (UsageError when it cannot be read)."""
+    path = Path(folder) / STATE_DIR / "state.json"
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise UsageError(
+            f"{path}: cannot read the training state ({error}); resume another checkpoint or --fresh"
+        ) from error
+    if not isinstance(meta, dict):
+        raise UsageError(f"{path}: not a training state (expected a JSON object)")
+    return meta
 
 
 def clear_training_output(output: str | Path) -> list[Path]:
@@ -258,14 +289,21 @@ def load_training_state(
     """``(state.json, optimizer+RNG tensors, trainable tensors or None)`` of a checkpoint folder."""
     from safetensors.torch import load_file
 
+    from pisces_cli.artifacts import check_safetensors_file
+
     state_dir = Path(folder) / STATE_DIR
-    meta = json.loads((state_dir / "state.json").read_text(encoding="utf-8"))
+    meta = read_training_meta(folder)
     if int(meta.get("format_version", 0)) > FORMAT_VERSION:
         raise UsageError(
             f"{folder}: checkpoint format {meta['format_version']} is newer than this pisces supports"
         )
-    tensors = load_file(str(state_dir / "optimizer.safetensors"))
     trainable_path = state_dir / "trainable.safetensors"
+    files = [state_dir / "optimizer.safetensors"] + ([trainable_path] if trainable_path.is_file() else [])
+    for path in files:  # a missing, truncated or damaged file: a usage error naming it, not a library crash
+        check_safetensors_file(
+            path, what=f"the training state of {folder} (resume another checkpoint or --fresh)"
+        )
+    tensors = load_file(str(files[0]))
     trainable = load_file(str(trainable_path)) if trainable_path.is_file() else None
     return meta, tensors, trainable
 

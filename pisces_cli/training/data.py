@@ -54,6 +54,13 @@ class TrainingData:
     seed: int = 0
     _permutations: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
+    def digest(self) -> str:
+        """SHA-256 of the items (prompts and keys, in order): what a step's batch is drawn from."""
+        import hashlib
+        import json
+
+        return hashlib.sha256(json.dumps([self.prompts, self.keys]).encode()).hexdigest()
+
     def __post_init__(self) -> None:
         if not self.prompts:
             raise UsageError("finetune.data: no training items (the prompt file or video folder is empty)")
@@ -166,7 +173,8 @@ def encode_latent_cache(
 ) -> Path:
     """Encode every (video, caption) pair of ``finetune.data`` into the latents cache; returns its folder.
 
-    Shard ``i`` (``shard_size`` items) is encoded by rank ``i mod W``; shards already listed are skipped. With
+    Shard ``i`` (``shard_size`` items) is encoded by rank ``i mod W``; shards already listed with the same items
+    (their ``items_sha256``: keys, captions, file sizes and mtimes) are skipped, any other is encoded again. With
     several ranks each records its shards in ``manifest-rank{r}.json`` and rank 0 merges them into
     ``manifest.json`` (marked complete once every shard exists).
     """
@@ -192,7 +200,14 @@ def encode_latent_cache(
         },
     )
     shards = [items[i : i + shard_size] for i in range(0, len(items), shard_size)]
-    done = _listed_shards(folder)
+    digests = [_items_digest(shard) for shard in shards]
+    # a listed shard is reused only when it was made from the same items (a clip added, removed or rewritten in
+    # the folder shifts what every later shard index holds)
+    done = {
+        int(entry["index"])
+        for entry in _manifest_entries(folder)
+        if int(entry["index"]) < len(shards) and entry.get("items_sha256") == digests[int(entry["index"])]
+    }
     manifest_name = MANIFEST if world_size == 1 else f"manifest-rank{rank}.json"
     # every rank opens its writer (which removes stale temp files) before any rank starts writing
     writer = ShardedArtifactWriter(folder, "latents", header, manifest_name=manifest_name)
@@ -212,11 +227,16 @@ def encode_latent_cache(
                 {"latents": torch.stack(latents)},
                 [i.key for i in shards[shard_index]],
                 captions=[i.prompt for i in shards[shard_index]],
+                items_sha256=digests[shard_index],
             )
             advance()
     barrier()
     if rank == 0:
-        entries = {int(e["index"]): e for e in _manifest_entries(folder)}
+        entries = {
+            int(e["index"]): e
+            for e in _manifest_entries(folder)
+            if int(e["index"]) < len(shards) and e.get("items_sha256") == digests[int(e["index"])]
+        }
         missing = sorted(set(range(len(shards))) - set(entries))
         if missing:
             raise PiscesRuntimeError(
@@ -241,8 +261,21 @@ def _manifest_entries(folder: Path) -> list[dict]:
     return entries
 
 
-def _listed_shards(folder: Path) -> set[int]:
-    return {int(entry["index"]) for entry in _manifest_entries(folder)}
+def _items_digest(items: list) -> str:
+    """Hash of a shard's (video, caption) items in order: key, caption and the file's size and mtime."""
+    import hashlib
+    import json
+    import os
+
+    digest = hashlib.sha256()
+    for item in items:
+        try:
+            stat = os.stat(item.source)
+            identity = [stat.st_size, stat.st_mtime_ns]
+        except (OSError, TypeError):
+            identity = None
+        digest.update(json.dumps([item.key, item.prompt, identity]).encode())
+    return digest.hexdigest()
 
 
 def _cache_fingerprint(resolved: ResolvedRecipe) -> str:

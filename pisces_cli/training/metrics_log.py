@@ -2,7 +2,9 @@
 
 ``{finetune.output}/logs/metrics.jsonl`` gets one JSON object per logged step (``step``, ``time``, then every
 metric). Events (a skipped NaN step, a checkpoint, an interruption) are lines with an ``event`` key. On resume
-the file is appended to; rows with a step above the resumed step are kept (they belong to the interrupted run).
+the file is appended to, after :meth:`MetricsLogger.rewind` removed the lines of steps above the resumed step:
+a killed run logged them but its checkpoint does not hold them, so the resumed run trains them again and logs
+them once more (each step appears once; TensorBoard drops its events of those steps too).
 """
 
 from __future__ import annotations
@@ -102,6 +104,36 @@ class MetricsLogger:
         if self.console is not None:
             for note in self.notes:
                 self.console.print(f"[yellow]note:[/] {note}")
+
+    def rewind(self, step: int) -> int:
+        """Drop every line of a step above ``step`` (the resumed checkpoint's) from ``metrics.jsonl`` and
+        TensorBoard; returns how many lines were dropped. A torn last line (a killed write) is dropped too."""
+        if not self.enabled:
+            return 0
+        from pisces_cli.atomic import atomic_write_text
+
+        self._file.close()
+        kept, dropped = [], 0
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+                keep = int(record["step"]) <= step
+            except (ValueError, TypeError, KeyError):
+                keep = False
+            if keep:
+                kept.append(line)
+            else:
+                dropped += 1
+        if dropped:
+            atomic_write_text(self.path, "".join(f"{line}\n" for line in kept))
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        if self._tensorboard is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            log_dir = self._tensorboard.log_dir
+            self._tensorboard.close()
+            self._tensorboard = SummaryWriter(log_dir, purge_step=step + 1)
+        return dropped
 
     # --------------------------------------------------------------------------------------------- sinks
     def _write(self, record: dict[str, Any]) -> None:

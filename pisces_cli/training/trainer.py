@@ -192,6 +192,17 @@ def quiet_diffusers() -> None:
     diffusers_logging.set_verbosity_error()
 
 
+def reward_contents(encoder: Any, ot_map: str | None) -> dict[str, str | None]:
+    """What the reward's files hold, for the training key: the encoder's weights hash (from its fingerprint,
+    computed when it loaded) and the OT map's SHA-256 (a small file)."""
+    from pisces_cli.encoders.fingerprint import hash_weight_files
+
+    return {
+        "encoder_weights_sha256": encoder.fingerprint().get("weights_sha256"),
+        "ot_map_sha256": hash_weight_files([ot_map]) if ot_map else None,
+    }
+
+
 def build_algorithm(name: str, ctx: TrainContext) -> TrainingAlgorithm:
     if name == "backprop":
         from pisces_cli.training.backprop import BackpropAlgorithm
@@ -231,6 +242,7 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         self.resumed_from: Path | None = None
         self.last_metrics: dict[str, float] = {}
+        self.interrupt_pending = False
 
     # ------------------------------------------------------------------------------------------ setup
     def check_plan(self) -> None:
@@ -256,6 +268,41 @@ class Trainer:
             raise UsageError(FSDP_TWO_EXPERTS)
         if self.max_steps < 1:
             raise UsageError(f"max steps must be >= 1, got {self.max_steps}")
+        from pisces_cli.training.checkpoint import DECAYING_SCHEDULES
+
+        if self.section.lr_scheduler in DECAYING_SCHEDULES and self.max_steps > self.section.max_steps:
+            raise UsageError(
+                f"--max-steps {self.max_steps} goes past finetune.max_steps={self.section.max_steps}, where the "
+                f"{self.section.lr_scheduler} learning-rate schedule has decayed to 0; raise finetune.max_steps "
+                "instead (the schedule's length: a new run, so also --fresh or another finetune.output)"
+            )
+        self._check_resume_key()
+
+    def _check_resume_key(self) -> None:
+        """Refuse a resume under other recipe settings before any model loads (the reward's file contents are
+        compared once they are loaded), and ``resume: never`` into a folder holding another run's
+        checkpoints."""
+        from pisces_cli.runtime import dist_context
+        from pisces_cli.training.checkpoint import (
+            check_training_key,
+            find_resume_checkpoint,
+            read_training_meta,
+            training_key,
+        )
+        from pisces_cli.training.checkpoint_layout import checkpoint_dirs
+
+        if self.allow_resume and self.section.resume in (None, "", "never", "none"):
+            earlier = [folder.name for _step, folder in checkpoint_dirs(self.output)]
+            if earlier:
+                raise UsageError(
+                    f"finetune.resume={self.section.resume}, but {self.output} holds checkpoints of an earlier run "
+                    f"({', '.join(earlier)}): a new run would write and prune (checkpoints_total_limit) among them; "
+                    "pass --fresh to remove them, or set another finetune.output"
+                )
+        folder = find_resume_checkpoint(self.output, self.section.resume if self.allow_resume else None)
+        if folder is not None:
+            key = training_key(self.resolved.portable_data(), dist_context().world_size)
+            check_training_key(Path(folder), read_training_meta(folder), key)
 
     def setup(self) -> None:
         from pisces_cli.backbones.lora import apply_lora, enable_full_finetune
@@ -344,10 +391,13 @@ class Trainer:
             self.section.lr_scheduler,
             self.optimizer,
             num_warmup_steps=self.section.lr_warmup_steps,
-            num_training_steps=self.max_steps,
+            # the recipe's run length, not --max-steps (which only stops earlier): a run stopped early and
+            # resumed follows the one schedule
+            num_training_steps=self.section.max_steps,
         )
         encoder = load_encoder_from_recipe(self.recipe, self.device, dtype=self.precision.reward_dtype)
         self.reward, self.reward_info = build_reward(self.recipe, encoder)
+        self.content_key = reward_contents(encoder, self.recipe.reward.ot_map)
         self.ctx = TrainContext(
             recipe=self.recipe,
             section=self.section,
@@ -366,6 +416,7 @@ class Trainer:
         self.data = build_training_data(
             self.resolved, adapter, rank=self.dist.rank, world_size=self.dist.world_size, console=self.console
         )
+        self.content_key["data_sha256"] = self.data.digest()  # an edited prompt file or video folder
         self.validator = Validator(self.ctx, self.recipe.generate, self.data.prompts, self.output)
         if self.section.offload_text_encoders:
             sanity = list(getattr(self.section.grpo, "sanity_prompts", None) or [])
@@ -382,15 +433,31 @@ class Trainer:
         )
         self.maybe_resume()
 
+    def training_key(self) -> dict[str, Any]:
+        """The settings this run's checkpoints are keyed on: :func:`~pisces_cli.training.checkpoint.training_key`
+        of the recipe plus the reward's file contents (a map refit, or an encoder replaced, at the same path)."""
+        from pisces_cli.training.checkpoint import training_key
+
+        return {
+            **training_key(self.resolved.portable_data(), self.dist.world_size),
+            "contents": self.content_key,
+        }
+
     # ---------------------------------------------------------------------------------------- resume
     def maybe_resume(self) -> None:
         from pisces_cli.training.checkpoint import find_resume_checkpoint
 
         folder = find_resume_checkpoint(self.output, self.section.resume if self.allow_resume else None)
-        if folder is not None:
-            self.load_checkpoint(folder)
-            self.resumed_from = folder
-            self.logger.event(self.step, "resumed", checkpoint=str(folder))
+        if folder is None:  # step 0: every line an earlier run left belongs to steps no checkpoint holds
+            dropped = self.logger.rewind(-1)
+            if dropped:
+                self.logger.event(0, "started_over", replaced_log_lines=dropped)
+            return
+        self.load_checkpoint(folder)
+        self.resumed_from = folder
+        dropped = self.logger.rewind(self.step)  # lines of steps the resumed run trains again
+        fields = {"replaced_log_lines": dropped} if dropped else {}
+        self.logger.event(self.step, "resumed", checkpoint=str(folder), **fields)
 
     def load_checkpoint(self, folder: Path) -> None:
         from pisces_cli.training.checkpoint import (
@@ -398,13 +465,10 @@ class Trainer:
             load_training_state,
             optimizer_from_flat,
             restore_rng,
-            training_key,
         )
 
         meta, tensors, trainable = load_training_state(folder)
-        check_training_key(
-            Path(folder), meta, training_key(self.resolved.portable_data(), self.dist.world_size)
-        )
+        check_training_key(Path(folder), meta, self.training_key())
         if self.section.full_finetune:
             self._load_full_weights(folder)
         else:
@@ -460,7 +524,6 @@ class Trainer:
             publish,
             save_training_state,
             staging_dir,
-            training_key,
         )
 
         final = None
@@ -497,9 +560,9 @@ class Trainer:
                     "overflow_steps": self.overflow_steps,
                     "grad_scaler": None if self.scaler is None else self.scaler.state_dict(),
                     "recipe_hash": self.resolved.hash,
-                    "training_key": training_key(self.resolved.portable_data(), self.dist.world_size),
+                    "training_key": self.training_key(),
                     "world_size": self.dist.world_size,
-                    "max_steps": self.max_steps,
+                    "max_steps": self.section.max_steps,
                 },
             )
             final = publish(staging, self.output, step)
@@ -569,6 +632,29 @@ class Trainer:
         dist.all_reduce(values)
         return {n: float(v) / self.dist.world_size for n, v in zip(names, values.tolist())}
 
+    def _commit_step(
+        self, step: int, finite: bool, overflow: bool, loss_finite: bool, loss_scale: float | None
+    ) -> None:
+        """Apply (or skip) the update of step ``step`` and advance the scaler, the schedule and the step count."""
+        if finite:
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+            else:
+                self.optimizer.step()
+            self.nan_streak = 0
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped_steps += 1
+            if overflow:
+                self.overflow_steps += 1
+            if not overflow or loss_scale < 1.0:
+                self.nan_streak += 1
+        if self.scaler is not None and loss_finite:
+            self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step = step + 1
+
     def train_one_step(self) -> dict[str, float]:
         """One optimizer step at ``self.step`` (or a skipped one when the loss/gradients are not finite).
 
@@ -577,6 +663,7 @@ class Trainer:
         as a non-finite step towards ``max_nan_steps`` only once the scale is below 1, where scaling can no longer
         be the cause.
         """
+        from pisces_cli.runtime import hold_interrupts
         from pisces_cli.training.data import derived_seed
         from pisces_cli.training.memory import peak_memory_gb, reset_peak_memory
 
@@ -605,93 +692,89 @@ class Trainer:
             finite = self._all_finite(math.isfinite(grad_norm))
         overflow = self.scaler is not None and loss_finite and not finite
         lr = float(self.scheduler.get_last_lr()[0])
-        if finite:
+        metrics = self._average_metrics(metrics)  # a collective: outside the block that holds Ctrl-C
+        with hold_interrupts() as held:  # update, step count and log line: all or none
+            self._commit_step(step, finite, overflow, loss_finite, loss_scale)
+            metrics.update(
+                {
+                    "grad_norm": grad_norm,
+                    "lr": lr,
+                    "skipped": 0.0 if finite else 1.0,
+                    "skipped_steps": float(self.skipped_steps),
+                    "step_time_s": time.perf_counter() - start,
+                    "peak_memory_gb": peak_memory_gb(self.device),
+                }
+            )
             if self.scaler is not None:
-                self.scaler.step(self.optimizer)
-            else:
-                self.optimizer.step()
-            self.nan_streak = 0
-        else:
-            self.optimizer.zero_grad(set_to_none=True)
-            self.skipped_steps += 1
+                metrics["loss_scale"] = loss_scale
+                metrics["overflow_steps"] = float(self.overflow_steps)
             if overflow:
-                self.overflow_steps += 1
-            if not overflow or loss_scale < 1.0:
-                self.nan_streak += 1
-        if self.scaler is not None and loss_finite:
-            self.scaler.update()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step = step + 1
-        metrics = self._average_metrics(metrics)
-        metrics.update(
-            {
-                "grad_norm": grad_norm,
-                "lr": lr,
-                "skipped": 0.0 if finite else 1.0,
-                "skipped_steps": float(self.skipped_steps),
-                "step_time_s": time.perf_counter() - start,
-                "peak_memory_gb": peak_memory_gb(self.device),
-            }
-        )
-        if self.scaler is not None:
-            metrics["loss_scale"] = loss_scale
-            metrics["overflow_steps"] = float(self.overflow_steps)
-        if overflow:
-            self.logger.event(
-                self.step,
-                "overflow_step_skipped",
-                loss_scale=loss_scale,
-                next_loss_scale=float(self.scaler.get_scale()),
-                overflow_steps=self.overflow_steps,
-            )
-        elif not finite:
-            self.logger.event(
-                self.step,
-                "nan_step_skipped",
-                loss=metrics.get("loss"),
-                grad_norm=grad_norm,
-                in_a_row=self.nan_streak,
-            )
+                self.logger.event(
+                    self.step,
+                    "overflow_step_skipped",
+                    loss_scale=loss_scale,
+                    next_loss_scale=float(self.scaler.get_scale()),
+                    overflow_steps=self.overflow_steps,
+                )
+            elif not finite:
+                self.logger.event(
+                    self.step,
+                    "nan_step_skipped",
+                    loss=metrics.get("loss"),
+                    grad_norm=grad_norm,
+                    in_a_row=self.nan_streak,
+                )
+            if self.step % self.section.log_every == 0 or self.step == self.max_steps:
+                self.logger.log(self.step, metrics)
+        self.interrupt_pending = held.received  # Ctrl-C during the block: train() stops after it
         return metrics
 
     def train(self) -> FinetuneSummary:
-        """Run from ``self.step`` to ``max_steps``; Ctrl-C saves a checkpoint of the last finished step, then re-raises."""
+        """Run from ``self.step`` to ``max_steps``; Ctrl-C or SIGTERM saves a checkpoint of the last finished step,
+        then raises KeyboardInterrupt."""
+        from pisces_cli.runtime import sigterm_as_interrupt
+
         if self.dist.is_main and self.console is not None:
             self.console.print(
                 f"[bold]finetune[/] {self.section.algorithm} · {self.adapter.family} · "
                 f"{sum(p.numel() for p in self.ctx.trainable):,} trainable params · {len(self.data)} items · "
                 f"world {self.dist.world_size} · steps {self.step}→{self.max_steps}"
             )
+            if self.resumed_from is not None and self.step >= self.max_steps:
+                self.console.print(
+                    f"[yellow]nothing to train:[/] {self.resumed_from} is already at step {self.step} (max steps "
+                    f"{self.max_steps}); raise finetune.max_steps to train on, or pass --fresh to start over"
+                )
         before = self.algorithm.before_training()
         if before:
             self.logger.log(self.step, before)
         self.logger.start_live()
-        try:
-            while self.step < self.max_steps:
-                metrics = self.train_one_step()
-                self.last_metrics = metrics
-                if self.step % self.section.log_every == 0 or self.step == self.max_steps:
-                    self.logger.log(self.step, metrics)
-                if self.nan_streak >= self.section.max_nan_steps:
-                    kept = self.last_checkpoint or "none (no checkpoint was written yet)"
-                    self.logger.event(self.step, "stopped_on_nan", in_a_row=self.nan_streak)
-                    raise PiscesRuntimeError(
-                        f"{self.nan_streak} non-finite steps in a row (finetune.max_nan_steps="
-                        f"{self.section.max_nan_steps}); stopped. Last good checkpoint: {kept}"
-                    )
-                periodic = self.step % self.section.checkpointing_steps == 0 and self.nan_streak == 0
-                if periodic or self.step == self.max_steps:
-                    self.save_checkpoint(self.step)
-                if self.validator.due(self.step):  # after the checkpoint: a failed validation loses no step
-                    self.validate()
-        except KeyboardInterrupt:
-            self.logger.event(self.step, "interrupted")
-            if self.last_checkpoint is None or not self.last_checkpoint.name.endswith(f"-{self.step}"):
-                self.save_checkpoint(self.step, sync=False)
-            raise
-        finally:
-            self.logger.close()
+        with sigterm_as_interrupt():  # a preemption saves a checkpoint like Ctrl-C
+            try:
+                while self.step < self.max_steps:
+                    self.last_metrics = self.train_one_step()
+                    if self.interrupt_pending:
+                        raise KeyboardInterrupt
+                    if self.nan_streak >= self.section.max_nan_steps:
+                        kept = self.last_checkpoint or "none (no checkpoint was written yet)"
+                        self.logger.event(self.step, "stopped_on_nan", in_a_row=self.nan_streak)
+                        raise PiscesRuntimeError(
+                            f"{self.nan_streak} non-finite steps in a row (finetune.max_nan_steps="
+                            f"{self.section.max_nan_steps}); stopped. Last good checkpoint: {kept}"
+                        )
+                    periodic = self.step % self.section.checkpointing_steps == 0 and self.nan_streak == 0
+                    if periodic or self.step == self.max_steps:
+                        self.save_checkpoint(self.step)
+                    # after the checkpoint: a failed validation loses no step
+                    if self.validator.due(self.step):
+                        self.validate()
+            except KeyboardInterrupt:
+                self.logger.event(self.step, "interrupted")
+                if self.last_checkpoint is None or not self.last_checkpoint.name.endswith(f"-{self.step}"):
+                    self.save_checkpoint(self.step, sync=False)
+                raise
+            finally:
+                self.logger.close()
         return FinetuneSummary(
             output=self.output,
             step=self.step,

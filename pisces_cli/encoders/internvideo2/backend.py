@@ -35,6 +35,7 @@ from pisces_cli.encoders.internvideo2.model import CONFIG_FILE, InternVideo2Stag
 from pisces_cli.encoders.internvideo2.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from pisces_cli.encoders.internvideo2.tokenizer import (
     DEFAULT_MAX_LENGTH,
+    check_vocabulary_fits,
     load_bert_tokenizer,
     tokenize_captions,
 )
@@ -129,7 +130,11 @@ def load_backend(
             device=device,
             use_checkpoint=use_checkpoint,
         )
-    tokenizer = load_bert_tokenizer(find_tokenizer_dir(path, tokenizer_dir))
+    tokenizer_folder = find_tokenizer_dir(path, tokenizer_dir)
+    tokenizer = load_bert_tokenizer(tokenizer_folder)
+    check_vocabulary_fits(
+        tokenizer, tokenizer_folder, model.config.text.vocab_size, released=not path.is_dir()
+    )
     fingerprint = identity.fingerprint
     return InternVideo2Backend(
         model, tokenizer, fingerprint["model"], fingerprint["weights_sha256"], max_text_length

@@ -59,7 +59,7 @@ from torch import Tensor
 
 from pisces_cli.encoders.internvideo2.config import InternVideo2Config
 from pisces_cli.encoders.internvideo2.model import CONFIG_FILE, WEIGHTS_FILE, InternVideo2Stage2
-from pisces_cli.errors import UsageError
+from pisces_cli.errors import UsageError, torch_load_reason
 from pisces_cli.io.weight_check import KeyCheck, compare_shapes
 
 POS_EMBED_KEY = "vision_encoder.pos_embed"
@@ -215,10 +215,14 @@ def read_released_weights(path: str | os.PathLike[str], *, mmap: bool = False) -
         raw = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except RuntimeError as error:
         if not (mmap and "zipfile" in str(error)):
-            raise UsageError(f"{source}: cannot read as a weights-only torch checkpoint ({error})") from error
+            raise UsageError(
+                f"{source}: cannot read as a weights-only torch checkpoint ({torch_load_reason(error)})"
+            ) from error
         return read_released_weights(path, mmap=False)
     except Exception as error:  # noqa: BLE001 - any unpickling failure is a bad input file
-        raise UsageError(f"{source}: cannot read as a weights-only torch checkpoint ({error})") from error
+        raise UsageError(
+            f"{source}: cannot read as a weights-only torch checkpoint ({torch_load_reason(error)})"
+        ) from error
     weights = released_state_dict(raw, source)
     return {
         map_released_key(key): value for key, value in weights.items() if not is_ignored_released_key(key)

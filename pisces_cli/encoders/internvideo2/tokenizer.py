@@ -44,9 +44,36 @@ def load_bert_tokenizer(directory: str | os.PathLike[str]) -> Any:
     if not any((directory / name).is_file() for name in ("vocab.txt", "tokenizer.json")):
         raise UsageError(f"{directory}: no vocab.txt or tokenizer.json in the tokenizer directory")
     try:
-        return BertTokenizer.from_pretrained(str(directory), do_lower_case=True, local_files_only=True)
+        tokenizer = BertTokenizer.from_pretrained(str(directory), do_lower_case=True, local_files_only=True)
     except Exception as error:  # noqa: BLE001 - any load failure is a bad directory
         raise UsageError(f"{directory}: cannot load a BERT tokenizer ({error})") from error
+    vocab_file = directory / "vocab.txt"
+    if (
+        vocab_file.is_file()
+    ):  # read the file: transformers appends absent special tokens to the loaded vocabulary
+        vocab = set(vocab_file.read_text(encoding="utf-8").splitlines())
+        absent = [token for token in ("[CLS]", "[SEP]", "[PAD]", "[UNK]") if token not in vocab]
+        if absent:
+            raise UsageError(
+                f"{vocab_file}: lacks BERT's {', '.join(absent)} ({len(vocab)} distinct lines): not a "
+                "bert-large-uncased vocab.txt (empty, or of another tokenizer?)"
+            )
+    return tokenizer
+
+
+def check_vocabulary_fits(tokenizer: Any, directory: Path, vocab_size: int, *, released: bool) -> None:
+    """UsageError when the tokenizer's ids do not index the model's word embeddings (``vocab_size`` rows).
+
+    A released checkpoint was trained with bert-large-uncased, so its vocabulary must have exactly
+    ``vocab_size`` tokens: a smaller one (a cased BERT vocabulary, say) gives valid but wrong ids and silently
+    wrong text features. A pisces export may use a shorter vocabulary (its tokenizer is saved with it).
+    """
+    size = len(tokenizer)
+    if size > vocab_size or (released and size != vocab_size):
+        raise UsageError(
+            f"{directory}: {size} tokens, but the model's word embedding table has {vocab_size} rows "
+            "(bert-large-uncased's vocab.txt has them one to one)"
+        )
 
 
 def lexical_token_mask(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from pisces_cli.errors import UsageError
+from pisces_cli.errors import UsageError, torch_load_reason
 from pisces_cli.ot.maps.networks import REFERENCE_KEYS, MapDims, dims_from_state_dict
 
 CONTAINER_KEYS = ("T", "ot_map", "state_dict", "model")
@@ -113,7 +113,8 @@ def import_reference_map(path: str | Path) -> tuple[dict[str, torch.Tensor], Map
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises UnpicklingError, RuntimeError, ...
-        reason = str(error).strip() or type(error).__name__
-        raise UsageError(f"{path}: cannot load with torch.load(weights_only=True): {reason}") from error
+        raise UsageError(
+            f"{path}: cannot load with torch.load(weights_only=True): {torch_load_reason(error)}"
+        ) from error
     state_dict = extract_reference_state_dict(payload, str(path))
     return state_dict, dims_from_state_dict(state_dict)
