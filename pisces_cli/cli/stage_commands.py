@@ -39,7 +39,9 @@ def fit_ot(
     import_file: Path = typer.Option(
         None, "--import", help="Convert the reference implementation's released map (.pt) instead of fitting."
     ),
-    fresh: bool = typer.Option(False, "--fresh", help="Ignore saved training state and start over."),
+    fresh: bool = typer.Option(
+        False, "--fresh", help="Fit again from the start: ignore saved training state and a finished fit."
+    ),
     force: bool = typer.Option(
         False,
         "--force",
@@ -56,6 +58,12 @@ def fit_ot(
         summary = run_fit_ot(resolved, console=console, resume=not fresh, force=force)
     title = f"fit-ot ({summary.method}) — on the report split, {summary.report_size} held-out pairs"
     _print_metrics(title, summary.metrics)
+    if getattr(summary, "nothing_to_do", False):
+        console.print(
+            f"nothing to do: {summary.output / 'ot_map.safetensors'} is already fit with these settings and "
+            "embeddings (--fresh to fit again)"
+        )
+        return
     console.print(f"[green]wrote[/] {summary.output / 'ot_map.safetensors'}")
 
 
