@@ -197,7 +197,12 @@ def finetune(
     if summary is not None:
         from pisces_cli.runtime import dist_context
 
-        if dist_context().is_main:
+        if dist_context().is_main and getattr(summary, "nothing_to_do", False):
+            console.print(
+                f"nothing to do: {summary.checkpoint} already reached step {summary.step} "
+                "(raise finetune.max_steps or --max-steps to train on, --fresh to start over)"
+            )
+        elif dist_context().is_main:
             console.print(
                 f"[green]finetuned[/] to step {summary.step} ({summary.skipped_steps} skipped) → "
                 f"{summary.checkpoint}"
@@ -228,6 +233,9 @@ def generate(
     from pisces_cli.runtime import dist_context
 
     if not dist_context().is_main:
+        return
+    if summary.total and summary.skipped == summary.total:
+        console.print(f"nothing to do: all {summary.total} videos are already in {summary.output}")
         return
     console.print(
         f"[green]generated[/] {summary.written} videos ({summary.skipped} already there, "
