@@ -54,7 +54,7 @@ def hide_flag_value_types() -> None:
 def keep_help_words_whole() -> None:
     """Never cut an option name, a default or a path in ``--help``, however narrow the terminal.
 
-    Typer lays each option out as a rich table row ``[*], --long, -s, --no-long, -S, <type>, help`` whose
+    Typer lays each option out as a rich table row ``[*], long name, short name, negative long and short names, <type>, help`` whose
     columns rich shortens with an ellipsis when the terminal is narrow (``--prompts-from-…``,
     ``VIDEOS_DIR/pisces…`` at 80 columns). Here the name columns never wrap and the type and help columns
     fold a word too long for them onto the next line instead of cutting it. Below
