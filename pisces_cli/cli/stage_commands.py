@@ -147,7 +147,10 @@ def _print_score_table(summary) -> None:
             column, f"{stat['mean']:.4f}", f"[{stat['ci_low']:.4f}, {stat['ci_high']:.4f}]", str(stat["n"])
         )
     print_table(console, table)
-    console.print(f"[green]wrote[/] {summary.output}/scores.jsonl, scores.csv, summary.json", soft_wrap=True)
+    done = (
+        "results in" if getattr(summary, "nothing_to_do", False) else "[green]wrote[/]"
+    )  # no file was touched
+    console.print(f"{done} {summary.output}/scores.jsonl, scores.csv, summary.json", soft_wrap=True)
 
 
 def demo(
