@@ -46,6 +46,10 @@ def _device(device: str | torch.device | None, fallback: str = "auto") -> torch.
         raise UsageError(
             f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device, got {spec!r} ({error})"
         ) from None
+    except UsageError as error:  # resolve_device names the recipe key; here the argument was given
+        if device is None:
+            raise
+        raise UsageError(f"device={spec!r}: CUDA is not available on this machine") from error
 
 
 def _dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:

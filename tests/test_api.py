@@ -193,6 +193,9 @@ def test_api_argument_errors_are_usage_errors(tiny):
         pisces_cli.load_reward(tiny["recipe"], ["reward.crop=center"])
     with pytest.raises(pisces_cli.UsageError, match="device must be .*'gpu0'"):
         pisces_cli.load_reward(tiny["recipe"], device="gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(pisces_cli.UsageError, match="^device='cuda': CUDA is not available"):
+            pisces_cli.load_encoder("clip", tiny["encoder_dir"], device="cuda")
     for weights in ({"quality": float("nan")}, {"semantic": "1"}, {"quality": True}):
         with pytest.raises(pisces_cli.UsageError, match="must be a finite number"):
             pisces_cli.build_reward(tiny["encoder"], weights=weights)
