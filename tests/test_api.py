@@ -224,6 +224,25 @@ def test_artifacts_round_trip_through_the_api(tmp_path):
         pisces_cli.load_artifact(path, expect_schema="other")
 
 
+def test_save_artifact_takes_views_and_tensor_metrics_and_refuses_what_it_cannot_store(tmp_path):
+    """Views of one tensor are stored (safetensors alone refuses shared storage); a tensor metric is stored as
+    its number, not its repr; non-tensors and a plain-dict header are UsageErrors."""
+    weights = torch.arange(6.0)
+    header = pisces_cli.ArtifactHeader(schema="user.thing", metrics={"loss": torch.tensor(0.5)})
+    path = pisces_cli.save_artifact(tmp_path / "a.safetensors", {"all": weights, "head": weights[:2]}, header)
+    tensors, read = pisces_cli.load_artifact(path)
+    assert torch.equal(tensors["all"], weights) and torch.equal(tensors["head"], weights[:2])
+    assert read.metrics == {"loss": 0.5}
+    with pytest.raises(pisces_cli.UsageError, match="'w' is a ndarray"):
+        pisces_cli.save_artifact(tmp_path / "b.safetensors", {"w": weights.numpy()}, header)
+    with pytest.raises(pisces_cli.UsageError, match="must be a pisces_cli.ArtifactHeader, got dict"):
+        pisces_cli.save_artifact(tmp_path / "c.safetensors", {"w": weights}, {"schema": "user.thing"})
+    with pytest.raises(pisces_cli.UsageError, match="metric 'curve' must be a number"):
+        bad = pisces_cli.ArtifactHeader(schema="user.thing", metrics={"curve": weights})
+        pisces_cli.save_artifact(tmp_path / "d.safetensors", {"w": weights}, bad)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors"]
+
+
 # ------------------------------------------------------------------------------------ README examples
 
 
