@@ -285,3 +285,25 @@ def test_readme_python_api_examples_run_on_tiny_models(tiny, capsys):
     lexical = namespace["lexical"][:, None, :].expand_as(rows)
     torch.testing.assert_close(rows[lexical], torch.ones_like(rows[lexical]))
     assert (rows[~lexical] == 0).all()
+
+
+def test_token_ot_prior_refuses_shapes_that_do_not_agree():
+    """Used alone, the token-OT prior names the layout it expects instead of failing inside torch."""
+    B, H, Q, D, F, G = 2, 2, 5, 8, 2, 2
+    M = 1 + F * G * G
+    query, key = torch.randn(B, Q, D), torch.randn(B, M, D)
+    attn = torch.randn(B, H, Q, M).softmax(-1)
+    lexical = torch.ones(B, Q, dtype=torch.bool)
+    geometry = pisces_cli.video_token_geometry(F, G, G)
+    settings = pisces_cli.TokenOTSettings(max_iter=20)
+    prior, _ = pisces_cli.token_ot_prior(query, key, attn, lexical, geometry, settings)
+    assert prior.shape == (B, H, Q, M)
+    cases = [
+        ((query, key, attn[:, 0], lexical, geometry, settings), r"attn \[B, H, Q, M\], got .*\(2, 5, 9\)"),
+        ((query[..., :-1], key, attn, lexical, geometry, settings), "with the same D; got \\(2, 5, 7\\)"),
+        ((query[:1], key, attn, lexical, geometry, settings), r"query must be \[2, 5, D\]"),
+        ((query, key, attn, lexical, geometry, {"eps": 0.1}), "settings must be a TokenOTSettings"),
+    ]
+    for arguments, match in cases:
+        with pytest.raises(pisces_cli.UsageError, match=match):
+            pisces_cli.token_ot_prior(*arguments)
