@@ -39,7 +39,17 @@ PAPER_TOKEN_OT = TokenOTSettings()
 def _device(device: str | torch.device | None, fallback: str = "auto") -> torch.device:
     from pisces_cli.runtime import resolve_device
 
-    return resolve_device(fallback if device is None else str(device))
+    spec = fallback if device is None else str(device)
+    try:
+        return resolve_device(spec)
+    except RuntimeError as error:  # torch's "Invalid device string"
+        raise UsageError(
+            f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device, got {spec!r} ({error})"
+        ) from None
+    except UsageError as error:  # resolve_device names the recipe key; here the argument was given
+        if device is None:
+            raise
+        raise UsageError(f"device={spec!r}: CUDA is not available on this machine") from error
 
 
 def _dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -77,6 +87,12 @@ def load_reward(
     from pisces_cli.rewards.build import build_reward as build_from_recipe
     from pisces_cli.rewards.build import load_encoder_from_recipe
 
+    for override in overrides:
+        if not isinstance(override, str):
+            raise UsageError(
+                f"load_reward: each override is one string argument such as 'reward.weights.semantic=0.5', "
+                f"got {type(override).__name__} {override!r} (unpack a list with *overrides)"
+            )
     resolved = load_recipe(str(recipe), list(overrides))
     encoder = load_encoder_from_recipe(resolved.recipe, _device(device, resolved.recipe.runtime.device))
     reward, _ = build_from_recipe(resolved.recipe, encoder)
@@ -164,16 +180,26 @@ def build_reward(
         raise UsageError(
             f"build_reward: encoder must be a backend name or a loaded encoder, got {type(encoder)}"
         )
-    weights = dict(weights or {})
-    unknown = sorted(set(weights) - {"quality", "semantic"})
-    if unknown:
-        raise UsageError(f"build_reward: unknown weights {unknown}; expected 'quality' and 'semantic'")
+    weights = _checked_weights(weights)
     if crop not in ("center", "random"):
         raise UsageError(f"build_reward: crop must be 'center' or 'random', got {crop!r}")
+    if token_ot is not None and not isinstance(token_ot, TokenOTSettings):
+        raise UsageError(
+            f"build_reward: token_ot must be a pisces_cli.TokenOTSettings or None, got {type(token_ot).__name__}"
+        )
     if ot_map is None or isinstance(ot_map, TransportMap):
         transport_map = ot_map
-    else:
+        if ot_map is not None and ot_map.dims is not None and ot_map.dims != (backend.embed_dim,) * 2:
+            raise UsageError(
+                f"build_reward: the OT map is {ot_map.dims[0]} -> {ot_map.dims[1]} wide but the encoder's "
+                f"embeddings are {backend.embed_dim} wide"
+            )
+    elif isinstance(ot_map, (str, Path)):
         transport_map, _ = load_map_for_encoder(ot_map, backend, what="ot_map")
+    else:
+        raise UsageError(
+            f"build_reward: ot_map must be a path, a TransportMap or None, got {type(ot_map).__name__}"
+        )
     return PiscesReward(
         backend,
         ot_map=transport_map,
@@ -182,6 +208,20 @@ def build_reward(
         crop=crop,
         with_no_ot_semantic=with_no_ot_semantic,
     )
+
+
+def _checked_weights(weights: Mapping[str, float] | None) -> dict[str, float]:
+    """``weights`` as ``{"quality"|"semantic": finite float}``; anything else is a UsageError."""
+    import math
+
+    checked: dict[str, float] = {}
+    for name, value in dict(weights or {}).items():
+        if name not in ("quality", "semantic"):
+            raise UsageError(f"build_reward: unknown weights key {name!r}; expected 'quality' and 'semantic'")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise UsageError(f"build_reward: weights[{name!r}] must be a finite number, got {value!r}")
+        checked[name] = float(value)
+    return checked
 
 
 def load_ot_map(path: str | Path, *, encoder: EncoderBackend | None = None) -> TransportMap:
@@ -223,6 +263,14 @@ def save_ot_map(
     width = dim if dim is not None else (None if encoder is None else encoder.embed_dim)
     if width is None:
         raise UsageError("save_ot_map: give dim (the embedding width) or the encoder")
+    if encoder is not None and width != encoder.embed_dim:
+        raise UsageError(
+            f"save_ot_map: dim={width} but the encoder's embeddings are {encoder.embed_dim} wide"
+        )
+    if transport_map.dims is not None and transport_map.dims != (width, width):
+        raise UsageError(
+            f"save_ot_map: the map is {transport_map.dims[0]} -> {transport_map.dims[1]} wide, not {width} -> {width}"
+        )
     header: ArtifactHeader = ArtifactHeader(
         schema=OT_MAP_SCHEMA,
         stage="python-api",

@@ -275,10 +275,26 @@ def save_artifact(path: str | Path, tensors: Mapping[str, torch.Tensor], header:
     from pisces_cli.config.recipe import portable_data
 
     path = Path(path)
+    if not isinstance(header, ArtifactHeader):
+        raise UsageError(f"{path}: header must be a pisces_cli.ArtifactHeader, got {type(header).__name__}")
+    metrics = {name: _metric_value(name, value, path) for name, value in header.metrics.items()}
+    header = dataclasses.replace(header, metrics=metrics)
     if header.recipe is not None:
         header = dataclasses.replace(header, recipe=portable_data(header.recipe))
     atomic_write_safetensors(path, tensors, {HEADER_KEY: header.to_json()})
     return path
+
+
+def _metric_value(name: str, value: Any, path: Path) -> Any:
+    """A header metric as JSON: a one-element tensor or a NumPy scalar becomes its float (not its repr)."""
+    if hasattr(value, "item") and callable(value.item) and not isinstance(value, (int, float)):
+        try:
+            return float(value.item())
+        except (TypeError, ValueError, RuntimeError):
+            raise UsageError(
+                f"{path}: metric {name!r} must be a number, got a {type(value).__name__} of several values"
+            ) from None
+    return value
 
 
 def safetensors_header_of(path: str | Path, what: str = "") -> SafetensorsHeader:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pisces_cli.errors import PiscesRuntimeError
+from pisces_cli.errors import PiscesRuntimeError, UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -194,10 +194,25 @@ def atomic_write_safetensors(
 
     Streams to the temp file (no in-memory copy of the serialised file), so large state dicts are fine.
     """
+    import torch
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    cpu = {name: tensor.detach().to("cpu").contiguous() for name, tensor in tensors.items()}
+    cpu: dict[str, torch.Tensor] = {}
+    storages: set[int] = set()
+    for name, tensor in tensors.items():
+        if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
+            raise UsageError(
+                f"{path}: tensors must map names (str) to torch tensors; {name!r} is a {type(tensor).__name__}"
+            )
+        copy = tensor.detach().to("cpu").contiguous()
+        storage = copy.untyped_storage().data_ptr()
+        if (
+            copy.numel() and storage in storages
+        ):  # views of one storage (x and x[:1]): safetensors refuses them
+            copy = copy.clone()
+        storages.add(copy.untyped_storage().data_ptr())
+        cpu[name] = copy
     header = dict(metadata) if metadata is not None else None
 
     def write(tmp: Path) -> None:

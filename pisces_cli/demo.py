@@ -3,7 +3,9 @@
 Builds under ``DIR`` (default ``./pisces-demo``): world clips (``clips/train``, ``clips/eval``), a tiny
 CLIP-style encoder (``models/encoder``), then runs every stage that exists through the same code
 paths as the real commands and writes the resolved recipe to ``DIR/recipe.yaml`` so each stage can be
-re-run by hand with ``--recipe DIR/recipe.yaml``.
+re-run by hand with ``--recipe DIR/recipe.yaml``. Running the demo again in the same ``DIR`` rebuilds its
+clips and models and recomputes every stage into its own folders (``fit-ot``, ``score`` and ``eval`` with
+``--force``: their inputs were just rewritten).
 """
 
 from __future__ import annotations
@@ -102,13 +104,13 @@ def run_demo(root: Path, *, console: Any, train_clips: int = 48, eval_clips: int
         step.paths = [str(embed.output)]
     console.rule("fit-ot")
     with _timed_step(steps, "fit-ot") as step:
-        fit = run_fit_ot(resolved, console=console)
+        fit = run_fit_ot(resolved, console=console, force=True)  # a demo re-run rebuilt its inputs
         metrics = ", ".join(f"{k}={v:.3f}" for k, v in fit.metrics.items())
         step.result = f"{fit.method}: {metrics}"
         step.paths = [str(fit.output / "ot_map.safetensors"), str(fit.output / "report.md")]
     console.rule("score")
     with _timed_step(steps, "score") as step:
-        score = run_score(resolved, str(root / "clips/eval"), report=True, console=console)
+        score = run_score(resolved, str(root / "clips/eval"), report=True, console=console, force=True)
         text = ", ".join(
             f"{k}={v['mean']:.3f}"
             for k, v in score.stats.items()
@@ -155,6 +157,8 @@ def _generator_legs(
         tuned = run_finetune(resolved, console=console)
         assert tuned is not None
         step.result = f"backprop: {tuned.step} steps, loss {_fmt(tuned, 'loss')}"
+        if getattr(tuned, "nothing_to_do", False):  # a demo re-run: the checkpoint is already there
+            step.result = f"backprop: already at step {tuned.step}, nothing to do"
         step.paths = [str(tuned.checkpoint)]
     console.rule("finetune (GRPO)")
     with _timed_step(steps, "grpo") as step:
@@ -172,6 +176,8 @@ def _generator_legs(
         grpo_summary = run_finetune(grpo, console=console)
         assert grpo_summary is not None
         step.result = f"GRPO: {grpo_summary.step} steps (ratio check passed)"
+        if getattr(grpo_summary, "nothing_to_do", False):
+            step.result = f"GRPO: already at step {grpo_summary.step}, nothing to do"
         step.paths = [str(grpo_summary.checkpoint)]
 
     console.rule("generate (base and fine-tuned)")
@@ -185,8 +191,8 @@ def _generator_legs(
 
     console.rule("eval and eval compare")
     with _timed_step(steps, "eval") as step:
-        run_eval(resolved, str(base_dir), console=console)
-        run_eval(resolved, str(tuned_dir), console=console)
+        run_eval(resolved, str(base_dir), console=console, force=True)
+        run_eval(resolved, str(tuned_dir), console=console, force=True)
         comparison = run_compare(
             str(base_dir),
             str(tuned_dir),
@@ -230,8 +236,8 @@ def _internvideo2_leg(step: DemoStep, root: Path, raw: dict[str, Any], console: 
     ]
     resolved = resolve_data(raw, overrides, "demo (internvideo2)")
     run_embed(resolved, console=console)
-    fit = run_fit_ot(resolved, console=console)
-    score = run_score(resolved, str(root / "clips/eval"), console=console)
+    fit = run_fit_ot(resolved, console=console, force=True)
+    score = run_score(resolved, str(root / "clips/eval"), console=console, force=True)
     text = ", ".join(f"{k}={v['mean']:.3f}" for k, v in score.stats.items() if k in ("quality", "semantic"))
     step.result = f"embed + fit-ot ({fit.method}) + score: {text}"
     step.paths = [str(run_dir), str(score.output / "scores.csv")]

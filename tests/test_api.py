@@ -138,6 +138,82 @@ def test_api_errors_name_what_is_wrong(tiny):
         pisces_cli.load_ot_map(tiny["map"], encoder=other)
 
 
+@pytest.mark.parametrize(
+    ("make_pixels", "captions", "match"),
+    [
+        (
+            lambda: pixels(2)[0],
+            CAPTIONS,
+            r"\[B, T, 3, H, W\], got shape \(4, 3, 40, 48\)",
+        ),  # one video, no batch
+        (lambda: pixels(2).permute(0, 1, 3, 4, 2), CAPTIONS, r"\[B, T, 3, H, W\]"),  # channels last
+        (lambda: (pixels(2) * 255).to(torch.uint8), CAPTIONS, r"got a torch.uint8 tensor .*/ 255"),
+        (lambda: pixels(2) * 255, CAPTIONS, r"in \[0, 1\], got values in .*divide by 255"),  # 0..255 floats
+        (lambda: pixels(2) * 2 - 1, CAPTIONS, r"in \[0, 1\].*x / 2 \+ 0.5"),  # [-1, 1] (a raw VAE decode)
+        (lambda: pixels(2).numpy(), CAPTIONS, "floating torch tensor.*got ndarray"),
+        (lambda: pixels(2), CAPTIONS[:1], r"2 video\(s\) but 1 caption\(s\)"),
+        (lambda: pixels(2), [*CAPTIONS, "x"], r"2 video\(s\) but 3 caption\(s\)"),
+        (lambda: pixels(2), "ab", "got a single string 'ab'"),  # not two one-letter captions
+        (lambda: pixels(1), "a red cat", "got a single string"),
+        (lambda: pixels(2), ["a red cat", 3], r"caption\(s\) \[1\] are int"),
+    ],
+)
+def test_reward_refuses_inputs_it_would_score_wrongly(tiny, make_pixels, captions, match):
+    """Wrong shapes, scales, dtypes and captions are UsageErrors naming what was expected, never numbers."""
+    reward = pisces_cli.build_reward(tiny["encoder"], token_ot=FAST_TOKEN_OT)
+    with pytest.raises(pisces_cli.UsageError, match=match):
+        reward(make_pixels(), captions)
+
+
+def test_reward_takes_any_float_dtype_layout_and_batch_size(tiny):
+    """fp64/fp16/bf16 and non-contiguous pixels, a batch of one and a slightly overshooting decode all score."""
+    reward = pisces_cli.build_reward(tiny["encoder"], token_ot=FAST_TOKEN_OT)
+    videos = pixels(2, seed=4)
+    with torch.no_grad():
+        base = reward(videos, CAPTIONS)
+        for variant in (videos.double(), videos.transpose(3, 4).contiguous().transpose(3, 4)):
+            for name in base:
+                torch.testing.assert_close(reward(variant, CAPTIONS)[name], base[name], rtol=1e-4, atol=1e-5)
+        for low in (torch.float16, torch.bfloat16):  # CPU has no half antialiased resize: pisces upcasts it
+            torch.testing.assert_close(
+                reward(videos.to(low), CAPTIONS)["total"], base["total"], atol=0.05, rtol=0
+            )
+        single = reward(videos[1:], CAPTIONS[1:])
+        torch.testing.assert_close(single["total"], base["total"][1:], atol=1e-5, rtol=1e-5)
+        overshoot = (videos * 1.1 - 0.05).requires_grad_(False)  # an unclamped decode strays a little
+        assert reward(overshoot, CAPTIONS)["total"].isfinite().all()
+        nan = reward(
+            torch.full_like(videos, float("nan")), CAPTIONS
+        )  # a diverged generator: NaN, not refused
+        assert nan["total"].isnan().all()
+
+
+def test_api_argument_errors_are_usage_errors(tiny):
+    with pytest.raises(pisces_cli.UsageError, match="unpack a list with \\*overrides"):
+        pisces_cli.load_reward(tiny["recipe"], ["reward.crop=center"])
+    with pytest.raises(pisces_cli.UsageError, match="device must be .*'gpu0'"):
+        pisces_cli.load_reward(tiny["recipe"], device="gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(pisces_cli.UsageError, match="^device='cuda': CUDA is not available"):
+            pisces_cli.load_encoder("clip", tiny["encoder_dir"], device="cuda")
+    for weights in ({"quality": float("nan")}, {"semantic": "1"}, {"quality": True}):
+        with pytest.raises(pisces_cli.UsageError, match="must be a finite number"):
+            pisces_cli.build_reward(tiny["encoder"], weights=weights)
+    with pytest.raises(pisces_cli.UsageError, match="token_ot must be a pisces_cli.TokenOTSettings"):
+        pisces_cli.build_reward(tiny["encoder"], token_ot={"eps": 0.1})
+    with pytest.raises(pisces_cli.UsageError, match="ot_map must be a path, a TransportMap or None"):
+        pisces_cli.build_reward(tiny["encoder"], ot_map=3)
+    width = tiny["encoder"].embed_dim
+    narrow = pisces_cli.fit_gaussian_map(torch.rand(20, width - 1), torch.rand(20, width - 1))
+    with pytest.raises(pisces_cli.UsageError, match=f"{width - 1} -> {width - 1} wide.*{width} wide"):
+        pisces_cli.build_reward(tiny["encoder"], ot_map=narrow)
+    with pytest.raises(pisces_cli.UsageError, match=f"not {width} -> {width}"):
+        pisces_cli.save_ot_map(tiny["root"] / "narrow.safetensors", narrow, encoder=tiny["encoder"])
+    assert not (tiny["root"] / "narrow.safetensors").exists()
+    with pytest.raises(pisces_cli.UsageError, match=rf"\[B, {width - 1}\], got shape \({width},\)"):
+        narrow.apply(torch.rand(width))  # one embedding without its batch axis: no broadcasting
+
+
 def test_artifacts_round_trip_through_the_api(tmp_path):
     header = pisces_cli.ArtifactHeader(schema="user.thing", stage="my-trainer", metrics={"x": 1.5})
     path = pisces_cli.save_artifact(tmp_path / "a.safetensors", {"w": torch.arange(6.0).view(2, 3)}, header)
@@ -146,6 +222,25 @@ def test_artifacts_round_trip_through_the_api(tmp_path):
     assert torch.equal(tensors["w"], torch.arange(6.0).view(2, 3)) and read.stage == "my-trainer"
     with pytest.raises(pisces_cli.UsageError, match="expected a 'other' artifact"):
         pisces_cli.load_artifact(path, expect_schema="other")
+
+
+def test_save_artifact_takes_views_and_tensor_metrics_and_refuses_what_it_cannot_store(tmp_path):
+    """Views of one tensor are stored (safetensors alone refuses shared storage); a tensor metric is stored as
+    its number, not its repr; non-tensors and a plain-dict header are UsageErrors."""
+    weights = torch.arange(6.0)
+    header = pisces_cli.ArtifactHeader(schema="user.thing", metrics={"loss": torch.tensor(0.5)})
+    path = pisces_cli.save_artifact(tmp_path / "a.safetensors", {"all": weights, "head": weights[:2]}, header)
+    tensors, read = pisces_cli.load_artifact(path)
+    assert torch.equal(tensors["all"], weights) and torch.equal(tensors["head"], weights[:2])
+    assert read.metrics == {"loss": 0.5}
+    with pytest.raises(pisces_cli.UsageError, match="'w' is a ndarray"):
+        pisces_cli.save_artifact(tmp_path / "b.safetensors", {"w": weights.numpy()}, header)
+    with pytest.raises(pisces_cli.UsageError, match="must be a pisces_cli.ArtifactHeader, got dict"):
+        pisces_cli.save_artifact(tmp_path / "c.safetensors", {"w": weights}, {"schema": "user.thing"})
+    with pytest.raises(pisces_cli.UsageError, match="metric 'curve' must be a number"):
+        bad = pisces_cli.ArtifactHeader(schema="user.thing", metrics={"curve": weights})
+        pisces_cli.save_artifact(tmp_path / "d.safetensors", {"w": weights}, bad)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors"]
 
 
 # ------------------------------------------------------------------------------------ README examples
@@ -190,3 +285,25 @@ def test_readme_python_api_examples_run_on_tiny_models(tiny, capsys):
     lexical = namespace["lexical"][:, None, :].expand_as(rows)
     torch.testing.assert_close(rows[lexical], torch.ones_like(rows[lexical]))
     assert (rows[~lexical] == 0).all()
+
+
+def test_token_ot_prior_refuses_shapes_that_do_not_agree():
+    """Used alone, the token-OT prior names the layout it expects instead of failing inside torch."""
+    B, H, Q, D, F, G = 2, 2, 5, 8, 2, 2
+    M = 1 + F * G * G
+    query, key = torch.randn(B, Q, D), torch.randn(B, M, D)
+    attn = torch.randn(B, H, Q, M).softmax(-1)
+    lexical = torch.ones(B, Q, dtype=torch.bool)
+    geometry = pisces_cli.video_token_geometry(F, G, G)
+    settings = pisces_cli.TokenOTSettings(max_iter=20)
+    prior, _ = pisces_cli.token_ot_prior(query, key, attn, lexical, geometry, settings)
+    assert prior.shape == (B, H, Q, M)
+    cases = [
+        ((query, key, attn[:, 0], lexical, geometry, settings), r"attn \[B, H, Q, M\], got .*\(2, 5, 9\)"),
+        ((query[..., :-1], key, attn, lexical, geometry, settings), "with the same D; got \\(2, 5, 7\\)"),
+        ((query[:1], key, attn, lexical, geometry, settings), r"query must be \[2, 5, D\]"),
+        ((query, key, attn, lexical, geometry, {"eps": 0.1}), "settings must be a TokenOTSettings"),
+    ]
+    for arguments, match in cases:
+        with pytest.raises(pisces_cli.UsageError, match=match):
+            pisces_cli.token_ot_prior(*arguments)

@@ -62,6 +62,54 @@ def test_boolean_flags_show_no_value_type(command, flags, capsys, monkeypatch):
     assert "<int>" in out or "<str>" in out or command == ["--help"]  # value options keep their type
 
 
+def every_command_path() -> list[list[str]]:
+    """``[]``, ``["score"]``, ``["eval", "compare"]``, … for every command and group of the CLI."""
+    import typer.main
+
+    from pisces_cli.cli.main import app
+
+    paths: list[list[str]] = []
+
+    def walk(command, path: list[str]) -> None:
+        paths.append(path)
+        for name, sub in sorted(getattr(command, "commands", {}).items()):
+            walk(sub, [*path, name])
+
+    walk(typer.main.get_command(app), [])
+    return paths
+
+
+def option_names(path: list[str]) -> list[str]:
+    import typer.main
+
+    from pisces_cli.cli.main import app
+
+    command = typer.main.get_command(app)
+    for name in path:
+        command = command.commands[name]
+    return [
+        name
+        for param in command.params
+        for name in (*param.opts, *param.secondary_opts)
+        if name.startswith("-")
+    ]
+
+
+@pytest.mark.parametrize("columns", [40, 60, 80, 120])
+def test_help_of_every_command_keeps_option_names_and_words_whole(columns, capsys, monkeypatch):
+    """``--help`` cuts no option name, default or path with an ellipsis, on any terminal width."""
+    monkeypatch.setenv("COLUMNS", str(columns))
+    paths = every_command_path()
+    assert ["score"] in paths and ["eval", "compare"] in paths and ["world", "run"] in paths
+    for path in paths:
+        assert main([*path, "--help"]) == 0, path
+        out = capsys.readouterr().out
+        assert "…" not in out, (path, out)
+        assert "<bool>" not in out and "\\[" not in out, (path, out)
+        for name in option_names(path):
+            assert re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", out), (path, name, out)
+
+
 def score_summary() -> SimpleNamespace:
     stats = {
         name: {"mean": -0.30123456, "ci_low": -0.3456789, "ci_high": -0.2567891, "n": 1234}

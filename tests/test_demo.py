@@ -25,6 +25,9 @@ def test_demo_runs_every_stage_and_recipe_reruns(tmp_path, monkeypatch):
         assert (root / path).exists(), path
     compare = json.loads((root / "run/compare/compare.json").read_text())
     assert compare
+    # a second `pisces demo` in the same folder rebuilds its clips and models and runs again (it used to stop at
+    # `score`, whose folder held rows keyed on the first run's OT map)
+    assert main(["demo"]) == 0
     # the written recipe re-runs a stage by hand
     assert (
         main(

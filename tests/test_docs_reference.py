@@ -10,6 +10,8 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
+import pytest
+
 from pisces_cli.config.recipe import Recipe
 
 ROOT = Path(__file__).parents[1]
@@ -116,3 +118,84 @@ def test_vbench_doc_states_every_difference_the_commands_print():
     )
     for metric in VBENCH_DIFFERENCES:
         assert f"| {metric} |" in section, metric
+
+
+# --------------------------------------------------------------------- commands and flags the docs name
+
+#: flags of other tools the docs show next to pisces commands (pip, torchrun, hf, benchmark scripts).
+OTHER_TOOLS_FLAGS = {"--index-url", "--nproc_per_node", "--local-dir", "--config", "--device", "--dry"}
+
+
+def _cli_tree():
+    import typer.main
+
+    from pisces_cli.cli.main import app
+
+    return typer.main.get_command(app)
+
+
+def _flags(command) -> set[str]:
+    return {name for param in command.params for name in (*param.opts, *param.secondary_opts)}
+
+
+def pisces_command_problems(text: str) -> list[str]:
+    """Every ``pisces CMD [SUB] ... --flag`` in ``text`` whose command or flag the CLI does not have."""
+    root = _cli_tree()
+    problems = []
+    for match in re.finditer(r"(?<![\w/.-])pisces((?:[ \t]+[^\s;|&)`'\"#]+)+)", text):
+        tokens = match.group(1).split()
+        command, path = root, []
+        while tokens and tokens[0] in getattr(command, "commands", {}):
+            command = command.commands[tokens.pop(0)]
+            path.append(command.name)
+        if path == ["eval"] and tokens and tokens[0] not in command.commands:
+            command = command.commands["run"]  # `pisces eval VIDEOS ...` is `pisces eval run VIDEOS ...`
+        known = _flags(command) | ({"--version", "-V"} if command is root else set()) | {"--help", "-h"}
+        if not path and tokens and not tokens[0].startswith("-"):
+            if re.fullmatch(r"[a-z]+(?:-[a-z]+)*", tokens[0]) and any(t.startswith("-") for t in tokens):
+                problems.append(f"`pisces {tokens[0]}`: no such command")
+            continue  # prose ("a pisces checkpoint") or a placeholder (`pisces <stage> --recipe R`)
+        for token in tokens:
+            flag = token.split("=")[0].rstrip(".,:")
+            if re.fullmatch(r"--[a-z][\w-]*", flag) and flag not in known:
+                problems.append(f"`pisces {' '.join(path)} {flag}`: no such option")
+    return problems
+
+
+def test_every_command_and_flag_the_docs_and_messages_name_exists():
+    all_flags: set[str] = set()
+
+    def walk(command) -> None:
+        all_flags.update(_flags(command))
+        for sub in getattr(command, "commands", {}).values():
+            walk(sub)
+
+    walk(_cli_tree())
+    files = [
+        ROOT / "README.md",
+        *sorted((ROOT / "docs").glob("*.md")),
+        *sorted((ROOT / "recipes").glob("*.yaml")),
+    ]
+    files += sorted((ROOT / "pisces_cli").rglob("*.py"))
+    problems = []
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        problems += [f"{path.relative_to(ROOT)}: {p}" for p in pisces_command_problems(text)]
+        for flag in set(re.findall(r"(?<![\w-])--[a-z][a-z0-9_]*(?:-[a-z0-9_]+)*(?![\w-])", text)):
+            if flag not in all_flags | OTHER_TOOLS_FLAGS | {"--version", "--help"}:
+                problems.append(f"{path.relative_to(ROOT)}: {flag} is an option of no pisces command")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("run `pisces score VIDEOS -r wan --limit 3`", []),
+        ("run `pisces eval runs/videos -r wan --vbench`", []),
+        ("run `pisces score VIDEOS --lmit 3`", ["`pisces score --lmit`: no such option"]),
+        ("then `pisces fit-ott -r wan`", ["`pisces fit-ott`: no such command"]),
+        ("`pisces eval compare A B --strips 2 --json`", ["`pisces eval compare --json`: no such option"]),
+    ],
+)
+def test_the_command_checker_catches_what_it_should(text, expected):
+    assert pisces_command_problems(text) == expected

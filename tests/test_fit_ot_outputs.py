@@ -157,3 +157,36 @@ def test_resuming_a_neural_fit_on_other_rows_is_refused(setup, capsys):
     assert (
         main(["fit-ot", "-r", setup["recipe"], "fit_ot.neural.max_steps=6", "seed=4"]) == 0
     )  # same rows: resumes
+
+
+@pytest.mark.parametrize("method", ["neural", "gaussian"])
+def test_a_rerun_with_nothing_changed_keeps_the_map_bytes_and_says_nothing_to_do(setup, method, capsys):
+    """A no-op re-run must not rewrite ot_map.safetensors: score/eval folders are keyed on its hash."""
+    map_path = setup["out"] / "ot_map.safetensors"
+
+    def fit(*extra: str) -> tuple[int, str]:
+        code = main(["fit-ot", "-r", setup["recipe"], f"fit_ot.method={method}", *extra])
+        return code, capsys.readouterr().out
+
+    assert fit()[0] == 0
+    first = map_path.read_bytes()
+    code, out = fit()
+    assert code == 0 and "nothing to do" in out
+    assert map_path.read_bytes() == first
+    code, out = fit("fit_ot.val_fraction=0.4", "--fresh")  # other settings: fit again
+    assert code == 0 and "nothing to do" not in out and map_path.read_bytes() != first
+    changed = map_path.read_bytes()
+    assert "nothing to do" in fit("fit_ot.val_fraction=0.4")[1] and map_path.read_bytes() == changed
+    write_embeddings(setup["root"] / "emb", seed=1)  # new embeddings, same settings: never "nothing to do"
+    code, out = fit("fit_ot.val_fraction=0.4")
+    assert "nothing to do" not in out
+    assert (code == 0 and map_path.read_bytes() != changed) or (method == "neural" and code == 2)
+    assert fit("fit_ot.val_fraction=0.4", "--fresh")[0] == 0 and map_path.read_bytes() != changed
+
+
+def test_changed_neural_settings_name_the_way_out(setup, capsys):
+    assert main(["fit-ot", "-r", setup["recipe"]]) == 0
+    (setup["out"] / "ot_map.safetensors").unlink()  # an interrupted fit: only the training state is left
+    capsys.readouterr()
+    assert main(["fit-ot", "-r", setup["recipe"], "fit_ot.neural.max_steps=8"]) == 2
+    assert "pass --fresh" in capsys.readouterr().err

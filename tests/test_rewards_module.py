@@ -210,7 +210,9 @@ def test_zero_semantic_weight_skips_semantic(encoder, monkeypatch):
 
 
 def test_mismatched_batch_is_refused(encoder):
-    with pytest.raises(ValueError, match="2 clips but 1 captions"):
+    from pisces_cli.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"2 video\(s\) but 1 caption\(s\)"):
         PiscesReward(encoder)(pixels(2), CAPTIONS[:1])
 
 

@@ -126,7 +126,9 @@ def test_same_map_content_at_another_path_is_the_same_key(world: Path, tmp_path:
     capsys.readouterr()
     assert main(["score", str(world / "clips"), "-r", str(recipe(world)), "-o", str(out), "--ot-map",
                  str(copy)]) == 0  # fmt: skip
-    assert "nothing to do" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "nothing to do" in printed
+    assert f"results in {out}/scores.jsonl" in printed and "wrote" not in printed  # no file was written
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ot_map"]["ot_map"] == str(copy) and summary["ot_map"]["method"] == "gaussian"
 

@@ -78,12 +78,14 @@ def test_claim2_finetunes_every_arm_and_judges_every_video(quick_run) -> None:
     assert set(result.accuracy["vs_base"]) == set(ARMS)
 
 
-def test_rerun_through_the_cli_skips_every_step_and_reproduces_the_numbers(quick_run) -> None:
+def test_rerun_through_the_cli_skips_every_step_and_reproduces_the_numbers(quick_run, capsys) -> None:
     from pisces_cli.cli.main import main
 
     root, result = quick_run
     before = json.loads((root / "results.json").read_text())
+    capsys.readouterr()
     assert main(["world", "run", "--quick", "--out", str(root)]) == 0
+    assert f"nothing to do: every step in {root} was done by an earlier call" in capsys.readouterr().out
     after = json.loads((root / "results.json").read_text())
     assert all(step["skipped"] for step in after["steps"])
     assert after["agreement"] == before["agreement"]

@@ -8,9 +8,10 @@ import sys
 import typer
 
 from pisces_cli.cli import env_command, inspect_command, recipe_commands
-from pisces_cli.cli.common import hide_flag_value_types
+from pisces_cli.cli.common import hide_flag_value_types, keep_help_words_whole
 
 hide_flag_value_types()
+keep_help_words_whole()
 
 app = typer.Typer(
     name="pisces",

@@ -39,7 +39,9 @@ def fit_ot(
     import_file: Path = typer.Option(
         None, "--import", help="Convert the reference implementation's released map (.pt) instead of fitting."
     ),
-    fresh: bool = typer.Option(False, "--fresh", help="Ignore saved training state and start over."),
+    fresh: bool = typer.Option(
+        False, "--fresh", help="Fit again from the start: ignore saved training state and a finished fit."
+    ),
     force: bool = typer.Option(
         False,
         "--force",
@@ -56,6 +58,12 @@ def fit_ot(
         summary = run_fit_ot(resolved, console=console, resume=not fresh, force=force)
     title = f"fit-ot ({summary.method}) — on the report split, {summary.report_size} held-out pairs"
     _print_metrics(title, summary.metrics)
+    if getattr(summary, "nothing_to_do", False):
+        console.print(
+            f"nothing to do: {summary.output / 'ot_map.safetensors'} is already fit with these settings and "
+            "embeddings (--fresh to fit again)"
+        )
+        return
     console.print(f"[green]wrote[/] {summary.output / 'ot_map.safetensors'}")
 
 
@@ -139,7 +147,10 @@ def _print_score_table(summary) -> None:
             column, f"{stat['mean']:.4f}", f"[{stat['ci_low']:.4f}, {stat['ci_high']:.4f}]", str(stat["n"])
         )
     print_table(console, table)
-    console.print(f"[green]wrote[/] {summary.output}/scores.jsonl, scores.csv, summary.json", soft_wrap=True)
+    done = (
+        "results in" if getattr(summary, "nothing_to_do", False) else "[green]wrote[/]"
+    )  # no file was touched
+    console.print(f"{done} {summary.output}/scores.jsonl, scores.csv, summary.json", soft_wrap=True)
 
 
 def demo(
@@ -193,7 +204,12 @@ def finetune(
     if summary is not None:
         from pisces_cli.runtime import dist_context
 
-        if dist_context().is_main:
+        if dist_context().is_main and getattr(summary, "nothing_to_do", False):
+            console.print(
+                f"nothing to do: {summary.checkpoint} already reached step {summary.step} "
+                "(raise finetune.max_steps or --max-steps to train on, --fresh to start over)"
+            )
+        elif dist_context().is_main:
             console.print(
                 f"[green]finetuned[/] to step {summary.step} ({summary.skipped_steps} skipped) → "
                 f"{summary.checkpoint}"
@@ -224,6 +240,9 @@ def generate(
     from pisces_cli.runtime import dist_context
 
     if not dist_context().is_main:
+        return
+    if summary.total and summary.skipped == summary.total:
+        console.print(f"nothing to do: all {summary.total} videos are already in {summary.output}")
         return
     console.print(
         f"[green]generated[/] {summary.written} videos ({summary.skipped} already there, "

@@ -53,6 +53,11 @@ def run(
         console.print(
             result.report.read_text(encoding="utf-8"), markup=False, highlight=False, soft_wrap=True
         )
+    if result.steps and all(step.skipped for step in result.steps):
+        console.print(
+            f"nothing to do: every step in {out} was done by an earlier call (only the report was rebuilt)",
+            soft_wrap=True,
+        )
     console.print(f"[green]done[/] in {result.seconds:.0f} s (as report.md says) → {result.report}")
 
 

@@ -144,9 +144,15 @@ def _resize_crop_normalise(
     if (new_h, new_w) != (height, width):
         kwargs = {"align_corners": False} if interpolation in ("bilinear", "bicubic") else {}
         use_antialias = antialias and interpolation in ("bilinear", "bicubic")
+        dtype = images.dtype  # CPU kernels have no half/bfloat16 antialiased resize: resize in float32
+        upcast = images.device.type == "cpu" and dtype in (torch.float16, torch.bfloat16)
         images = F.interpolate(
-            images, size=(new_h, new_w), mode=interpolation, antialias=use_antialias, **kwargs
-        )
+            images.float() if upcast else images,
+            size=(new_h, new_w),
+            mode=interpolation,
+            antialias=use_antialias,
+            **kwargs,
+        ).to(dtype)
         if clamp:
             images = images.clamp(0.0, 1.0)
     images = images[..., window.top : window.top + size, window.left : window.left + size]
@@ -227,7 +233,9 @@ def preprocess_pixels(
         ``[B, T, 3, size, size]`` in the dtype and on the device of ``pixels``; gradients flow.
     """
     if not isinstance(pixels, torch.Tensor) or not pixels.is_floating_point():
-        raise UsageError("pixels must be a floating torch tensor [B, T, 3, H, W] in [0, 1]")
+        got = f"a {pixels.dtype} tensor" if isinstance(pixels, torch.Tensor) else type(pixels).__name__
+        hint = " (uint8 frames: pixels.float() / 255)" if got == "a torch.uint8 tensor" else ""
+        raise UsageError(f"pixels must be a floating torch tensor [B, T, 3, H, W] in [0, 1], got {got}{hint}")
     if pixels.ndim != 5 or pixels.shape[2] != 3:
         raise UsageError(f"pixels must be [B, T, 3, H, W], got shape {tuple(pixels.shape)}")
     batch, frames = int(pixels.shape[0]), int(pixels.shape[1])

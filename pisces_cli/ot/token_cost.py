@@ -310,7 +310,23 @@ def token_ot_prior(
         elsewhere (detached); ``info`` is the :class:`SinkhornInfo` of the ``[B, H]`` problems whose rows
         are the compacted lexical tokens.
     """
+    if not isinstance(settings, TokenOTSettings):
+        raise UsageError(f"token_ot_prior: settings must be a TokenOTSettings, got {type(settings).__name__}")
+    if attn.ndim != 4 or query_full.ndim != 3 or key_full.ndim != 3:
+        raise UsageError(
+            "token_ot_prior: expected query [B, Q, D], key [B, M, D] and attn [B, H, Q, M], got "
+            f"{tuple(query_full.shape)}, {tuple(key_full.shape)} and {tuple(attn.shape)}"
+        )
     batch, heads, q_len, m = attn.shape
+    if (
+        query_full.shape[:2] != (batch, q_len)
+        or key_full.shape[:2] != (batch, m)
+        or query_full.shape[2] != key_full.shape[2]
+    ):
+        raise UsageError(
+            f"token_ot_prior: attn {tuple(attn.shape)} is [B, H, Q, M], so query must be [{batch}, {q_len}, D] "
+            f"and key [{batch}, {m}, D] with the same D; got {tuple(query_full.shape)} and {tuple(key_full.shape)}"
+        )
     if lexical_mask.shape != (batch, q_len) or lexical_mask.dtype != torch.bool:
         raise UsageError(f"token_ot_prior: lexical_mask must be bool [{batch}, {q_len}]")
     index, row_mask = lexical_rows(lexical_mask.to(attn.device))

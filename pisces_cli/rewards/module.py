@@ -17,12 +17,14 @@ text path and every OT plan are detached), so ``finetune`` can backpropagate the
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+
+from pisces_cli.errors import UsageError
 
 if TYPE_CHECKING:
     from pisces_cli.encoders.base import EncoderBackend, TextFeatures
@@ -30,6 +32,10 @@ if TYPE_CHECKING:
     from pisces_cli.ot.maps import TransportMap
 
 REWARD_COMPONENTS = ("quality", "semantic")
+
+#: how far outside [0, 1] finite pixel values may stray (an unclamped VAE decode) before ``reward(pixels, ...)``
+#: refuses them as being on another scale (``[-1, 1]`` or ``0..255``).
+PIXEL_RANGE_SLACK = 0.25
 
 
 #: the reward columns a :class:`RewardOutput` maps by name, in this order (absent ones are skipped).
@@ -142,12 +148,20 @@ class PiscesReward:
             generator=self.generator,
         )
 
-    def encode_text(self, captions: list[str]) -> TextFeatures:
+    def encode_text(self, captions: Sequence[str]) -> TextFeatures:
         with torch.no_grad():
             return self.encoder.encode_text(list(captions))
 
-    def __call__(self, pixels: torch.Tensor, captions: list[str]) -> RewardOutput:
-        """Rewards of raw pixels ``[B, T, 3, H, W]`` in [0, 1] (any T the encoder accepts)."""
+    def __call__(self, pixels: torch.Tensor, captions: Sequence[str]) -> RewardOutput:
+        """Rewards of raw pixels ``[B, T, 3, H, W]`` in [0, 1] (any T the encoder accepts).
+
+        Raises:
+            UsageError: pixels that are not a floating ``[B, T, 3, H, W]`` tensor, pixels on another
+                scale (finite values below ``-0.25`` or above ``1.25``: ``[-1, 1]`` or ``0..255`` frames),
+                or captions that are not a list of ``B`` strings. NaN pixels are not refused: they give
+                NaN rewards (a diverged generator), which a trainer skips.
+        """
+        check_pixel_range(pixels)
         return self.from_preprocessed(self.preprocess(pixels), captions)
 
     def map_text(self, text_global: torch.Tensor) -> torch.Tensor:
@@ -156,10 +170,14 @@ class PiscesReward:
             return text_global
         return self.ot_map.apply(text_global.float()).to(text_global.dtype)
 
-    def from_preprocessed(self, clips: torch.Tensor, captions: list[str]) -> RewardOutput:
+    def from_preprocessed(self, clips: torch.Tensor, captions: Sequence[str]) -> RewardOutput:
         """Rewards of clips already preprocessed for the encoder, ``[B, T, 3, S, S]``."""
-        if clips.shape[0] != len(captions):
-            raise ValueError(f"{clips.shape[0]} clips but {len(captions)} captions")
+        if not isinstance(clips, torch.Tensor) or not clips.is_floating_point():
+            raise UsageError(
+                f"clips must be a floating torch tensor [B, T, 3, S, S], got {type(clips).__name__}"
+                + (f" of {clips.dtype}" if isinstance(clips, torch.Tensor) else "")
+            )
+        captions = checked_captions(captions, int(clips.shape[0]) if clips.ndim else 0)
         text = self.encode_text(captions)
         video = self.encoder.encode_video(clips)
         video_global = video.global_embedding.float()
@@ -193,6 +211,42 @@ class PiscesReward:
             lexical_mask=text.lexical_mask,
             geometry=video.geometry,
             diagnostics=diagnostics,
+        )
+
+
+def checked_captions(captions: Sequence[str], batch: int) -> list[str]:
+    """``captions`` as a list of ``batch`` strings; a bare string or a length mismatch is a UsageError."""
+    if isinstance(captions, (str, bytes)):
+        raise UsageError(
+            f"captions must be a list of {batch} strings (one per video), got a single string {captions!r}; "
+            "wrap it in a list"
+        )
+    try:
+        captions = list(captions)
+    except TypeError:
+        raise UsageError(
+            f"captions must be a list of {batch} strings, got {type(captions).__name__}"
+        ) from None
+    bad = [index for index, caption in enumerate(captions) if not isinstance(caption, str)]
+    if bad:
+        raise UsageError(
+            f"captions must be strings; caption(s) {bad[:5]} are {type(captions[bad[0]]).__name__}"
+        )
+    if len(captions) != batch:
+        raise UsageError(f"{batch} video(s) but {len(captions)} caption(s): give one caption per video")
+    return captions
+
+
+def check_pixel_range(pixels: torch.Tensor) -> None:
+    """Refuse pixels on another scale than [0, 1] (one reduction; NaN passes, see :meth:`PiscesReward.__call__`)."""
+    if not isinstance(pixels, torch.Tensor) or not pixels.is_floating_point() or pixels.numel() == 0:
+        return  # the shape/dtype checks of preprocessing name the problem
+    low, high = torch.aminmax(pixels.detach())
+    low_value, high_value = float(low), float(high)
+    if low_value < -PIXEL_RANGE_SLACK or high_value > 1.0 + PIXEL_RANGE_SLACK:
+        hint = "0..255 frames: divide by 255" if high_value > 2.0 else "[-1, 1] frames: use x / 2 + 0.5"
+        raise UsageError(
+            f"pixels must be in [0, 1], got values in [{low_value:.4g}, {high_value:.4g}] ({hint})"
         )
 
 

@@ -8,6 +8,7 @@ Launch with ``torchrun --nproc_per_node N -m pisces_cli finetune ...`` for sever
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -160,8 +161,9 @@ def run_finetune(
     dry_run: bool = False,
     fresh: bool = False,
     max_steps: int | None = None,
-) -> FinetuneSummary | None:
-    """Train per ``resolved.recipe.finetune``; ``fresh`` ignores existing checkpoints; returns the summary."""
+) -> FinetuneSummary | FinishedRun | None:
+    """Train per ``resolved.recipe.finetune``; ``fresh`` ignores existing checkpoints; returns the summary
+    (a :class:`FinishedRun` when the checkpoint to resume already reached the steps asked for)."""
     return _run(resolved, console=console, dry_run=dry_run, fresh=fresh, max_steps=max_steps)
 
 
@@ -193,6 +195,48 @@ def run_sanity(resolved: ResolvedRecipe, *, console: Any = None) -> dict[str, fl
         trainer.cleanup()
 
 
+@dataclass(frozen=True)
+class FinishedRun:
+    """A re-run with nothing to do: the checkpoint to resume already reached the steps asked for."""
+
+    output: Path
+    step: int
+    checkpoint: Path
+    skipped_steps: int
+    nothing_to_do: bool = True
+
+
+def finished_run(resolved: ResolvedRecipe, steps: int) -> FinishedRun | None:
+    """The checkpoint ``finetune.resume`` points at when it already reached ``steps``, else None.
+
+    Reads only its ``state.json`` (no model, not even the trainer's modules, is loaded); a checkpoint made
+    under other training settings is refused exactly as resuming it would be.
+    """
+    import json
+
+    from pisces_cli.runtime import dist_context
+    from pisces_cli.training.checkpoint import (
+        STATE_DIR,
+        check_training_key,
+        find_resume_checkpoint,
+        training_key,
+    )
+
+    section = resolved.recipe.finetune
+    folder = find_resume_checkpoint(section.output, section.resume)
+    if folder is None:
+        return None
+    try:
+        meta = json.loads((folder / STATE_DIR / "state.json").read_text(encoding="utf-8"))
+        step = int(meta["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # let the trainer's resume name what is wrong with it
+    if step < steps:
+        return None
+    check_training_key(folder, meta, training_key(resolved.portable_data(), dist_context().world_size))
+    return FinishedRun(Path(section.output), step, folder, int(meta.get("skipped_steps", 0)))
+
+
 def _run(
     resolved: ResolvedRecipe,
     *,
@@ -200,10 +244,9 @@ def _run(
     dry_run: bool,
     fresh: bool,
     max_steps: int | None,
-) -> FinetuneSummary | None:
+) -> FinetuneSummary | FinishedRun | None:
     from pisces_cli.atomic import atomic_write_text
     from pisces_cli.runtime import dist_context
-    from pisces_cli.training.trainer import Trainer
 
     steps = max_steps if max_steps is not None else resolved.recipe.finetune.max_steps
     if dry_run:
@@ -211,6 +254,12 @@ def _run(
             print_plan(resolved, console, steps)
         return None
     check_stage("finetune", resolved)
+    if not fresh:
+        finished = finished_run(resolved, steps)
+        if finished is not None:
+            return finished
+    from pisces_cli.training.trainer import Trainer
+
     is_main = dist_context().is_main
     if fresh and is_main:
         from pisces_cli.training.checkpoint import clear_training_output

@@ -64,6 +64,8 @@ class FitSummary:
     train_size: int
     report_size: int
     step: int | None = None
+    #: True when the folder already held this very fit (same settings and embeddings) and nothing was redone.
+    nothing_to_do: bool = False
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,53 @@ def _header(
     )
 
 
+def fit_key(resolved: ResolvedRecipe) -> dict[str, Any]:
+    """Everything that changes what ``fit-ot`` writes: the ``fit_ot`` settings, the seed, the pisces version
+    and a signature (name, size, mtime of every file) of the embeddings folder, read without opening a file.
+
+    Recorded in ``ot_map.safetensors``; a re-run whose key matches has nothing to do (and leaves the map's
+    bytes, hence every score/eval folder keyed on its hash, untouched).
+    """
+    import json
+
+    from pisces_cli import __version__
+    from pisces_cli.stages.run_key import files_signature
+
+    settings = {k: v for k, v in resolved.data["fit_ot"].items() if k not in ("output", "embeddings")}
+    key = {
+        "fit_ot": settings,
+        "seed": resolved.recipe.seed,
+        "embeddings": files_signature([Path(resolved.recipe.fit_ot.embeddings)]),
+        "pisces_version": __version__,
+    }
+    return json.loads(json.dumps(key))  # as the JSON header will give it back
+
+
+def finished_fit(out_dir: Path, key: dict[str, Any], method: str) -> FitSummary | None:
+    """The summary of the fit already in ``out_dir`` when it was made under ``key`` and is complete, else None."""
+    from pisces_cli.artifacts import read_header
+
+    path = out_dir / "ot_map.safetensors"
+    if not path.is_file() or not (out_dir / "report.md").is_file():
+        return None
+    try:
+        header = read_header(path)
+    except UsageError:
+        return None  # a damaged map is refit
+    if header.stage != "fit-ot" or header.extra.get("fit_key") != key or header.extra.get("method") != method:
+        return None
+    splits = header.extra.get("splits", {})
+    return FitSummary(
+        out_dir,
+        method,
+        dict(header.metrics),
+        int(splits.get("train", 0)),
+        int(splits.get("report", 0)),
+        header.extra.get("step"),
+        nothing_to_do=True,
+    )
+
+
 def _data_key(keys: list[str], splits: FitSplits, encoder_fp: dict[str, Any] | None) -> dict[str, Any]:
     """What a resumed neural fit must share with its saved state: the encoder and the rows of its splits."""
     import hashlib
@@ -190,6 +239,18 @@ def run_fit_ot(
     ``force``: replace the outputs of an earlier fit in ``fit_ot.output`` (needed when they are of another
     method or an import).
     """
+    check_stage("fit-ot", resolved)
+    recipe = resolved.recipe
+    section = recipe.fit_ot
+    out_dir = Path(section.output)
+    emb_dir = Path(section.embeddings)
+    if not emb_dir.is_dir():
+        raise UsageError(f"fit_ot.embeddings: {emb_dir} is not a folder (run `pisces embed` first)")
+    key = fit_key(resolved)
+    if resume and not force:
+        done = finished_fit(out_dir, key, section.method)
+        if done is not None:
+            return done
     from pisces_cli.artifacts import load_sharded
     from pisces_cli.ot.maps import (
         IdentityMap,
@@ -205,15 +266,8 @@ def run_fit_ot(
     from pisces_cli.runtime import barrier, init_distributed, resolve_device, seed_everything
     from pisces_cli.stages.progress import progress_bar
 
-    check_stage("fit-ot", resolved)
-    recipe = resolved.recipe
-    section = recipe.fit_ot
     ctx = init_distributed(timeout_s=None)  # DDP training: every rank steps together
     seed_everything(recipe.seed)
-    out_dir = Path(section.output)
-    emb_dir = Path(section.embeddings)
-    if not emb_dir.is_dir():
-        raise UsageError(f"fit_ot.embeddings: {emb_dir} is not a folder (run `pisces embed` first)")
     tensors, keys, header = load_sharded(
         emb_dir, expect_schema=EMBEDDINGS_SCHEMA, names=["text_cls", "video_cls"]
     )
@@ -286,19 +340,26 @@ def run_fit_ot(
                 advance(step_now - last["step"], **fields)
                 last["step"] = step_now
 
-            result = fit_neural_map(
-                x_train.to(device),
-                y_train.to(device),
-                x_sel.to(device),
-                y_sel.to(device),
-                config,
-                out_dir / "state",
-                resume=resume,
-                on_progress=on_progress,
-                eval_every=neural.eval_every,
-                device=device,
-                data_key=_data_key(keys, splits, encoder_fp),
-            )
+            try:
+                result = fit_neural_map(
+                    x_train.to(device),
+                    y_train.to(device),
+                    x_sel.to(device),
+                    y_sel.to(device),
+                    config,
+                    out_dir / "state",
+                    resume=resume,
+                    on_progress=on_progress,
+                    eval_every=neural.eval_every,
+                    device=device,
+                    data_key=_data_key(keys, splits, encoder_fp),
+                )
+            except UsageError as error:
+                if "cannot resume" not in str(error) or "--fresh" in str(error):
+                    raise
+                raise UsageError(
+                    f"{error}; pass --fresh to fit from the start with the new settings, or restore them"
+                ) from None
         if not ctx.is_main:
             return FitSummary(out_dir, "neural", {}, len(splits.train), len(splits.report), result.step)
         history, step = result.history, result.step
@@ -334,7 +395,12 @@ def run_fit_ot(
         out_dir / "ot_map.safetensors",
         transport_map,
         dim,
-        _header(resolved, encoder_fp, metrics, {**extra_common, "method": section.method, "step": step}),
+        _header(
+            resolved,
+            encoder_fp,
+            metrics,
+            {**extra_common, "method": section.method, "step": step, "fit_key": key},
+        ),
     )
     write_fit_report(
         out_dir,

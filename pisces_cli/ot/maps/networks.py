@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 DEFAULT_HIDDEN_DIM = 1024
-"""Hidden width of both networks in the paper setting (``--ot-hidden``/``--f-hidden``)."""
+"""Hidden width of both networks in the paper setting (the reference trainer's ``ot-hidden`` / ``f-hidden`` options)."""
 
 REFERENCE_KEYS = tuple(f"net.{index}.{kind}" for index in (0, 2, 3, 5, 6) for kind in ("weight", "bias"))
 """State-dict keys shared by :class:`OTMapNet` and :class:`PotentialNet` (and the reference)."""

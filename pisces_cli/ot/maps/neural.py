@@ -41,8 +41,8 @@ class NeuralOTConfig:
     """Hyper-parameters of Neural OT; defaults are the paper setting (reference CLI, method.md §2.4).
 
     Attributes:
-        hidden_dim: hidden width of T (``--ot-hidden``).
-        potential_hidden_dim: hidden width of f (``--f-hidden``).
+        hidden_dim: hidden width of T (the reference trainer's ``ot-hidden``).
+        potential_hidden_dim: hidden width of f (the reference trainer's ``f-hidden``).
         lr_map / lr_potential: Adam learning rates of T and f.
         weight_decay: Adam L2 weight decay (both nets).
         grad_clip: max gradient norm per step (both nets).

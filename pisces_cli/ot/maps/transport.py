@@ -67,8 +67,27 @@ class TransportMap(ABC):
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Map inputs ``x [B, D_in]`` that already follow :attr:`normalization` to ``[B, D_out]``."""
 
+    @property
+    def dims(self) -> tuple[int, int] | None:
+        """``(D_in, D_out)``, or None for a map that takes any width (identity)."""
+        return None
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Refuse (UsageError) inputs that are not ``[B, D_in]`` for this map: no silent broadcasting."""
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise UsageError(
+                f"{self.method} OT map: expected a floating tensor [B, D], got {type(x).__name__}"
+            )
+        width = None if self.dims is None else self.dims[0]
+        if x.ndim != 2 or (width is not None and x.shape[1] != width):
+            expected = "[B, D]" if width is None else f"[B, {width}]"
+            raise UsageError(
+                f"{self.method} OT map: expected text embeddings {expected}, got shape {tuple(x.shape)}"
+            )
+
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise raw embeddings ``x [B, D_in]`` per :attr:`normalization`, then map them."""
+        self.check_input(x)
         return self(normalize_embeddings(x, self.normalization))
 
     @abstractmethod
@@ -121,6 +140,10 @@ class GaussianMap(TransportMap):
         self.matrix = matrix
         self.ridge = float(ridge)
 
+    @property
+    def dims(self) -> tuple[int, int]:
+        return int(self.matrix.shape[1]), int(self.matrix.shape[0])
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         matrix = self.matrix.to(device=x.device, dtype=x.dtype)
         centred = x - self.mean_x.to(device=x.device, dtype=x.dtype)
@@ -144,6 +167,10 @@ class NeuralMap(TransportMap):
     def __init__(self, net: OTMapNet, normalization: str):
         super().__init__(normalization)
         self.net = net.eval().requires_grad_(False)
+
+    @property
+    def dims(self) -> tuple[int, int]:
+        return self.net.dims.input_dim, self.net.dims.output_dim
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.net.net[0].weight
