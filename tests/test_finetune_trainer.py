@@ -281,9 +281,14 @@ def test_reward_and_data_files_rewritten_at_their_paths_are_not_resumed(tmp_path
     with pytest.raises(UsageError, match=r"contents\.data_sha256"):
         make_trainer(tmp_path, max_steps=2, extra=extra)
     prompts.write_text("\n".join(PROMPTS) + "\n", encoding="utf-8")
+    from pisces_cli.stages.finetune import finished_run
+
+    assert finished_run(resolve(tmp_path, "hunyuan", extra), 1) is not None  # step 1 done: nothing to do
     write_map(ot_map, encoder.embed_dim, encoder.fingerprint(), seed=1)  # `fit-ot` again, same path
     with pytest.raises(UsageError, match=r"contents\.ot_map_sha256"):
         make_trainer(tmp_path, max_steps=2, extra=extra)
+    with pytest.raises(UsageError, match=r"contents\.ot_map_sha256"):  # nor is step 1 "done" under the new map
+        finished_run(resolve(tmp_path, "hunyuan", extra), 1)
 
 
 def test_a_resume_under_other_settings_is_refused_before_any_model_loads(tmp_path, monkeypatch):

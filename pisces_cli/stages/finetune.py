@@ -214,6 +214,7 @@ def finished_run(resolved: ResolvedRecipe, steps: int) -> FinishedRun | None:
     """
     import json
 
+    from pisces_cli.encoders.fingerprint import hash_weight_files
     from pisces_cli.runtime import dist_context
     from pisces_cli.training.checkpoint import (
         STATE_DIR,
@@ -233,7 +234,11 @@ def finished_run(resolved: ResolvedRecipe, steps: int) -> FinishedRun | None:
         return None  # let the trainer's resume name what is wrong with it
     if step < steps:
         return None
-    check_training_key(folder, meta, training_key(resolved.portable_data(), dist_context().world_size))
+    key = training_key(resolved.portable_data(), dist_context().world_size)
+    ot_map = resolved.recipe.reward.ot_map
+    if ot_map and Path(ot_map).is_file():  # a map refit at the same path is not "done" (small file: hash it)
+        key["contents"] = {"ot_map_sha256": hash_weight_files([ot_map])}
+    check_training_key(folder, meta, key)
     return FinishedRun(Path(section.output), step, folder, int(meta.get("skipped_steps", 0)))
 
 

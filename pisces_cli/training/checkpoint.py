@@ -103,10 +103,15 @@ def check_training_key(folder: Path, meta: dict[str, Any], key: dict[str, Any]) 
     stored = meta.get("training_key")
     if not isinstance(stored, dict):
         return
-    if "contents" not in stored or "contents" not in key:  # not recorded yet (an older checkpoint) or not
-        # known yet (the check before any model loads): compare the rest
-        stored = {k: v for k, v in stored.items() if k != "contents"}
-        key = {k: v for k, v in key.items() if k != "contents"}
+    stored_contents, contents = stored.get("contents"), key.get("contents")
+    stored = {k: v for k, v in stored.items() if k != "contents"}
+    key = {k: v for k, v in key.items() if k != "contents"}
+    if isinstance(stored_contents, dict) and isinstance(contents, dict):  # compare the file contents both
+        # sides know: an older checkpoint recorded fewer, a check before any model loads hashes only the small
+        # files (the OT map), not multi-GB encoder weights
+        shared = sorted(set(stored_contents) & set(contents))
+        stored["contents"] = {name: stored_contents[name] for name in shared}
+        key["contents"] = {name: contents[name] for name in shared}
     stored_finetune = stored.get("finetune")
     if (  # a key written before the horizon was keyed: the run's max_steps was its horizon
         isinstance(stored_finetune, dict)
