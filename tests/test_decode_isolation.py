@@ -293,3 +293,51 @@ def test_call_isolated_returns_results_and_contains_crashes_and_hangs():
 
 def _kill_self() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_decode_children_end_when_the_main_process_is_killed(tmp_path: Path):
+    """A run killed with SIGKILL (OOM killer, a scheduler's hard stop) leaves no decode child behind holding
+    its memory: a forked child holds copies of the main process's pipe ends, so it never sees its pipe close
+    and must notice the main process is gone by itself."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import time\n"
+        "from pisces_cli.io.isolation import process_context, quiet_child\n"
+        "def child():\n"
+        "    quiet_child()\n"
+        "    time.sleep(600)\n"
+        "context = process_context()\n"
+        "children = [context.Process(target=child, daemon=True) for _ in range(2)]\n"
+        "for process in children:\n"
+        "    process.start()\n"
+        "print(' '.join(str(process.pid) for process in children), flush=True)\n"
+        "time.sleep(600)\n",
+        encoding="utf-8",
+    )
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(pid) for pid in parent.stdout.readline().split()]
+    finally:
+        parent.kill()
+        parent.wait()
+    assert len(pids) == 2
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        # a zombie (reaped by nobody yet) counts as gone
+        status = Path(f"/proc/{pid}/stat")
+        return not (status.is_file() and status.read_text().split(") ")[-1].startswith("Z"))
+
+    deadline = time.monotonic() + 60
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    survivors = [pid for pid in pids if alive(pid)]
+    for pid in survivors:
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors, "decode children outlived the killed main process"

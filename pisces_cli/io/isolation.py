@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import faulthandler
 import multiprocessing
+import os
 import signal
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -62,11 +65,33 @@ def timed_out(label: str, limit_s: float) -> VideoDecodeError:
     )
 
 
+#: How often (seconds) a decode child checks that the process that started it is still alive.
+PARENT_CHECK_S = 1.0
+
+
 def quiet_child() -> None:
     """Set up a decode child: Ctrl-C is the main process's to handle, and a crash is reported as the
-    video's error row, so no stack dump of the child (``faulthandler``) is printed on the way down."""
+    video's error row, so no stack dump of the child (``faulthandler``) is printed on the way down.
+
+    SIGTERM ends the child (whatever handler it inherited), and the child ends itself within
+    :data:`PARENT_CHECK_S` seconds once the main process is gone (killed with SIGKILL, OOM-killed): a
+    forked child holds copies of the main process's pipe ends, so it would never see the end of its pipe
+    and would keep its memory for ever.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     faulthandler.disable()
+    parent = multiprocessing.parent_process()
+    parent_pid = parent.pid if parent is not None else os.getppid()
+    threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
+
+
+def _exit_when_orphaned(parent_pid: int | None) -> None:
+    """End this process (no clean-up: there is nobody left to report to) once ``parent_pid`` is gone."""
+    while True:
+        time.sleep(PARENT_CHECK_S)
+        if os.getppid() != parent_pid:  # re-parented: the process that started us died
+            os._exit(0)
 
 
 def _child_main(conn: Any, fn: Callable[..., Any], args: tuple[Any, ...], label: str) -> None:
