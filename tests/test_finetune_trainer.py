@@ -287,7 +287,9 @@ def test_reward_and_data_files_rewritten_at_their_paths_are_not_resumed(tmp_path
     write_map(ot_map, encoder.embed_dim, encoder.fingerprint(), seed=1)  # `fit-ot` again, same path
     with pytest.raises(UsageError, match=r"contents\.ot_map_sha256"):
         make_trainer(tmp_path, max_steps=2, extra=extra)
-    with pytest.raises(UsageError, match=r"contents\.ot_map_sha256"):  # nor is step 1 "done" under the new map
+    with pytest.raises(
+        UsageError, match=r"contents\.ot_map_sha256"
+    ):  # nor is step 1 "done" under the new map
         finished_run(resolve(tmp_path, "hunyuan", extra), 1)
 
 
