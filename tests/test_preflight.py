@@ -589,3 +589,42 @@ def test_loading_the_encoder_from_a_recipe_names_the_key_of_a_missing_file(
         UsageError, match=r"^models.encoder.tokenizer: pretrained/bert-large-uncased is not a folder"
     ):
         load_encoder_from_recipe(resolve_data(data, [], "t").recipe, torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
+    ("backbone", "section", "change", "expected"),
+    [
+        ("hunyuan", "generate", {"height": 31}, "generate.height must be a positive multiple of"),
+        ("hunyuan", "finetune", {"num_frames": 10}, "finetune.num_frames must be 4k+1"),
+        ("wan", "generate", {"width": 40}, "generate.width must be a positive multiple of"),
+    ],
+)
+def test_a_clip_geometry_the_generator_cannot_make_is_refused_before_loading_it(
+    models: Path, tmp_path: Path, monkeypatch, backbone: str, section: str, change: dict, expected: str
+) -> None:
+    """Sides and frame counts are checked against the folder's VAE and patch sizes (configs only): the
+    preflight row names the keys, and the stage refuses before minutes of loading the generator."""
+    from pisces_cli.backbones import registry
+    from pisces_cli.errors import UsageError
+    from pisces_cli.stages.finetune import run_finetune
+    from pisces_cli.stages.generate import run_generate
+
+    generator = {"generator": {"backbone": backbone, "path": str(models / backbone)}}
+    report = preflight(models, tmp_path, models=generator)
+    assert named(report, f"{section} geometry").status is Status.OK
+    report = preflight(models, tmp_path, models=generator, **{section: change})
+    row = named(report, f"{section} geometry")
+    assert row.status is Status.FAIL and expected in row.detail
+    assert row.key == f"{section}.num_frames/height/width"
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the generator was loaded")
+
+    monkeypatch.setattr(registry, "load_backbone", no_loading)
+    data = recipe_data(models, tmp_path / "run", models=generator, **{section: change})
+    resolved = resolve_data(data, [], "test")
+    with pytest.raises(UsageError, match=expected.replace(".", r"\.").replace("+", r"\+")):
+        if section == "generate":
+            run_generate(resolved)
+        else:
+            run_finetune(resolved)

@@ -158,6 +158,25 @@ class BackboneAdapter(ABC):
         """
         return []
 
+    @classmethod
+    def geometry_factors(cls, configs: dict[str, dict]) -> tuple[int, int]:
+        """(temporal factor, spatial size multiple) from the ``transformer`` and ``vae`` full configs (class
+        defaults filled in), as :attr:`temporal_factor` and :attr:`size_multiple` are set when loading."""
+        raise NotImplementedError
+
+    @classmethod
+    def geometry_problem(
+        cls, num_frames: int, height: int, width: int, temporal: int, multiple: int
+    ) -> str | None:
+        """Why a ``num_frames`` × ``height`` × ``width`` clip cannot be made (None: it can): frames ``4k+1`` for a
+        temporal factor 4, sides positive multiples of ``multiple`` pixels."""
+        if num_frames < 1 or (num_frames - 1) % temporal:
+            return f"num_frames must be {temporal}k+1 (e.g. 9, 17, 33, 81, 129) for {cls.family}, got {num_frames}"
+        for name, value in (("height", height), ("width", width)):
+            if value <= 0 or value % multiple:
+                return f"{name} must be a positive multiple of {multiple} for {cls.family}, got {value}"
+        return None
+
     @property
     def device(self) -> torch.device:
         return next(self.transformer.parameters()).device
@@ -241,16 +260,9 @@ class BackboneAdapter(ABC):
     # ---------------------------------------------------------------------------------------- geometry
     def validate_geometry(self, num_frames: int, height: int, width: int) -> None:
         """Raise UsageError unless ``num_frames = 4k + 1`` and H, W are positive multiples of ``size_multiple``."""
-        step = self.temporal_factor
-        if num_frames < 1 or (num_frames - 1) % step:
-            raise UsageError(
-                f"num_frames must be {step}k+1 (e.g. 9, 17, 33, 81, 129) for {self.family}, got {num_frames}"
-            )
-        for name, value in (("height", height), ("width", width)):
-            if value <= 0 or value % self.size_multiple:
-                raise UsageError(
-                    f"{name} must be a positive multiple of {self.size_multiple} for {self.family}, got {value}"
-                )
+        problem = self.geometry_problem(num_frames, height, width, self.temporal_factor, self.size_multiple)
+        if problem is not None:
+            raise UsageError(problem)
 
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         """``(C, F_lat, h, w)`` of the transformer latent for a clip of ``num_frames`` × H × W pixels."""

@@ -62,6 +62,13 @@ class HunyuanVideoAdapter(BackboneAdapter):
             )
         return problems
 
+    @classmethod
+    def geometry_factors(cls, configs: dict[str, dict]) -> tuple[int, int]:
+        vae, transformer = configs["vae"], configs["transformer"]
+        return int(vae["temporal_compression_ratio"]), int(vae["spatial_compression_ratio"]) * int(
+            transformer["patch_size"]
+        )
+
     def __init__(
         self,
         pipeline,

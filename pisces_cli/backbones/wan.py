@@ -66,6 +66,13 @@ class WanAdapter(BackboneAdapter):
             problems.append("transformer_2 without boundary_ratio in model_index.json")
         return problems
 
+    @classmethod
+    def geometry_factors(cls, configs: dict[str, dict]) -> tuple[int, int]:
+        vae, transformer = configs["vae"], configs["transformer"]
+        return int(vae["scale_factor_temporal"]), int(vae["scale_factor_spatial"]) * int(
+            transformer["patch_size"][1]
+        )
+
     def __init__(
         self,
         pipeline,

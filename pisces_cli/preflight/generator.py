@@ -31,8 +31,16 @@ KEY_CHECKED = ("transformer", "transformer_2", "vae")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
 
 
-def check_generator(recipe: Recipe, report: PreflightReport, *, deep: bool, key: str = GENERATOR_KEY) -> None:
-    """Rows for the generator folder (and, with ``deep``, one per component)."""
+def check_generator(
+    recipe: Recipe,
+    report: PreflightReport,
+    *,
+    deep: bool,
+    key: str = GENERATOR_KEY,
+    sections: tuple[str, ...] = (),
+) -> None:
+    """Rows for the generator folder (and, with ``deep``, one per component and one for the clip geometry of
+    each recipe section in ``sections``: ``generate``, ``finetune``)."""
     from pisces_cli.backbones.registry import adapter_class
 
     spec = recipe.models.generator.path
@@ -62,6 +70,63 @@ def check_generator(recipe: Recipe, report: PreflightReport, *, deep: bool, key:
     report.add("generator", key, Status.OK, f"{where}: {found}")
     if deep:
         _check_components(folder, index, adapter, report, key)
+        for section in sections:
+            problem = geometry_problem(recipe, section)
+            detail = problem or (
+                f"{getattr(recipe, section).num_frames} frames of {getattr(recipe, section).height}×"
+                f"{getattr(recipe, section).width} fit the VAE and patch sizes"
+            )
+            report.add(
+                f"{section} geometry",
+                f"{section}.num_frames/height/width",
+                Status.FAIL if problem else Status.OK,
+                detail,
+            )
+
+
+def geometry_problem(recipe: Recipe, section: str) -> str | None:
+    """Why the clips of recipe section ``section`` (``generate`` or ``finetune``: its ``num_frames``, ``height``
+    and ``width``) cannot be made by the generator (frames ``4k+1``, sides multiples of the VAE's spatial factor
+    × the transformer's patch size), read from the folder's configs without loading weights; None when they
+    can, or when the configs cannot be read (the other checks, and the loader, say why)."""
+    from pisces_cli.backbones.registry import adapter_class
+
+    spec = recipe.models.generator.path
+    location = locate(spec) if spec else None
+    if location is None or location.local is None:
+        return None
+    folder = location.local
+    configs: dict[str, dict[str, Any]] = {}
+    try:
+        index = _read_json(folder / "model_index.json")
+        for component in ("transformer", "vae"):
+            library, class_name = index[component][0], index[component][1]
+            configs[component] = _with_defaults(
+                _component_class(library, class_name), _read_json(folder / component / "config.json")
+            )
+        adapter = adapter_class(FAMILY_OF_BACKBONE[recipe.models.generator.backbone])
+        temporal, multiple = adapter.geometry_factors(configs)
+    except (UsageError, KeyError, IndexError, TypeError, ValueError):
+        return None
+    values = getattr(recipe, section)
+    problem = adapter.geometry_problem(values.num_frames, values.height, values.width, temporal, multiple)
+    return None if problem is None else f"{section}.{problem} ({folder})"
+
+
+def check_geometry(recipe: Recipe, section: str) -> None:
+    """Raise UsageError (exit 2) when :func:`geometry_problem` finds one: before a stage loads the generator."""
+    problem = geometry_problem(recipe, section)
+    if problem is not None:
+        raise UsageError(problem)
+
+
+def _with_defaults(cls: Any, raw: dict[str, Any]) -> dict[str, Any]:
+    """A diffusers component's ``config.json`` with the class's ``__init__`` defaults filled in."""
+    import inspect
+
+    parameters = inspect.signature(cls.__init__).parameters.values()
+    defaults = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+    return {**defaults, **{k: v for k, v in raw.items() if not k.startswith("_")}}
 
 
 def _report_missing(spec: str, location: Location, report: PreflightReport, key: str) -> None:

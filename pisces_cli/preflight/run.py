@@ -84,7 +84,7 @@ def run_preflight(
     if deep and identity is None and "fit-ot" in chosen:
         identity = _quiet_identity(recipe)  # the map's width, for the disk estimate
     if chosen & GENERATOR_STAGES:
-        check_generator(recipe, report, deep=deep)
+        check_generator(recipe, report, deep=deep, sections=tuple(sorted(chosen & GENERATOR_STAGES)))
     for stage in stages:
         _check_inputs(stage, recipe, inputs, report, chosen)
     estimate = _memory_estimate(recipe, report) if deep and "finetune" in chosen else None

@@ -263,8 +263,10 @@ def _run(
         finished = finished_run(resolved, steps)
         if finished is not None:
             return finished
+    from pisces_cli.preflight.generator import check_geometry
     from pisces_cli.training.trainer import Trainer
 
+    check_geometry(resolved.recipe, "finetune")  # from the folder's configs: before minutes of loading
     is_main = dist_context().is_main
     if fresh and is_main:
         from pisces_cli.training.checkpoint import clear_training_output

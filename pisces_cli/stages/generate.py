@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from pisces_cli.errors import UsageError
 from pisces_cli.preflight import check_stage
+from pisces_cli.preflight.generator import check_geometry
 
 if TYPE_CHECKING:
     import torch
@@ -275,6 +276,7 @@ def run_generate(
     _check_existing(folder, requested_settings(resolved, adapter_dir, seeds), jobs)  # before any skip or load
     if not todo:
         return GenerateSummary(folder, 0, len(jobs), len(jobs))
+    check_geometry(resolved.recipe, "generate")  # from the folder's configs: before minutes of loading
     dist = init_distributed()
     mine = todo[dist.rank :: dist.world_size]
     adapter = load_generator(resolved, adapter_dir)
