@@ -493,6 +493,33 @@ def test_the_latent_cache_follows_clips_added_or_removed_in_the_folder(tmp_path)
     assert latents.shape[0] == 3
 
 
+def test_a_training_clip_rewritten_under_its_name_is_not_resumed(tmp_path):
+    """Video data is keyed on what its latents were made from: a clip rewritten in place (same name, same
+    caption) is encoded again and the checkpoint trained on the old clip is refused, not continued."""
+    import os
+
+    from pisces_cli.errors import UsageError
+    from pisces_cli.io.writer import write_mp4
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    generator = torch.Generator().manual_seed(0)
+    lines = []
+    for index, caption in enumerate(PROMPTS[:2]):
+        write_mp4(videos / f"clip{index}.mp4", torch.rand(6, 3, 20, 24, generator=generator), 8)
+        lines.append(json.dumps({"file": f"clip{index}.mp4", "prompt": caption}))
+    (videos / "prompts.jsonl").write_text("\n".join(lines) + "\n")
+    extra = ["finetune.data.prompts=null", f"finetune.data.videos={videos}"]
+    make_trainer(tmp_path, max_steps=1, extra=extra).train()
+    assert make_trainer(tmp_path, max_steps=2, extra=extra).step == 1  # the same clips: resumed
+    clip = videos / "clip1.mp4"
+    before = clip.stat().st_mtime_ns
+    write_mp4(clip, torch.rand(6, 3, 20, 24, generator=generator), 8)
+    os.utime(clip, ns=(before + 1_000_000_000, before + 1_000_000_000))
+    with pytest.raises(UsageError, match=r"contents\.data_sha256"):
+        make_trainer(tmp_path, max_steps=2, extra=extra)
+
+
 def test_dry_run_prints_the_plan_and_a_memory_estimate(tmp_path):
     from rich.console import Console
 

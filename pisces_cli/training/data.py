@@ -52,14 +52,20 @@ class TrainingData:
     latents: torch.Tensor | None = None
     keys: list[str] = field(default_factory=list)
     seed: int = 0
+    #: what the latents were made from (the latents cache's shard identities), for :meth:`digest`
+    sources: str | None = None
     _permutations: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def digest(self) -> str:
-        """SHA-256 of the items (prompts and keys, in order): what a step's batch is drawn from."""
+        """SHA-256 of the items (prompts and keys, in order, and for video data what its latents were made
+        from: a clip rewritten under the same name changes it): what a step's batch is drawn from."""
         import hashlib
         import json
 
-        return hashlib.sha256(json.dumps([self.prompts, self.keys]).encode()).hexdigest()
+        items: list = [self.prompts, self.keys]
+        if self.sources is not None:
+            items.append(self.sources)
+        return hashlib.sha256(json.dumps(items).encode()).hexdigest()
 
     def __post_init__(self) -> None:
         if not self.prompts:
@@ -326,4 +332,24 @@ def build_training_data(
     else:
         folder = Path(data.latents)
     latents, captions, keys = load_latent_cache(folder)
-    return TrainingData(prompts=captions, latents=latents, keys=keys, seed=recipe.seed)
+    return TrainingData(
+        prompts=captions, latents=latents, keys=keys, seed=recipe.seed, sources=latent_cache_sources(folder)
+    )
+
+
+def latent_cache_sources(folder: str | Path) -> str:
+    """SHA-256 of what a complete latents cache was made from: each shard's ``items_sha256`` (keys, captions,
+    the source videos' sizes and mtimes) where pisces encoded it, else the shard file's size and mtime."""
+    import hashlib
+    import json
+
+    from pisces_cli.artifacts import read_manifest
+
+    identities = []
+    for entry in read_manifest(folder).get("shards", []):
+        identity = entry.get("items_sha256")
+        if identity is None:
+            stat = (Path(folder) / entry["file"]).stat()
+            identity = [entry["file"], stat.st_size, stat.st_mtime_ns]
+        identities.append(identity)
+    return hashlib.sha256(json.dumps(identities).encode()).hexdigest()
