@@ -92,6 +92,12 @@ def test_noop_rerun_and_changed_videos(world: Path, tmp_path: Path, monkeypatch,
         capsys.readouterr()
         assert evaluate(world, clips, out) == 0
         assert "nothing to do" in capsys.readouterr().out
+        written = (out / "eval.json").read_bytes()
+        os.utime(out / "eval.json", ns=(0, 0))
+        assert evaluate(world, clips, out) == 0  # nothing changed at all: eval.json left as it was
+        printed = capsys.readouterr().out
+        assert "nothing to do" in printed and "results in" in printed and "wrote" not in printed
+        assert (out / "eval.json").read_bytes() == written and (out / "eval.json").stat().st_mtime_ns == 0
     again = {r["video"]: r for r in document(out)["videos"]}
     assert again == first
     assert document(out)["settings"]["consistency_features"] == "frame_embeddings"

@@ -371,7 +371,8 @@ def _print_eval_table(summary) -> None:
         )
     for note in summary.notes:
         console.print(f"[yellow]note:[/] {note}")
-    console.print(f"[green]wrote[/] {summary.output}/eval.json", soft_wrap=True)
+    done = "results in" if getattr(summary, "nothing_to_do", False) else "[green]wrote[/]"
+    console.print(f"{done} {summary.output}/eval.json", soft_wrap=True)
 
 
 @eval_app.command("aggregate")

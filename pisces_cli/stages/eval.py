@@ -75,6 +75,8 @@ class EvalSummary:
     rows: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     vbench: dict[str, Any] | None = None
+    #: every row was reused and no model loaded (``eval.json`` was left as it was when nothing else changed)
+    nothing_to_do: bool = False
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -474,7 +476,6 @@ def _publish_eval(
 
     ``videos_info``: the video folder's manifest, the prompt suite's coverage and the suite's name (read
     before any work)."""
-    from pisces_cli.atomic import atomic_write_json
     from pisces_cli.stages import notes as tell
     from pisces_cli.stages.eval_metrics import METRIC_FORMULAS
     from pisces_cli.stages.row_store import merged_rows
@@ -541,10 +542,11 @@ def _publish_eval(
         "notes": notes,
         "videos": rows,
     }
-    atomic_write_json(out_dir / EVAL_FILE, json_safe(document))
+    nothing_to_do = not plan.todo and not resume.needs_model()
+    _write_eval_json(out_dir / EVAL_FILE, json_safe(document))
     failed_list = tell.write_failed_list(out_dir, rows)
     if console is not None:
-        if not plan.todo and not resume.needs_model():
+        if nothing_to_do:
             console.print(
                 f"nothing to do: all {len(plan.kept)} videos are already evaluated with these settings",
                 highlight=False,
@@ -557,7 +559,30 @@ def _publish_eval(
         raise PiscesRuntimeError(
             f"eval: every one of {len(rows)} videos failed (see {failed_list or out_dir / EVAL_FILE})"
         )
-    return EvalSummary(out_dir, len(rows) - failed, failed, aggregate, rows, notes, vbench_result)
+    return EvalSummary(
+        out_dir, len(rows) - failed, failed, aggregate, rows, notes, vbench_result, nothing_to_do
+    )
+
+
+def _write_eval_json(path: Path, document: dict[str, Any]) -> bool:
+    """Write ``document`` to ``path`` unless the file already holds it up to its ``created`` time (a re-run that
+    changed nothing leaves the file, and its time, as they were); returns whether it wrote."""
+    import json
+
+    from pisces_cli.atomic import atomic_write_json
+
+    try:
+        existing = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        existing = None
+    if isinstance(existing, dict):
+        comparable = json.loads(json.dumps(document, default=str))
+        if {k: v for k, v in existing.items() if k != "created"} == {
+            k: v for k, v in comparable.items() if k != "created"
+        }:
+            return False
+    atomic_write_json(path, document)
+    return True
 
 
 # ---------------------------------------------------------------------------------- eval aggregate
