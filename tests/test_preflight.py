@@ -628,3 +628,21 @@ def test_a_clip_geometry_the_generator_cannot_make_is_refused_before_loading_it(
             run_generate(resolved)
         else:
             run_finetune(resolved)
+
+
+def test_a_misspelt_vbench_dimension_is_refused_by_the_eval_preflight(models: Path, tmp_path: Path) -> None:
+    """``eval.vbench_dimensions`` is read only when ``--vbench`` plans its run: the preflight names a typo
+    (with the closest dimension) before any work, and accepts VBench's spellings."""
+    report = preflight(
+        models,
+        tmp_path,
+        stages=("eval",),
+        eval={"vbench_dimensions": ["Subject Consistency", "moton_smoothness"]},
+    )
+    row = named(report, "eval")
+    assert row.status is Status.FAIL and row.key == "eval.vbench_dimensions"
+    assert "'moton_smoothness'" in row.detail and "motion_smoothness" in row.detail
+    report = preflight(
+        models, tmp_path, stages=("eval",), eval={"vbench_dimensions": ["subject-consistency"]}
+    )
+    assert named(report, "eval").status is Status.OK

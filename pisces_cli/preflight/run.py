@@ -197,6 +197,8 @@ def _check_inputs(
             _path_row(report, "fit_ot.embeddings", folder, "folder", hint=" (run `pisces embed` first)")
     elif stage in ("score", "eval") and inputs.videos_dir is not None:
         _path_row(report, "VIDEOS_DIR", inputs.videos_dir, "folder")
+    if stage == "eval" and recipe.eval.vbench_dimensions:
+        _check_vbench_dimensions(recipe.eval.vbench_dimensions, report)
     elif stage == "finetune":
         _check_finetune_data(recipe, report)
     elif stage == "generate":
@@ -205,6 +207,23 @@ def _check_inputs(
         adapter = inputs.adapter or recipe.generate.adapter
         if adapter:
             _path_row(report, "--adapter" if inputs.adapter else "generate.adapter", adapter, "path")
+
+
+def _check_vbench_dimensions(names: list[str], report: PreflightReport) -> None:
+    """One row: every ``eval.vbench_dimensions`` entry names a VBench dimension (a typo would otherwise pass
+    unnoticed until ``--vbench`` plans its run)."""
+    from pisces_cli.evaluation.vbench_aggregate import canonical_dimension_name
+
+    problems = []
+    for name in names:
+        try:
+            canonical_dimension_name(name)
+        except UsageError as error:
+            problems.append(str(error))
+    if problems:
+        report.add("eval", "eval.vbench_dimensions", Status.FAIL, "; ".join(problems))
+    else:
+        report.add("eval", "eval.vbench_dimensions", Status.OK, f"{len(names)} VBench dimension(s)")
 
 
 def _path_row(report: PreflightReport, key: str, value: str, kind: str, hint: str = "") -> bool:
