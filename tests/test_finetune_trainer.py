@@ -437,18 +437,24 @@ def test_checkpoint_loads_with_diffusers_load_lora_weights_and_peft(tmp_path):
     assert state["step"] == 2 and state["format_version"] == 1
 
 
-def test_video_folder_is_encoded_into_a_latent_cache(tmp_path):
+def write_training_clips(videos, count=2):
+    """``count`` random clips ``clip{i}.mp4`` (6 frames of 20×24) captioned ``PROMPTS[i]`` in ``videos``."""
     from pisces_cli.io.writer import write_mp4
-    from pisces_cli.training.data import load_latent_cache, read_training_clip
 
-    videos = tmp_path / "videos"
     videos.mkdir()
     generator = torch.Generator().manual_seed(0)
     lines = []
-    for index, caption in enumerate(PROMPTS[:2]):
+    for index, caption in enumerate(PROMPTS[:count]):
         write_mp4(videos / f"clip{index}.mp4", torch.rand(6, 3, 20, 24, generator=generator), 8)
         lines.append(json.dumps({"file": f"clip{index}.mp4", "prompt": caption}))
     (videos / "prompts.jsonl").write_text("\n".join(lines) + "\n")
+    return videos
+
+
+def test_video_folder_is_encoded_into_a_latent_cache(tmp_path):
+    from pisces_cli.training.data import load_latent_cache, read_training_clip
+
+    videos = write_training_clips(tmp_path / "videos")
     trainer = make_trainer(
         tmp_path, max_steps=1, extra=["finetune.data.prompts=null", f"finetune.data.videos={videos}"]
     )
@@ -501,20 +507,13 @@ def test_a_training_clip_rewritten_under_its_name_is_not_resumed(tmp_path):
     from pisces_cli.errors import UsageError
     from pisces_cli.io.writer import write_mp4
 
-    videos = tmp_path / "videos"
-    videos.mkdir()
-    generator = torch.Generator().manual_seed(0)
-    lines = []
-    for index, caption in enumerate(PROMPTS[:2]):
-        write_mp4(videos / f"clip{index}.mp4", torch.rand(6, 3, 20, 24, generator=generator), 8)
-        lines.append(json.dumps({"file": f"clip{index}.mp4", "prompt": caption}))
-    (videos / "prompts.jsonl").write_text("\n".join(lines) + "\n")
+    videos = write_training_clips(tmp_path / "videos")
     extra = ["finetune.data.prompts=null", f"finetune.data.videos={videos}"]
     make_trainer(tmp_path, max_steps=1, extra=extra).train()
     assert make_trainer(tmp_path, max_steps=2, extra=extra).step == 1  # the same clips: resumed
     clip = videos / "clip1.mp4"
     before = clip.stat().st_mtime_ns
-    write_mp4(clip, torch.rand(6, 3, 20, 24, generator=generator), 8)
+    write_mp4(clip, torch.rand(6, 3, 20, 24, generator=torch.Generator().manual_seed(1)), 8)
     os.utime(clip, ns=(before + 1_000_000_000, before + 1_000_000_000))
     with pytest.raises(UsageError, match=r"contents\.data_sha256"):
         make_trainer(tmp_path, max_steps=2, extra=extra)
