@@ -58,6 +58,8 @@ def fit_ot(
         summary = run_fit_ot(resolved, console=console, resume=not fresh, force=force)
     title = f"fit-ot ({summary.method}) — on the report split, {summary.report_size} held-out pairs"
     _print_metrics(title, summary.metrics)
+    for note in summary.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     if getattr(summary, "nothing_to_do", False):
         console.print(
             f"nothing to do: {summary.output / 'ot_map.safetensors'} is already fit with these settings and "
