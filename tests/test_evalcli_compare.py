@@ -213,3 +213,39 @@ def test_version_1_eval_outputs_are_read_in_todays_meaning(runs: Path, tmp_path:
     assert main(["eval", "compare", str(runs / "A"), str(runs / "B"), "-o", str(new), "--strips", "0"]) == 0
     read = [json.loads((folder / "compare.json").read_text()) for folder in (old, new)]
     assert read[0]["metrics"] == read[1]["metrics"] and read[0]["items"] == read[1]["items"]
+
+
+def test_a_small_difference_is_never_printed_as_a_signed_zero(runs: Path, tmp_path: Path, capsys):
+    """B − A of −3e-5 read "-0.0000" in the table and the page: a zero with a sign. It is written with its size."""
+    document = json.loads((runs / "A" / "pisces-eval/eval.json").read_text())
+    for name, shift in (("A", 0.0), ("B", -3e-5)):
+        edited = json.loads(json.dumps(document))
+        for row in edited["videos"]:
+            if row.get("frame_stability") is not None:
+                row["frame_stability"] = 0.9 + shift
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "eval.json").write_text(json.dumps(edited))
+    capsys.readouterr()
+    out = tmp_path / "cmp"
+    args = ["eval", "compare", str(tmp_path / "A"), str(tmp_path / "B"), "-o", str(out), "--strips", "0"]
+    assert main([*args, "--bootstrap", "50"]) == 0
+    printed = capsys.readouterr().out
+    line = next(line for line in printed.splitlines() if "frame_stability" in line)
+    assert "-3.0e-05" in line and "0.0000" not in line.replace("0.9000", "")
+    page = (out / "compare.html").read_text()
+    assert "-3.0e-05" in page and "-0.0000" not in page
+    metrics = {m["metric"]: m for m in json.loads((out / "compare.json").read_text())["metrics"]}
+    assert metrics["frame_stability"]["diff"] == pytest.approx(-3e-5)
+
+
+def test_fixed_keeps_the_size_and_sign_of_small_values():
+    from pisces_cli.evaluation.display import fixed, interval
+
+    assert fixed(-3e-5) == "-3.0e-05" and fixed(4e-5, signed=True) == "+4.0e-05"
+    assert (
+        fixed(0.0, signed=True) == "0.0000"
+        and fixed(0.12344) == "0.1234"
+        and fixed(1, signed=True) == "+1.0000"
+    )
+    assert fixed(float("nan")) == fixed(float("inf")) == fixed(None) == fixed(True) == "n/a"
+    assert interval(-1e-6, 0.25, signed=True) == "[-1.0e-06, +0.2500]"

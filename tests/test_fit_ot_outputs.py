@@ -190,3 +190,30 @@ def test_changed_neural_settings_name_the_way_out(setup, capsys):
     capsys.readouterr()
     assert main(["fit-ot", "-r", setup["recipe"], "fit_ot.neural.max_steps=8"]) == 2
     assert "pass --fresh" in capsys.readouterr().err
+
+
+def test_splits_too_small_for_mutual_knn_are_said_and_the_shipped_step_is_recorded(setup, capsys):
+    """6 pairs per split with knn_k = 5: every other pair is a neighbour, so mknn is 1.000 for any map and
+    select: mknn_after ties on every checkpoint (the first evaluated one ships). It printed 1.000 silently and
+    the header's step named the last training step, not the shipped checkpoint's."""
+    from pisces_cli.stages.fit_ot import split_pairs, trivial_knn_notes
+
+    recipe = Path(setup["recipe"])
+    recipe.write_text(recipe.read_text().replace("knn_k: 3", "knn_k: 5"))
+    capsys.readouterr()
+    assert main(["fit-ot", "-r", str(recipe)]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    header = read_header(setup["out"] / "ot_map.safetensors")
+    assert header.metrics["mknn_before"] == header.metrics["mknn_after"] == 1.0
+    assert "on the report split are 1 for any map" in printed and "on the selection split" in printed
+    assert "the first evaluated one ships" in printed and "hold out at least 7 pairs" in printed
+    assert (
+        header.extra["selected_step"] == 2 and header.extra["step"] == 6
+    )  # every checkpoint ties: step 2 ships
+    report = (setup["out"] / "report.md").read_text()
+    assert "checkpoint of step 2 (chosen by: mknn_after)" in report and "1 for any map" in report
+    # a no-op re-run says it again (from the map's header)
+    assert main(["fit-ot", "-r", str(recipe)]) == 0
+    assert "on the report split are 1 for any map" in " ".join(capsys.readouterr().out.split())
+    # k below N − 1 tells maps apart: no note
+    assert trivial_knn_notes(split_pairs(PAIRS, 0.3, 1024, seed=3), 4, "mknn_after") == []

@@ -58,6 +58,8 @@ def fit_ot(
         summary = run_fit_ot(resolved, console=console, resume=not fresh, force=force)
     title = f"fit-ot ({summary.method}) — on the report split, {summary.report_size} held-out pairs"
     _print_metrics(title, summary.metrics)
+    for note in summary.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     if getattr(summary, "nothing_to_do", False):
         console.print(
             f"nothing to do: {summary.output / 'ot_map.safetensors'} is already fit with these settings and "
@@ -134,6 +136,8 @@ def _print_metrics(title: str, metrics: dict[str, float]) -> None:
 def _print_score_table(summary) -> None:
     from rich.table import Table
 
+    from pisces_cli.evaluation.display import fixed, interval
+
     table = Table(
         title=f"pisces score — {summary.scored} scored, {summary.failed} failed "
         f"({summary.skipped} kept from an earlier run)"
@@ -143,9 +147,7 @@ def _print_score_table(summary) -> None:
     table.add_column("95% CI", justify="right")
     table.add_column("n", justify="right")
     for column, stat in summary.stats.items():
-        table.add_row(
-            column, f"{stat['mean']:.4f}", f"[{stat['ci_low']:.4f}, {stat['ci_high']:.4f}]", str(stat["n"])
-        )
+        table.add_row(column, fixed(stat["mean"]), interval(stat["ci_low"], stat["ci_high"]), str(stat["n"]))
     print_table(console, table)
     done = (
         "results in" if getattr(summary, "nothing_to_do", False) else "[green]wrote[/]"
@@ -349,6 +351,8 @@ def _print_vbench_differences(metrics: list[str]) -> None:
 def _print_eval_table(summary) -> None:
     from rich.table import Table
 
+    from pisces_cli.evaluation.display import fixed, interval
+
     table = Table(title=f"pisces eval — {summary.evaluated} videos evaluated, {summary.failed} failed")
     table.add_column("metric")
     table.add_column("mean", justify="right")
@@ -359,9 +363,7 @@ def _print_eval_table(summary) -> None:
         if stat.get("mean") is None:
             table.add_row(name, "–", "", str(stat.get("n", 0)))
             continue
-        table.add_row(
-            name, f"{stat['mean']:.4f}", f"[{stat['ci_low']:.4f}, {stat['ci_high']:.4f}]", str(stat["n"])
-        )
+        table.add_row(name, fixed(stat["mean"]), interval(stat["ci_low"], stat["ci_high"]), str(stat["n"]))
     print_table(console, table)
     _print_vbench_differences(list(summary.aggregate))
     if summary.vbench:
@@ -436,6 +438,8 @@ def print_comparison(summary) -> None:
     """The per-metric table of ``eval compare`` (B − A, paired bootstrap CI, win rate)."""
     from rich.table import Table
 
+    from pisces_cli.evaluation.display import fixed, interval
+
     comparison = summary.comparison
     table = Table(
         title=f"{comparison.label_b} vs {comparison.label_a} ({len(comparison.item_scores)} metrics, items = prompts)"
@@ -448,11 +452,11 @@ def print_comparison(summary) -> None:
         table.add_row(
             m.metric + METRIC_LABELS.get(m.metric, ""),
             str(m.n),
-            f"{m.mean_a:.4f}",
-            f"{m.mean_b:.4f}",
-            f"{m.diff:+.4f}",
-            f"[{m.ci_low:+.4f}, {m.ci_high:+.4f}]",
-            f"{m.win_rate:.3f}",
+            fixed(m.mean_a),
+            fixed(m.mean_b),
+            fixed(m.diff, signed=True),
+            interval(m.ci_low, m.ci_high, signed=True),
+            fixed(m.win_rate, 3),
         )
     print_table(console, table)
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from pisces_cli.atomic import atomic_write_text
 from pisces_cli.errors import UsageError
+from pisces_cli.evaluation.display import fixed, interval
 from pisces_cli.evaluation.stats import paired_bootstrap_ci, win_rate
 
 PerItemScores = Mapping[str, Mapping[str, float]]  # item_id -> metric -> score
@@ -297,18 +298,14 @@ th:first-child, td:first-child { text-align: left; }
 """
 
 
-def _format(value: float, digits: int = 4) -> str:
-    return "–" if not math.isfinite(value) else f"{value:.{digits}f}"
-
-
 def _summary_table(comparison: Comparison) -> str:
     rows = []
     for m in comparison.metrics:
         css = "pos" if m.diff > 0 else "neg" if m.diff < 0 else ""
         rows.append(
-            f"<tr><td>{html.escape(m.metric)}</td><td>{m.n}</td><td>{_format(m.mean_a)}</td>"
-            f"<td>{_format(m.mean_b)}</td><td class='{css}'>{_format(m.diff, 4)}</td>"
-            f"<td>[{_format(m.ci_low)}, {_format(m.ci_high)}]</td><td>{_format(m.win_rate, 3)}</td></tr>"
+            f"<tr><td>{html.escape(m.metric)}</td><td>{m.n}</td><td>{fixed(m.mean_a)}</td>"
+            f"<td>{fixed(m.mean_b)}</td><td class='{css}'>{fixed(m.diff, signed=True)}</td>"
+            f"<td>{interval(m.ci_low, m.ci_high, signed=True)}</td><td>{fixed(m.win_rate, 3)}</td></tr>"
         )
     label_a, label_b = html.escape(comparison.label_a), html.escape(comparison.label_b)
     level = int(round(100 * comparison.metrics[0].confidence)) if comparison.metrics else 95
@@ -350,8 +347,8 @@ def _strips_section(
             a_value, b_value = a_scores[position[item]], b_scores[position[item]]
             parts.append(
                 f"<div class='strip'><div class='label'>{html.escape(item)} — {html.escape(comparison.label_a)} "
-                f"{_format(a_value)} → {html.escape(comparison.label_b)} {_format(b_value)} "
-                f"(Δ {_format(b_value - a_value)})</div>"
+                f"{fixed(a_value)} → {html.escape(comparison.label_b)} {fixed(b_value)} "
+                f"(Δ {fixed(b_value - a_value, signed=True)})</div>"
                 + _img(_array_png(_frame_strip(frames_a, max_frames)), f"{item} {comparison.label_a}")
                 + _img(_array_png(_frame_strip(frames_b, max_frames)), f"{item} {comparison.label_b}")
                 + "</div>"

@@ -20,7 +20,7 @@ refused, and with ``--force`` the earlier outputs are removed first, so a folder
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +66,8 @@ class FitSummary:
     step: int | None = None
     #: True when the folder already held this very fit (same settings and embeddings) and nothing was redone.
     nothing_to_do: bool = False
+    #: what the reader of the metrics must know (e.g. a split too small for mutual kNN to tell maps apart)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -212,7 +214,30 @@ def finished_fit(out_dir: Path, key: dict[str, Any], method: str) -> FitSummary 
         int(splits.get("report", 0)),
         header.extra.get("step"),
         nothing_to_do=True,
+        notes=[str(note) for note in header.extra.get("notes") or []],
     )
+
+
+def trivial_knn_notes(splits: FitSplits, knn_k: int, select: str | None) -> list[str]:
+    """Notes for the held-out splits on which mutual kNN cannot tell maps apart.
+
+    With ``N`` pairs, k is capped at ``N − 1``: when ``knn_k ≥ N − 1`` every other pair is a neighbour in
+    both clouds, so ``mknn_before`` and ``mknn_after`` are 1 for any map. ``select``: the neural
+    checkpoint rule (``mknn_after`` then ties on every checkpoint and the first evaluated one ships)."""
+    notes = []
+    for name, rows in (("selection", splits.selection), ("report", splits.report)):
+        size = len(rows)
+        if knn_k < size - 1:
+            continue
+        note = (
+            f"mknn_before and mknn_after on the {name} split are 1 for any map: with {size} pairs and "
+            f"fit_ot.neural.knn_k = {knn_k} every other pair is a neighbour (hold out at least {knn_k + 2} "
+            "pairs per split with fit_ot.val_fraction / val_max, or lower fit_ot.neural.knn_k)"
+        )
+        if name == "selection" and select == "mknn_after":
+            note += "; select: mknn_after ties on every checkpoint, so the first evaluated one ships"
+        notes.append(note)
+    return notes
 
 
 def _data_key(keys: list[str], splits: FitSplits, encoder_fp: dict[str, Any] | None) -> dict[str, Any]:
@@ -385,12 +410,15 @@ def run_fit_ot(
         chosen_name = section.select if section.select in candidates else "last"
         transport_map = candidates[chosen_name]
         extra_common["selected_by"] = chosen_name
+        extra_common["selected_step"] = result.best[chosen_name]["step"] if chosen_name != "last" else step
         extra_common["selection_metrics"] = metrics_on(x_sel, y_sel, transport_map)
     elif section.method == "gaussian":
         transport_map = fit_gaussian_map(x_train, y_train, normalization=norm, ridge=section.gaussian.ridge)
     else:
         transport_map = IdentityMap(norm)
     metrics = metrics_on(x_rep, y_rep, transport_map)
+    notes = trivial_knn_notes(splits, knn_k, section.select if section.method == "neural" else None)
+    extra_common["notes"] = notes
     save_ot_map_artifact(
         out_dir / "ot_map.safetensors",
         transport_map,
@@ -412,8 +440,14 @@ def run_fit_ot(
         title=f"OT map fit report ({section.method})",
         splits=splits.describe(recipe.seed),
         selection_metrics=extra_common.get("selection_metrics"),
+        selected=(extra_common["selected_by"], extra_common["selected_step"])
+        if "selected_by" in extra_common
+        else None,
+        notes=notes,
     )
-    return FitSummary(out_dir, section.method, metrics, len(splits.train), len(splits.report), step)
+    return FitSummary(
+        out_dir, section.method, metrics, len(splits.train), len(splits.report), step, notes=notes
+    )
 
 
 def run_import(

@@ -404,7 +404,9 @@ def _histograms(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 
 def _fmt(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, (int, float)) else "—"
+    from pisces_cli.evaluation.display import fixed
+
+    return "—" if value is None else fixed(value)
 
 
 def _settings_table(summary: dict[str, Any] | None) -> str:
@@ -429,19 +431,21 @@ def _settings_table(summary: dict[str, Any] | None) -> str:
 
 
 def _summary_table(stats: dict[str, dict[str, float]], rows: list[dict[str, Any]]) -> str:
+    from pisces_cli.evaluation.display import fixed, interval
+
     parts = ["<table><tr><th>column</th><th>mean</th><th>95% CI</th><th>n</th><th>meaning</th></tr>"]
     for column in [c for c in SCORE_COLUMNS if c in stats] + [c for c in stats if c not in SCORE_COLUMNS]:
         stat = stats[column]
         parts.append(
-            f"<tr><td>{html.escape(column)}</td><td class='num'>{stat['mean']:.4f}</td>"
-            f"<td class='num'>[{stat['ci_low']:.4f}, {stat['ci_high']:.4f}]</td><td class='num'>{stat['n']}</td>"
+            f"<tr><td>{html.escape(column)}</td><td class='num'>{fixed(stat['mean'])}</td>"
+            f"<td class='num'>{interval(stat['ci_low'], stat['ci_high'])}</td><td class='num'>{stat['n']}</td>"
             f"<td class='muted'>{html.escape(COLUMN_NOTES.get(column, ''))}</td></tr>"
         )
     deltas = [r["quality"] - r["quality_no_ot"] for r in rows
               if isinstance(r.get("quality"), (int, float)) and isinstance(r.get("quality_no_ot"), (int, float))]  # fmt: skip
     if deltas:
         parts.append(
-            f"<tr><td>quality − quality_no_ot</td><td class='num'>{float(np.mean(deltas)):+.4f}</td><td></td>"
+            f"<tr><td>quality − quality_no_ot</td><td class='num'>{fixed(float(np.mean(deltas)), signed=True)}</td><td></td>"
             f"<td class='num'>{len(deltas)}</td><td class='muted'>what the OT map changed (mean)</td></tr>"
         )
     parts.append("</table>")

@@ -107,6 +107,8 @@ def write_fit_report(
     *,
     splits: dict[str, Any] | None = None,
     selection_metrics: dict[str, float] | None = None,
+    selected: tuple[str, int] | None = None,
+    notes: list[str] | None = None,
 ) -> Path:
     """Write ``out_dir/report.md`` with ``curves.png`` and ``distances.png``; returns the report path.
 
@@ -117,6 +119,8 @@ def write_fit_report(
         metrics: final metrics (e.g. :func:`~pisces_cli.ot.maps.metrics.map_metrics`) on ``x_val``.
         splits: sizes and rule of the train / selection / report splits (``x_val`` is the report split).
         selection_metrics: the same metrics on the selection split (the one that chose the checkpoint).
+        selected: the rule that chose the shipped neural checkpoint and that checkpoint's step.
+        notes: what the reader of the metrics must know, listed under them.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -138,6 +142,10 @@ def write_fit_report(
     else:
         lines += ["## Metrics", "", "| metric | value |", "|---|---|"]
         lines += [f"| {name} | {value:.4f} |" for name, value in metrics.items()]
+    if selected:
+        lines += ["", f"The shipped map is the checkpoint of step {selected[1]} (chosen by: {selected[0]})."]
+    if notes:
+        lines += ["", *(f"**Note:** {note}." for note in notes)]
     lines += [
         "",
         "mknn: mean fraction of the k cosine nearest neighbours shared within text and within video "
