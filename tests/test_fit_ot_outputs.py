@@ -190,3 +190,17 @@ def test_changed_neural_settings_name_the_way_out(setup, capsys):
     capsys.readouterr()
     assert main(["fit-ot", "-r", setup["recipe"], "fit_ot.neural.max_steps=8"]) == 2
     assert "pass --fresh" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["gaussian", "identity", "neural"])
+def test_a_second_rank_writes_and_prints_nothing(setup, monkeypatch, capsys, method: str):
+    """Under torchrun every rank fits the same map; rank 0 alone writes the map, the report and the table
+    (every rank wrote ot_map.safetensors and report.md and printed the table once per rank)."""
+    import pisces_cli.runtime as runtime
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(runtime, "init_distributed", lambda timeout_s=None: runtime.dist_context())
+    assert main(["fit-ot", "-r", setup["recipe"], f"fit_ot.method={method}"]) == 0
+    assert not setup["out"].exists() or outputs(setup["out"]) <= {"state"}
+    assert capsys.readouterr().out == ""

@@ -50,12 +50,15 @@ def fit_ot(
 ) -> None:
     """Fit the distributional OT map (neural | gaussian | identity) and write ot_map.safetensors + report."""
     resolved = load(recipe, overrides)
+    from pisces_cli.runtime import dist_context
     from pisces_cli.stages.fit_ot import run_fit_ot, run_import
 
     if import_file is not None:
         summary = run_import(resolved, str(import_file), console=console, force=force)
     else:
         summary = run_fit_ot(resolved, console=console, resume=not fresh, force=force)
+    if not dist_context().is_main:  # under torchrun rank 0 alone prints
+        return
     title = f"fit-ot ({summary.method}) — on the report split, {summary.report_size} held-out pairs"
     _print_metrics(title, summary.metrics)
     if getattr(summary, "nothing_to_do", False):
