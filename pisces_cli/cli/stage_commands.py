@@ -195,18 +195,19 @@ def finetune(
 ) -> None:
     """Post-train the generator with the PISCES rewards (backprop + consistency distillation, or GRPO)."""
     resolved = load(recipe, overrides)
+    from pisces_cli.runtime import dist_context
     from pisces_cli.stages.finetune import run_finetune, run_sanity
 
     if sanity:
         metrics = run_sanity(resolved, console=console)
+        if not dist_context().is_main:  # every rank checked its own rollout (a failure raises); rank 0 prints
+            return
         _print_metrics("GRPO sanity check (ratio must be 1 before the first update)", metrics)
         console.print("[green]sanity check passed[/]")
         return
 
     summary = run_finetune(resolved, console=console, dry_run=dry_run, fresh=fresh, max_steps=max_steps)
     if summary is not None:
-        from pisces_cli.runtime import dist_context
-
         if dist_context().is_main and getattr(summary, "nothing_to_do", False):
             console.print(
                 f"nothing to do: {summary.checkpoint} already reached step {summary.step} "
