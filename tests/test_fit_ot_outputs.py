@@ -217,3 +217,17 @@ def test_splits_too_small_for_mutual_knn_are_said_and_the_shipped_step_is_record
     assert "on the report split are 1 for any map" in " ".join(capsys.readouterr().out.split())
     # k below N − 1 tells maps apart: no note
     assert trivial_knn_notes(split_pairs(PAIRS, 0.3, 1024, seed=3), 4, "mknn_after") == []
+
+
+@pytest.mark.parametrize("method", ["gaussian", "identity", "neural"])
+def test_a_second_rank_writes_and_prints_nothing(setup, monkeypatch, capsys, method: str):
+    """Under torchrun every rank fits the same map; rank 0 alone writes the map, the report and the table
+    (every rank wrote ot_map.safetensors and report.md and printed the table once per rank)."""
+    import pisces_cli.runtime as runtime
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(runtime, "init_distributed", lambda timeout_s=None: runtime.dist_context())
+    assert main(["fit-ot", "-r", setup["recipe"], f"fit_ot.method={method}"]) == 0
+    assert not setup["out"].exists() or outputs(setup["out"]) <= {"state"}
+    assert capsys.readouterr().out == ""

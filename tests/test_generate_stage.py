@@ -8,7 +8,7 @@ import pytest
 import torch
 from test_finetune_support import PROMPTS, model_root, resolve
 
-from pisces_cli.errors import UsageError
+from pisces_cli.errors import PiscesRuntimeError, UsageError
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +162,7 @@ def test_missing_adapter_and_prompts_are_usage_errors(tmp_path):
         apply_adapter(None, str(tmp_path / "nope"))  # type: ignore[arg-type]
 
 
-def _generate_worker(rank: int, port: int, tmp: str) -> None:
+def _generate_worker(rank: int, port: int, tmp: str, limits: tuple[int, int] = (3, 3)) -> None:
     import os
     from pathlib import Path
 
@@ -175,9 +175,12 @@ def _generate_worker(rank: int, port: int, tmp: str) -> None:
     )
     try:
         resolved = resolve(Path(tmp) / f"r{rank}", extra=["generate.videos_per_prompt=1"])
-        summary = run_generate(
-            resolved, prompts=str(Path(tmp) / "prompts.txt"), output=str(Path(tmp) / "videos")
-        )
+        try:
+            summary = run_generate(resolved, prompts=str(Path(tmp) / "prompts.txt"),
+                                   output=str(Path(tmp) / "videos"), limit=limits[rank])  # fmt: skip
+        except PiscesRuntimeError as error:
+            Path(tmp, f"rank{rank}.json").write_text(json.dumps(str(error)))
+            return
         Path(tmp, f"rank{rank}.json").write_text(json.dumps([summary.written, summary.total]))
     finally:
         if dist.is_initialized():
@@ -199,3 +202,20 @@ def test_two_ranks_split_the_videos_and_rank0_writes_the_index(tmp_path):
     manifest = json.loads((videos / "manifest.json").read_text())
     assert manifest["complete"] and len(manifest["videos"]) == 3
     assert len((videos / "prompts.jsonl").read_text().splitlines()) == 3
+
+
+@pytest.mark.slow
+def test_ranks_that_listed_different_videos_all_refuse(tmp_path):
+    """Each rank lists the folder itself; when the lists differ (here: as if one rank saw a video the other
+    did not) every rank refuses before rendering, instead of slicing different lists (a video skipped, another
+    rendered twice)."""
+    import torch.multiprocessing as mp
+    from test_finetune_ddp import free_port
+    from test_finetune_support import write_prompts
+
+    write_prompts(tmp_path, PROMPTS[:3])
+    model_root()
+    mp.spawn(_generate_worker, args=(free_port(), str(tmp_path), (3, 2)), nprocs=2, join=True)
+    for rank in range(2):
+        assert "planned different work" in json.loads((tmp_path / f"rank{rank}.json").read_text())
+    assert not list((tmp_path / "videos").glob("*.mp4"))

@@ -169,6 +169,34 @@ def test_otmap_resume_matches_uninterrupted_run(tmp_path):
             assert torch.equal(tensor, resumed_tensors[name]), name
 
 
+def test_otmap_resume_under_another_number_of_processes_is_refused(tmp_path):
+    """Each process draws batch_size pairs per step: a state trained by 2 processes continued by 1 would
+    average its remaining steps over half the batch without a word; a finished state is only written out."""
+    import json
+
+    x, y = _clouds(0)
+    x_val, y_val = _clouds(1, count=20)
+    config = _tiny_config(max_steps=8)
+
+    def stop_at_step_5(step, losses, metrics):
+        if step == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit_neural_map(x, y, x_val, y_val, config, tmp_path / "s", eval_every=4, on_progress=stop_at_step_5)
+    state = tmp_path / "s" / "last" / "state.json"
+    meta = json.loads(state.read_text())
+    assert meta["step"] == 4 and meta["world_size"] == 1
+    state.write_text(json.dumps({**meta, "world_size": 2}))  # as a 2-process torchrun run leaves it
+    with pytest.raises(UsageError, match=r"trained by 2 process\(es\).*this run has 1.*--nproc_per_node"):
+        fit_neural_map(x, y, x_val, y_val, config, tmp_path / "s", eval_every=4)
+    done = fit_neural_map(x, y, x_val, y_val, _tiny_config(max_steps=4), tmp_path / "d", eval_every=4)
+    state = tmp_path / "d" / "last" / "state.json"
+    state.write_text(json.dumps({**json.loads(state.read_text()), "world_size": 2}))
+    again = fit_neural_map(x, y, x_val, y_val, _tiny_config(max_steps=4), tmp_path / "d", eval_every=4)
+    assert again.start_step == again.step == done.step == 4
+
+
 def test_otmap_resume_false_restarts_and_config_mismatch_is_refused(tmp_path):
     x, y = _clouds(0)
     x_val, y_val = _clouds(1, count=20)

@@ -152,3 +152,17 @@ def test_import_reference_map(world: Path, tmp_path: Path):
     assert torch.allclose(tmap(x), net(x), atol=1e-6)
     torch.save({"weird": torch.zeros(2)}, tmp_path / "bad.pt")
     assert main(["fit-ot", "-r", str(recipe), "--import", str(tmp_path / "bad.pt")]) == 2
+
+
+def test_import_under_torchrun_rank1_writes_nothing(world: Path, tmp_path: Path, monkeypatch, capsys):
+    """Under torchrun rank 0 alone writes the imported map (every rank claimed the folder and wrote it)."""
+    from pisces_cli.encoders.registry import load_encoder
+    from pisces_cli.ot.maps import OTMapNet
+
+    dim = load_encoder("clip", str(world / "enc")).embed_dim
+    torch.save({"T": OTMapNet(dim, dim, 8).state_dict()}, tmp_path / "map.pt")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    args = ["fit-ot", "-r", str(write_recipe(world, "imp1.yaml")), "--import", str(tmp_path / "map.pt")]
+    assert main([*args, f"fit_ot.output={tmp_path}/o"]) == 0
+    assert not (tmp_path / "o").exists() and capsys.readouterr().out == ""

@@ -50,12 +50,15 @@ def fit_ot(
 ) -> None:
     """Fit the distributional OT map (neural | gaussian | identity) and write ot_map.safetensors + report."""
     resolved = load(recipe, overrides)
+    from pisces_cli.runtime import dist_context
     from pisces_cli.stages.fit_ot import run_fit_ot, run_import
 
     if import_file is not None:
         summary = run_import(resolved, str(import_file), console=console, force=force)
     else:
         summary = run_fit_ot(resolved, console=console, resume=not fresh, force=force)
+    if not dist_context().is_main:  # under torchrun rank 0 alone prints
+        return
     title = f"fit-ot ({summary.method}) — on the report split, {summary.report_size} held-out pairs"
     _print_metrics(title, summary.metrics)
     for note in summary.notes:
@@ -194,18 +197,19 @@ def finetune(
 ) -> None:
     """Post-train the generator with the PISCES rewards (backprop + consistency distillation, or GRPO)."""
     resolved = load(recipe, overrides)
+    from pisces_cli.runtime import dist_context
     from pisces_cli.stages.finetune import run_finetune, run_sanity
 
     if sanity:
         metrics = run_sanity(resolved, console=console)
+        if not dist_context().is_main:  # every rank checked its own rollout (a failure raises); rank 0 prints
+            return
         _print_metrics("GRPO sanity check (ratio must be 1 before the first update)", metrics)
         console.print("[green]sanity check passed[/]")
         return
 
     summary = run_finetune(resolved, console=console, dry_run=dry_run, fresh=fresh, max_steps=max_steps)
     if summary is not None:
-        from pisces_cli.runtime import dist_context
-
         if dist_context().is_main and getattr(summary, "nothing_to_do", False):
             console.print(
                 f"nothing to do: {summary.checkpoint} already reached step {summary.step} "

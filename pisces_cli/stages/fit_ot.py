@@ -385,7 +385,7 @@ def run_fit_ot(
                 raise UsageError(
                     f"{error}; pass --fresh to fit from the start with the new settings, or restore them"
                 ) from None
-        if not ctx.is_main:
+        if not ctx.is_main:  # rank 0 alone writes the candidates, the map and the report
             return FitSummary(out_dir, "neural", {}, len(splits.train), len(splits.report), result.step)
         history, step = result.history, result.step
         candidates = {"last": result.transport_map}
@@ -416,6 +416,8 @@ def run_fit_ot(
         transport_map = fit_gaussian_map(x_train, y_train, normalization=norm, ridge=section.gaussian.ridge)
     else:
         transport_map = IdentityMap(norm)
+    if not ctx.is_main:  # every rank computed the same map; rank 0 alone writes it (one writer per file)
+        return FitSummary(out_dir, section.method, {}, len(splits.train), len(splits.report), step)
     metrics = metrics_on(x_rep, y_rep, transport_map)
     notes = trivial_knn_notes(splits, knn_k, section.select if section.method == "neural" else None)
     extra_common["notes"] = notes
@@ -462,7 +464,7 @@ def run_import(
     from pisces_cli.ot.maps import NeuralMap, import_reference_map
     from pisces_cli.rewards.build import load_encoder_from_recipe
     from pisces_cli.rewards.ot_map_artifact import save_ot_map_artifact
-    from pisces_cli.runtime import resolve_device
+    from pisces_cli.runtime import dist_context, resolve_device
 
     recipe = resolved.recipe
     if not Path(source).is_file():
@@ -480,6 +482,8 @@ def run_import(
     else:
         raise UsageError("--import needs models.encoder.path set, so the imported map is tied to its encoder")
     out = Path(recipe.fit_ot.output) / "ot_map.safetensors"
+    if not dist_context().is_main:  # under torchrun rank 0 alone writes the imported map
+        return FitSummary(out.parent, "neural (imported)", {}, 0, 0)
     claim_output_folder(out.parent, "import", force=force)
     save_ot_map_artifact(
         out,

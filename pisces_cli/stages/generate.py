@@ -224,6 +224,13 @@ def _check_existing(folder: Path, settings: dict[str, Any], jobs: list[VideoJob]
         )
 
 
+def _todo_hash(todo: list[VideoJob]) -> str:
+    """Hash of the videos still to do (file, prompt, seed): equal on every rank planning the same work."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps([[j.file, j.prompt, j.seed] for j in todo]).encode()).hexdigest()
+
+
 def _write_index(
     folder: Path, settings: dict[str, Any], jobs: list[VideoJob], resolved: ResolvedRecipe
 ) -> None:
@@ -261,6 +268,7 @@ def run_generate(
     from pisces_cli.io.writer import write_mp4
     from pisces_cli.runtime import barrier, init_distributed
     from pisces_cli.stages.progress import progress_bar
+    from pisces_cli.stages.resume import agree_across_ranks
 
     check_stage("generate", resolved, prompts=prompts, output=output, adapter=adapter_dir)
     section = resolved.recipe.generate
@@ -278,6 +286,8 @@ def run_generate(
         return GenerateSummary(folder, 0, len(jobs), len(jobs))
     check_geometry(resolved.recipe, "generate")  # from the folder's configs: before minutes of loading
     dist = init_distributed()
+    # each rank listed the folder itself: refuse together when the lists differ (a video skipped or made twice)
+    agree_across_ranks(_todo_hash(todo), "the videos still to do")
     mine = todo[dist.rank :: dist.world_size]
     adapter = load_generator(resolved, adapter_dir)
     adapter.validate_geometry(section.num_frames, section.height, section.width)

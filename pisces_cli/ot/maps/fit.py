@@ -178,6 +178,7 @@ def fit_neural_map(
         tensors, meta = saved
         _check_data_key(state_dir, meta.get("data"), data_key)
         trainer.load_state(tensors, meta)
+        _check_world_size(state_dir, meta.get("world_size"), world_size, trainer.step, config)
         history = list(meta.get("history", []))
         best = dict(meta.get("best", {}))
     start_step = trainer.step
@@ -244,6 +245,20 @@ def _check_data_key(state_dir: Path, saved: dict[str, Any] | None, current: dict
     raise UsageError(
         f"cannot resume {state_dir}: it was trained on other data or splits ({differing}); "
         "re-run with --fresh to start the fit over"
+    )
+
+
+def _check_world_size(state_dir: Path, saved: Any, current: int, step: int, config: NeuralOTConfig) -> None:
+    """Refuse to train a saved state on with another number of processes: every process draws
+    ``config.batch_size`` pairs per step, so the steps to come would average over another batch than the steps
+    done (a finished state, with no step left, is only written out)."""
+    if not isinstance(saved, int) or saved == current or step >= config.max_steps:
+        return
+    raise UsageError(
+        f"cannot resume {state_dir}: its {step} steps were trained by {saved} process(es) of "
+        f"{config.batch_size} pairs each ({saved * config.batch_size} per step), this run has {current} "
+        f"({current * config.batch_size} per step); launch it with {saved} process(es) (torchrun "
+        "--nproc_per_node) to continue, or re-run with --fresh to start the fit over"
     )
 
 
