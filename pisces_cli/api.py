@@ -37,30 +37,33 @@ PAPER_TOKEN_OT = TokenOTSettings()
 
 
 def _device(device: str | torch.device | None, fallback: str = "auto") -> torch.device:
+    """``device`` resolved (errors name the ``device`` argument), or ``runtime.device`` ``fallback`` when None."""
     from pisces_cli.runtime import resolve_device
 
-    spec = fallback if device is None else str(device)
-    try:
-        return resolve_device(spec)
-    except RuntimeError as error:  # torch's "Invalid device string"
-        raise UsageError(
-            f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device, got {spec!r} ({error})"
-        ) from None
-    except UsageError as error:  # resolve_device names the recipe key; here the argument was given
-        if device is None:
-            raise
-        raise UsageError(f"device={spec!r}: CUDA is not available on this machine") from error
+    if device is None:
+        return resolve_device(fallback)
+    return resolve_device(str(device), key="device")
 
 
 def _dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """``dtype`` as a torch dtype: a name or one of the float dtypes an encoder runs in (else UsageError)."""
+    import torch
+
     from pisces_cli.runtime import resolve_dtype
 
-    if dtype is None or not isinstance(dtype, str):
+    if dtype is None:
+        return None
+    if isinstance(dtype, str):
+        try:
+            return resolve_dtype(dtype)
+        except KeyError:
+            pass
+    elif dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
         return dtype
-    try:
-        return resolve_dtype(dtype)
-    except KeyError:
-        raise UsageError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}") from None
+    raise UsageError(
+        f"dtype must be 'float32', 'bfloat16', 'float16' or one of those torch dtypes (or torch.float64), "
+        f"got {dtype!r}"
+    )
 
 
 def load_reward(

@@ -100,19 +100,43 @@ def barrier() -> None:
         dist.barrier()
 
 
-def resolve_device(spec: str) -> torch.device:
-    """``auto`` → this rank's CUDA device when available, else CPU; otherwise ``torch.device(spec)``."""
+def resolve_device(spec: str, *, key: str = "runtime.device") -> torch.device:
+    """``auto`` → this rank's CUDA device when available, else CPU; otherwise ``torch.device(spec)``.
+
+    A device this machine cannot run on is refused (:class:`UsageError` naming ``key``) instead of failing
+    inside torch or running elsewhere: a string torch does not parse, ``cuda`` without CUDA, ``cuda:N`` past
+    the visible devices, ``mps`` without MPS, and any other device type (``meta`` holds no weights).
+    """
     import torch
+
+    from pisces_cli.errors import UsageError
 
     if spec == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", dist_context().local_rank % max(torch.cuda.device_count(), 1))
         return torch.device("cpu")
-    device = torch.device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        from pisces_cli.errors import UsageError
-
-        raise UsageError(f"runtime.device is {spec!r} but CUDA is not available on this machine")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:  # torch's "Invalid device string" / "Expected one of cpu, cuda, ..."
+        raise UsageError(f"{key} must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {spec!r}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"{key}={spec!r}: CUDA is not available on this machine")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            restriction = f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else ""
+            raise UsageError(
+                f"{key}={spec!r}: this machine shows {count} CUDA device(s){restriction}, "
+                f"cuda:0 to cuda:{count - 1}"
+            )
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise UsageError(f"{key}={spec!r}: MPS is not available on this machine")
+    elif device.type != "cpu":
+        raise UsageError(
+            f"{key}={spec!r}: pisces runs on 'cpu' or 'cuda' ('auto' picks one), not {device.type}"
+        )
     return device
 
 

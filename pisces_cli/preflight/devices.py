@@ -57,6 +57,15 @@ def check_gpus(recipe: Recipe, report: PreflightReport) -> list[tuple[str, int]]
             f"no CUDA device visible{restriction}: {device} runs on CPU ({launch})",
         )
         return []
+    index = int(device.partition(":")[2]) if device.startswith("cuda:") else None
+    if index is not None and index >= len(gpus):
+        report.add(
+            "GPUs",
+            DEVICE_KEY,
+            Status.FAIL,
+            f"{device}: {len(gpus)} GPU(s) visible{restriction}, cuda:0 to cuda:{len(gpus) - 1}",
+        )
+        return gpus
     if len(gpus) < local:
         report.add(
             "GPUs",
