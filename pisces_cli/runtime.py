@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
+    from pisces_cli.config.sections.common import RuntimeSection
+
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 #: glibc ``mallopt`` settings made by :func:`tune_cpu_allocator`: heap blocks up to 32 MiB (glibc's largest
@@ -190,11 +192,21 @@ def tune_cpu_allocator() -> str:
 
 
 def configure_tf32(allow: bool) -> None:
+    """TF32 for CUDA matmuls and cuDNN convolutions on (``allow``) or off; torch's own default leaves
+    cuDNN's on, so a stage that never called this ran its convolutions in TF32 under ``allow_tf32: false``."""
     import torch
 
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = allow
         torch.backends.cudnn.allow_tf32 = allow
+
+
+def stage_device(runtime: RuntimeSection) -> torch.device:
+    """The device a stage runs its models on (:func:`resolve_device` of ``runtime.device``), with
+    ``runtime.allow_tf32`` applied: every stage that runs a model calls this before loading it."""
+    device = resolve_device(runtime.device)
+    configure_tf32(runtime.allow_tf32)
+    return device
 
 
 def quiet_model_loading() -> None:

@@ -95,3 +95,19 @@ def test_the_api_refuses_a_dtype_an_encoder_cannot_run_in(dtype, tmp_path) -> No
         pisces_cli.load_encoder(
             "clip", tmp_path, device="cpu", dtype=dtype
         )  # refused before the path is read
+
+
+def test_stage_device_applies_allow_tf32_to_matmuls_and_convolutions(monkeypatch) -> None:
+    """torch leaves cuDNN TF32 on by default: a stage must switch it off when the recipe says false."""
+    from pisces_cli.config.sections.common import RuntimeSection
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        assert runtime.stage_device(RuntimeSection(device="cpu", allow_tf32=False)) == torch.device("cpu")
+        assert torch.backends.cudnn.allow_tf32 is False and torch.backends.cuda.matmul.allow_tf32 is False
+        runtime.stage_device(RuntimeSection(device="cpu", allow_tf32=True))
+        assert torch.backends.cudnn.allow_tf32 is True and torch.backends.cuda.matmul.allow_tf32 is True
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before

@@ -307,12 +307,12 @@ def _load_evaluator(
 ) -> tuple[dict[str, Any], dict[str, Any], _Evaluator]:
     """Load the encoder (and reward): (loaded-model key part, descriptive info, evaluator)."""
     from pisces_cli.rewards.build import build_reward, encoder_num_frames, load_encoder_from_recipe
-    from pisces_cli.runtime import resolve_device
+    from pisces_cli.runtime import stage_device
     from pisces_cli.stages.eval_metrics import FeatureTap
     from pisces_cli.stages.run_key import encoder_model_part
 
     recipe = resolved.recipe
-    device = resolve_device(recipe.runtime.device)
+    device = stage_device(recipe.runtime)
     encoder = load_encoder_from_recipe(recipe, device)
     tap = FeatureTap(encoder)
     info: dict[str, Any] = {}

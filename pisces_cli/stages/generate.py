@@ -112,7 +112,7 @@ def load_generator(resolved: ResolvedRecipe, adapter_dir: str | None = None) -> 
     """The recipe's backbone on ``runtime.device`` (+ the LoRA at ``adapter_dir``)."""
     from pisces_cli.backbones.registry import load_backbone
     from pisces_cli.rewards.build import quiet_model_loading
-    from pisces_cli.runtime import resolve_device, resolve_dtype
+    from pisces_cli.runtime import resolve_dtype, stage_device
     from pisces_cli.training.trainer import quiet_diffusers
 
     recipe = resolved.recipe
@@ -126,7 +126,7 @@ def load_generator(resolved: ResolvedRecipe, adapter_dir: str | None = None) -> 
         generator.path,
         family=family,
         dtype=resolve_dtype(generator.dtype),
-        device=resolve_device(recipe.runtime.device),
+        device=stage_device(recipe.runtime),
     )
     if adapter_dir:
         apply_adapter(adapter, adapter_dir)
@@ -180,6 +180,7 @@ def requested_settings(resolved: ResolvedRecipe, adapter_dir: str | None, seeds:
         # as asked (null = the checkpoint's default); settings_record adds the values they resolve to
         "guidance_requested": section.guidance,
         "shift_requested": section.shift,
+        "allow_tf32": resolved.recipe.runtime.allow_tf32,  # TF32 matmuls/convolutions on CUDA
     }
     return record
 

@@ -284,10 +284,10 @@ def _load_scorer(
 ) -> tuple[dict[str, Any], dict[str, Any], _Scorer]:
     """Load the encoder and build the reward: (loaded-model key part, descriptive info, scorer)."""
     from pisces_cli.rewards.build import build_reward, encoder_num_frames, load_encoder_from_recipe
-    from pisces_cli.runtime import resolve_device
+    from pisces_cli.runtime import stage_device
 
     recipe = resolved.recipe
-    device = resolve_device(recipe.runtime.device)
+    device = stage_device(recipe.runtime)
     encoder = load_encoder_from_recipe(recipe, device)
     reward, map_info = build_reward(recipe, encoder, ot_map_path=ot_map)
     num_frames = encoder_num_frames(recipe, encoder)
