@@ -126,7 +126,12 @@ def load_encoder(
     from pisces_cli.runtime import quiet_model_loading
 
     quiet_model_loading()
-    return load_backend(backend, str(path), device=_device(device), dtype=_dtype(dtype), **options)
+    from pisces_cli.runtime import check_reduced_precision
+
+    where, torch_dtype = _device(device), _dtype(dtype)
+    if torch_dtype is not None:
+        check_reduced_precision(torch_dtype, where, "dtype")
+    return load_backend(backend, str(path), device=where, dtype=torch_dtype, **options)
 
 
 def build_reward(

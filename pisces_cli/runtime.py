@@ -148,6 +148,69 @@ def resolve_dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
+def _reduced_precision_ops(dtype: torch.dtype, device: torch.device) -> None:
+    """One tiny call of each kind of op the encoders and generators run (convolutions, norms, linear, attention,
+    activations, resizing), in ``dtype`` on ``device``; raises what torch raises."""
+    import torch
+    import torch.nn.functional as F
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, device=device).to(dtype)
+
+    images = rand(1, 4, 6, 6)
+    F.conv2d(images, rand(4, 4, 3, 3), rand(4), padding=1)
+    F.conv3d(images[:, :, None], rand(4, 4, 1, 3, 3), padding=(0, 1, 1))
+    F.group_norm(images, 2, rand(4), rand(4))
+    F.interpolate(images, size=(4, 4), mode="bicubic", align_corners=False)
+    F.interpolate(images, size=(4, 4), mode="bilinear", align_corners=False)
+    tokens = images.flatten(2).transpose(1, 2)  # [1, 36, 4]
+    tokens = F.layer_norm(tokens, (4,), rand(4), rand(4))
+    tokens = F.linear(tokens, rand(8, 4), rand(8))
+    F.gelu(tokens), F.silu(tokens), tokens.softmax(-1), tokens.logsumexp(-1)
+    heads = tokens.reshape(1, 36, 2, 4).transpose(1, 2)
+    F.scaled_dot_product_attention(heads, heads, heads)
+    torch.bmm(tokens, tokens.transpose(1, 2))
+
+
+def check_reduced_precision(
+    dtype: torch.dtype, device: torch.device, key: str, *, autocast: bool = False
+) -> None:
+    """Refuse (:class:`UsageError` naming ``key``) a half-precision setting this torch cannot run on ``device``.
+
+    CUDA runs float16 and bfloat16 everywhere (bf16 on older GPUs is :func:`~pisces_cli.training.precision`'s
+    check); on other devices (CPU) torch builds differ in which ops have half-precision kernels, and a missing
+    one used to surface as torch's "not implemented for 'Half'" on the first batch (every video an error row).
+    ``autocast``: the setting is an autocast dtype, which torch may also switch off with only a warning (the run
+    would then be fp32 under an fp16 label). Milliseconds; float32 and CUDA are not probed.
+    """
+    import warnings
+
+    import torch
+
+    from pisces_cli.errors import UsageError
+
+    if device.type == "cuda" or dtype not in (torch.float16, torch.bfloat16):
+        return
+    name = {torch.float16: "float16", torch.bfloat16: "bfloat16"}[dtype]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if autocast:
+                with torch.autocast(device.type, dtype=dtype):
+                    inputs = torch.rand(2, 4, device=device)
+                    ran = torch.nn.functional.linear(inputs, torch.rand(3, 4, device=device)).dtype
+                if ran != dtype:
+                    raise RuntimeError(f"{device.type} autocast to {name} ran in {ran}")
+            else:
+                _reduced_precision_ops(dtype, device)
+    except RuntimeError as error:  # NotImplementedError included
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UsageError(
+            f"{key}: this torch ({torch.__version__}) cannot compute in {name} on {device} ({first}); "
+            f"{'set it to no' if autocast else 'use float32 there'} (or run on a GPU)"
+        ) from None
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices)."""
     import numpy as np

@@ -111,3 +111,74 @@ def test_stage_device_applies_allow_tf32_to_matmuls_and_convolutions(monkeypatch
         assert torch.backends.cudnn.allow_tf32 is True and torch.backends.cuda.matmul.allow_tf32 is True
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def _no_half_layer_norm(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A torch build without a CPU float16 layer_norm kernel (as older builds lacked several)."""
+    import torch.nn.functional as F
+
+    real = F.layer_norm
+
+    def layer_norm(inputs, *args, **kwargs):
+        if inputs.dtype == torch.float16:
+            raise NotImplementedError("\"LayerNormKernelImpl\" not implemented for 'Half'")
+        return real(inputs, *args, **kwargs)
+
+    monkeypatch.setattr(F, "layer_norm", layer_norm)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_runs_on_this_cpu(dtype) -> None:
+    runtime.check_reduced_precision(dtype, torch.device("cpu"), "models.encoder.dtype")
+    runtime.check_reduced_precision(dtype, torch.device("cpu"), "finetune.mixed_precision", autocast=True)
+
+
+def test_half_precision_this_torch_cannot_run_is_refused_naming_the_key(monkeypatch) -> None:
+    _no_half_layer_norm(monkeypatch)
+    with pytest.raises(
+        UsageError, match=r"^models.encoder.dtype: this torch .* cannot compute in float16 on cpu"
+    ):
+        runtime.check_reduced_precision(torch.float16, torch.device("cpu"), "models.encoder.dtype")
+    runtime.check_reduced_precision(torch.bfloat16, torch.device("cpu"), "models.encoder.dtype")
+    runtime.check_reduced_precision(torch.float16, torch.device("cuda"), "models.encoder.dtype")  # not probed
+
+
+def test_autocast_that_torch_switches_off_is_refused(monkeypatch) -> None:
+    """Older torch warned "CPU Autocast only supports bfloat16" and ran fp32: an fp16 label on an fp32 run."""
+    import contextlib
+
+    monkeypatch.setattr(torch, "autocast", lambda *args, **kwargs: contextlib.nullcontext())
+    with pytest.raises(
+        UsageError,
+        match=r"^finetune.mixed_precision: .*autocast to float16 ran in torch.float32.*set it to no",
+    ):
+        runtime.check_reduced_precision(
+            torch.float16, torch.device("cpu"), "finetune.mixed_precision", autocast=True
+        )
+
+
+def test_score_and_the_api_refuse_a_half_encoder_before_loading_it(tmp_path, monkeypatch, capsys) -> None:
+    import pisces_cli
+    from pisces_cli.cli.main import main
+    from pisces_cli.encoders import registry
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the encoder was loaded")
+
+    from pisces_cli.encoders.tiny_clip import save_tiny_clip
+
+    save_tiny_clip(tmp_path / "encoder", "clip", seed=0)
+    monkeypatch.setattr(registry, "load_encoder", no_load)
+    _no_half_layer_norm(monkeypatch)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"runtime: {{device: cpu}}\nmodels: {{encoder: {{path: {tmp_path}/encoder, dtype: float16}}}}\n"
+    )
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "a.mp4").write_bytes(b"\0")
+    (videos / "a.txt").write_text("a prompt")
+    assert main(["score", str(videos), "-r", str(recipe)]) == 2
+    assert "models.encoder.dtype: this torch" in capsys.readouterr().err
+    with pytest.raises(pisces_cli.UsageError, match="^dtype: this torch"):
+        pisces_cli.load_encoder("clip", tmp_path / "encoder", device="cpu", dtype="float16")

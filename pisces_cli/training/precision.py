@@ -79,6 +79,12 @@ def precision_plan(recipe: Recipe, device: torch.device, *, bf16_ok: bool | None
             f"{device} does not support bfloat16 (it needs an Ampere or newer GPU), set by {', '.join(bf16_keys)}; "
             "use float16 there (training then runs with a gradient scaler) or float32 / mixed_precision=no"
         )
+    if AUTOCAST[section.mixed_precision] is not None:
+        from pisces_cli.runtime import check_reduced_precision
+
+        check_reduced_precision(
+            AUTOCAST[section.mixed_precision], device, "finetune.mixed_precision", autocast=True
+        )
     fp16 = [
         f"{key}={shown}"
         for key, dtype, shown in settings
