@@ -92,6 +92,22 @@ def test_bf16_is_refused_on_a_gpu_without_it(tmp_path):
     assert precision_plan(recipe, torch.device("cuda"), bf16_ok=True).autocast_dtype == torch.bfloat16
 
 
+def test_a_gpu_that_only_emulates_bf16_is_not_taken_for_one_that_has_it(monkeypatch):
+    """torch.cuda.is_bf16_supported() says yes on a V100/T4 (it can hold bf16 tensors), so the refusal above
+    never fired; the capability of the run's own device decides."""
+    from pisces_cli.training import precision
+
+    capabilities = {0: (7, 0), 1: (8, 0)}  # cuda:0 a V100, cuda:1 an A100
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: capabilities[index])
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert not precision.bf16_supported(torch.device("cuda", 0))
+    assert precision.bf16_supported(torch.device("cuda", 1))
+    assert precision.bf16_supported(torch.device("cuda"))  # the current device
+    assert precision.bf16_supported(torch.device("cpu"))
+
+
 @pytest.mark.parametrize("name", ["hunyuan", "wan", "hunyuan_grpo", "wan_grpo"])
 def test_bundled_recipes_train_in_bf16_with_a_bf16_reward(name):
     from pisces_cli.config import load_recipe

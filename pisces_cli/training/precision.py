@@ -53,10 +53,15 @@ class PrecisionPlan:
 
 
 def bf16_supported(device: torch.device) -> bool:
-    """CPU: yes; CUDA: ``torch.cuda.is_bf16_supported()`` (Ampere or newer)."""
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
-    return True
+    """CPU: yes; CUDA: compute capability 8.0 or newer (Ampere) on ``device`` itself (ROCm: yes).
+
+    Not ``torch.cuda.is_bf16_supported()``: by default it also answers yes for a GPU that merely emulates
+    bf16 (a V100 or T4 can hold bf16 tensors), and it asks about the current device, not ``device``.
+    """
+    if device.type != "cuda" or torch.version.hip:
+        return True
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return torch.cuda.get_device_capability(index) >= (8, 0)
 
 
 def precision_plan(recipe: Recipe, device: torch.device, *, bf16_ok: bool | None = None) -> PrecisionPlan:
