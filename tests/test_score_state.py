@@ -676,3 +676,6 @@ def test_score_applies_runtime_allow_tf32_before_loading_the_encoder(
     monkeypatch.setattr(runtime, "configure_tf32", applied.append)
     assert score(world, world / "clips", tmp_path / "out") == 0
     assert applied == [False]
+    # what ran is recorded beside the dtype of the run key
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["device"] == "cpu" and summary["run_key"]["encoder"]["dtype"] == "float32"

@@ -321,7 +321,9 @@ def _load_evaluator(
         reward, map_info = build_reward(recipe, tap, ot_map_path=ot_map)
         info.update(ot_map=map_info, reward_weights=dict(reward.weights))
     num_frames = encoder_num_frames(recipe, encoder)
-    info.update(encoder=encoder.fingerprint(), num_frames=num_frames, crop=recipe.reward.crop)
+    info.update(
+        encoder=encoder.fingerprint(), num_frames=num_frames, crop=recipe.reward.crop, device=str(device)
+    )
     evaluator = _Evaluator(resolved, encoder, tap, reward, device, num_frames)
     return encoder_model_part(encoder, num_frames), info, evaluator
 
