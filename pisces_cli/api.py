@@ -161,7 +161,8 @@ def build_reward(
         token_ot: the token-level OT settings of the semantic reward (default: the paper's,
             :class:`TokenOTSettings`); ``None`` computes the semantic reward without the OT prior.
         crop: ``"center"`` (deterministic) or ``"random"`` crop when preprocessing pixels.
-        device, dtype, encoder_options: passed to :func:`load_encoder` when ``encoder`` is a name.
+        device, dtype, encoder_options: passed to :func:`load_encoder` when ``encoder`` is a name; with a
+            loaded encoder, a ``device`` or ``dtype`` other than the encoder's (and any option) is refused.
         with_no_ot_semantic: also compute ``semantic_no_ot`` (the semantic reward without the prior).
 
     Returns:
@@ -177,6 +178,7 @@ def build_reward(
             raise UsageError(
                 "build_reward: give encoder_path only with a backend name, not with a loaded encoder"
             )
+        _check_loaded_encoder(encoder, device, dtype, encoder_options)
         backend = encoder
     elif isinstance(encoder, str):
         if encoder_path is None:
@@ -216,6 +218,32 @@ def build_reward(
         crop=crop,
         with_no_ot_semantic=with_no_ot_semantic,
     )
+
+
+def _check_loaded_encoder(
+    encoder: EncoderBackend,
+    device: str | torch.device | None,
+    dtype: str | torch.dtype | None,
+    encoder_options: Mapping[str, Any] | None,
+) -> None:
+    """A loaded encoder runs where and in what it was loaded: ``device``/``dtype`` that say otherwise, and
+    loader options, are refused (UsageError) instead of being ignored."""
+    wanted_dtype = _dtype(dtype)
+    if wanted_dtype is not None and wanted_dtype != encoder.dtype:
+        raise UsageError(
+            f"build_reward: dtype={dtype!r} but the loaded encoder is {encoder.dtype}; load it in that dtype "
+            "(load_encoder(..., dtype=...)) or pass the backend name and its path"
+        )
+    if device is not None:
+        wanted = _device(device)
+        loaded = encoder.device
+        if wanted.type != loaded.type or (wanted.index is not None and wanted.index != loaded.index):
+            raise UsageError(
+                f"build_reward: device={str(device)!r} but the loaded encoder is on {loaded}; load it there "
+                "(load_encoder(..., device=...)) or pass the backend name and its path"
+            )
+    if encoder_options:
+        raise UsageError("build_reward: encoder_options apply when loading; give them with a backend name")
 
 
 def _checked_weights(weights: Mapping[str, float] | None) -> dict[str, float]:

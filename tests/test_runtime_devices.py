@@ -182,3 +182,23 @@ def test_score_and_the_api_refuse_a_half_encoder_before_loading_it(tmp_path, mon
     assert "models.encoder.dtype: this torch" in capsys.readouterr().err
     with pytest.raises(pisces_cli.UsageError, match="^dtype: this torch"):
         pisces_cli.load_encoder("clip", tmp_path / "encoder", device="cpu", dtype="float16")
+
+
+def test_build_reward_refuses_a_device_or_dtype_a_loaded_encoder_does_not_have(tmp_path) -> None:
+    """They were ignored: build_reward(encoder, dtype="bfloat16") ran the fp32 encoder under a bf16 call."""
+    import pisces_cli
+    from pisces_cli.encoders.tiny_clip import save_tiny_clip
+
+    encoder = pisces_cli.load_encoder(
+        "clip", save_tiny_clip(tmp_path / "encoder", "clip", seed=0), device="cpu"
+    )
+    with pytest.raises(
+        pisces_cli.UsageError, match=r"dtype='bfloat16' but the loaded encoder is torch.float32"
+    ):
+        pisces_cli.build_reward(encoder, dtype="bfloat16")
+    with pytest.raises(pisces_cli.UsageError, match=r"device='meta'"):
+        pisces_cli.build_reward(encoder, device="meta")
+    with pytest.raises(pisces_cli.UsageError, match="encoder_options apply when loading"):
+        pisces_cli.build_reward(encoder, encoder_options={"num_frames": 4})
+    reward = pisces_cli.build_reward(encoder, device="cpu", dtype=torch.float32)  # what it has: fine
+    assert reward.encoder is encoder
