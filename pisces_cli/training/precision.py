@@ -64,10 +64,14 @@ def bf16_supported(device: torch.device) -> bool:
     return torch.cuda.get_device_capability(index) >= (8, 0)
 
 
-def precision_plan(recipe: Recipe, device: torch.device, *, bf16_ok: bool | None = None) -> PrecisionPlan:
-    """The precision of a ``finetune`` run of ``recipe`` on ``device``; UsageError for bf16 on hardware without it.
+def precision_plan(
+    recipe: Recipe, device: torch.device | None, *, bf16_ok: bool | None = None
+) -> PrecisionPlan:
+    """The precision of a ``finetune`` run of ``recipe`` on ``device``; UsageError for bf16 on hardware without it
+    and for an autocast dtype this torch cannot run there.
 
-    ``bf16_ok`` overrides the hardware query (tests).
+    ``bf16_ok`` overrides the hardware query (tests); ``device=None`` plans without any device check (the
+    ``--dry-run`` plan of a launch on other machines).
     """
     section = recipe.finetune
     reward_dtype = section.reward_dtype or recipe.models.encoder.dtype
@@ -79,12 +83,14 @@ def precision_plan(recipe: Recipe, device: torch.device, *, bf16_ok: bool | None
         ("finetune.reward_dtype", reward_dtype, reward_dtype),
     ]
     bf16_keys = [key for key, dtype, _ in settings if dtype == "bfloat16"]
-    if bf16_keys and not (bf16_supported(device) if bf16_ok is None else bf16_ok):
+    if device is None:
+        pass
+    elif bf16_keys and not (bf16_supported(device) if bf16_ok is None else bf16_ok):
         raise UsageError(
             f"{device} does not support bfloat16 (it needs an Ampere or newer GPU), set by {', '.join(bf16_keys)}; "
             "use float16 there (training then runs with a gradient scaler) or float32 / mixed_precision=no"
         )
-    if AUTOCAST[section.mixed_precision] is not None:
+    if device is not None and AUTOCAST[section.mixed_precision] is not None:
         from pisces_cli.runtime import check_reduced_precision
 
         check_reduced_precision(
