@@ -146,3 +146,22 @@ def test_nonfinite_loss_still_runs_backward_under_torchrun():
     weight.grad = None
     assert Probe(SimpleNamespace(grad_scaler=None, world_size=1)).backward_unless_nonfinite(weight.sum())
     assert weight.grad is not None
+
+
+def test_a_half_reward_this_torch_cannot_run_is_refused_before_the_generator_loads(tmp_path, monkeypatch):
+    """The reward encoder loads after the generator: its dtype was first tried minutes into the set-up."""
+    from test_runtime_devices import _no_half_layer_norm
+
+    from pisces_cli.backbones import registry
+    from pisces_cli.training.trainer import Trainer
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the generator was loaded")
+
+    monkeypatch.setattr(registry, "load_backbone", no_load)
+    _no_half_layer_norm(monkeypatch)
+    trainer = Trainer(resolve(tmp_path, max_steps=1, reward_dtype="float16"), resume=False)
+    with pytest.raises(
+        UsageError, match=r"^finetune.reward_dtype: this torch .* cannot compute in float16 on cpu"
+    ):
+        trainer.setup()

@@ -90,12 +90,18 @@ def precision_plan(
             f"{device} does not support bfloat16 (it needs an Ampere or newer GPU), set by {', '.join(bf16_keys)}; "
             "use float16 there (training then runs with a gradient scaler) or float32 / mixed_precision=no"
         )
-    if device is not None and AUTOCAST[section.mixed_precision] is not None:
-        from pisces_cli.runtime import check_reduced_precision
+    if device is not None:  # every dtype of the run, before any model loads
+        from pisces_cli.runtime import check_reduced_precision, resolve_dtype
 
+        reward_key = "finetune.reward_dtype" if section.reward_dtype else "models.encoder.dtype"
         check_reduced_precision(
-            AUTOCAST[section.mixed_precision], device, "finetune.mixed_precision", autocast=True
+            resolve_dtype(recipe.models.generator.dtype), device, "models.generator.dtype"
         )
+        check_reduced_precision(resolve_dtype(reward_dtype), device, reward_key)
+        if AUTOCAST[section.mixed_precision] is not None:
+            check_reduced_precision(
+                AUTOCAST[section.mixed_precision], device, "finetune.mixed_precision", autocast=True
+            )
     fp16 = [
         f"{key}={shown}"
         for key, dtype, shown in settings

@@ -308,13 +308,7 @@ class Trainer:
         from pisces_cli.backbones.lora import apply_lora, enable_full_finetune
         from pisces_cli.backbones.registry import load_backbone
         from pisces_cli.rewards.build import build_reward, load_encoder_from_recipe, quiet_model_loading
-        from pisces_cli.runtime import (
-            check_reduced_precision,
-            init_distributed,
-            resolve_dtype,
-            seed_everything,
-            stage_device,
-        )
+        from pisces_cli.runtime import init_distributed, resolve_dtype, seed_everything, stage_device
         from pisces_cli.training.data import build_training_data
         from pisces_cli.training.metrics_log import MetricsLogger
         from pisces_cli.training.precision import precision_plan
@@ -331,7 +325,6 @@ class Trainer:
         quiet_model_loading()
         quiet_diffusers()
         generator = self.recipe.models.generator
-        check_reduced_precision(resolve_dtype(generator.dtype), self.device, "models.generator.dtype")
         self.adapter = load_backbone(
             generator.path,
             family=FAMILY_BY_BACKBONE[generator.backbone],
