@@ -542,6 +542,17 @@ def test_validate_checks_each_dtype_key_on_the_device_the_stages_use(
         and ok["finetune.mixed_precision"] == "fp16 autocast on cpu"
     )
     assert "gradient scaler" in ok["finetune (bf16, scaler)"]
+    from test_runtime_devices import _no_half_layer_norm
+
+    with monkeypatch.context() as patch:
+        _no_half_layer_norm(patch)
+        half = {"models": {"encoder": {"dtype": "float16"}}}
+        failed = rows(preflight(models, tmp_path, stages=("score",), **half), Status.FAIL)
+        assert failed["models.encoder.dtype"].startswith("models.encoder.dtype: this torch")
+        auto = rows(
+            preflight(models, tmp_path, stages=("score",), runtime={"device": "auto"}, **half), Status.WARN
+        )
+        assert "auto found no GPU here" in auto["models.encoder.dtype"]  # a login node: not a failure
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(precision, "bf16_supported", lambda device: False)

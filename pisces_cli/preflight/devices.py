@@ -159,7 +159,10 @@ def check_precision(recipe: Recipe, report: PreflightReport, stages: set[str]) -
         try:
             check_reduced_precision(resolve_dtype(name), device, key, autocast=autocast)
         except UsageError as error:
-            report.add("precision", key, Status.FAIL, str(error))
+            # auto on a machine without a GPU (a login node): the run may well go to a GPU, where this works
+            guessed = recipe.runtime.device == "auto" and device.type == "cpu"
+            detail = f"{error} (if this run goes to a CPU: auto found no GPU here)" if guessed else str(error)
+            report.add("precision", key, Status.WARN if guessed else Status.FAIL, detail)
         else:
             shown = f"{section.mixed_precision} autocast" if autocast else name
             report.add("precision", key, Status.OK, f"{shown} on {device}")
