@@ -37,30 +37,33 @@ PAPER_TOKEN_OT = TokenOTSettings()
 
 
 def _device(device: str | torch.device | None, fallback: str = "auto") -> torch.device:
+    """``device`` resolved (errors name the ``device`` argument), or ``runtime.device`` ``fallback`` when None."""
     from pisces_cli.runtime import resolve_device
 
-    spec = fallback if device is None else str(device)
-    try:
-        return resolve_device(spec)
-    except RuntimeError as error:  # torch's "Invalid device string"
-        raise UsageError(
-            f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device, got {spec!r} ({error})"
-        ) from None
-    except UsageError as error:  # resolve_device names the recipe key; here the argument was given
-        if device is None:
-            raise
-        raise UsageError(f"device={spec!r}: CUDA is not available on this machine") from error
+    if device is None:
+        return resolve_device(fallback)
+    return resolve_device(str(device), key="device")
 
 
 def _dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """``dtype`` as a torch dtype: a name or one of the float dtypes an encoder runs in (else UsageError)."""
+    import torch
+
     from pisces_cli.runtime import resolve_dtype
 
-    if dtype is None or not isinstance(dtype, str):
+    if dtype is None:
+        return None
+    if isinstance(dtype, str):
+        try:
+            return resolve_dtype(dtype)
+        except KeyError:
+            pass
+    elif dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
         return dtype
-    try:
-        return resolve_dtype(dtype)
-    except KeyError:
-        raise UsageError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}") from None
+    raise UsageError(
+        f"dtype must be 'float32', 'bfloat16', 'float16' or one of those torch dtypes (or torch.float64), "
+        f"got {dtype!r}"
+    )
 
 
 def load_reward(
@@ -123,7 +126,12 @@ def load_encoder(
     from pisces_cli.runtime import quiet_model_loading
 
     quiet_model_loading()
-    return load_backend(backend, str(path), device=_device(device), dtype=_dtype(dtype), **options)
+    from pisces_cli.runtime import check_reduced_precision
+
+    where, torch_dtype = _device(device), _dtype(dtype)
+    if torch_dtype is not None:
+        check_reduced_precision(torch_dtype, where, "dtype")
+    return load_backend(backend, str(path), device=where, dtype=torch_dtype, **options)
 
 
 def build_reward(
@@ -153,7 +161,8 @@ def build_reward(
         token_ot: the token-level OT settings of the semantic reward (default: the paper's,
             :class:`TokenOTSettings`); ``None`` computes the semantic reward without the OT prior.
         crop: ``"center"`` (deterministic) or ``"random"`` crop when preprocessing pixels.
-        device, dtype, encoder_options: passed to :func:`load_encoder` when ``encoder`` is a name.
+        device, dtype, encoder_options: passed to :func:`load_encoder` when ``encoder`` is a name; with a
+            loaded encoder, a ``device`` or ``dtype`` other than the encoder's (and any option) is refused.
         with_no_ot_semantic: also compute ``semantic_no_ot`` (the semantic reward without the prior).
 
     Returns:
@@ -169,6 +178,7 @@ def build_reward(
             raise UsageError(
                 "build_reward: give encoder_path only with a backend name, not with a loaded encoder"
             )
+        _check_loaded_encoder(encoder, device, dtype, encoder_options)
         backend = encoder
     elif isinstance(encoder, str):
         if encoder_path is None:
@@ -208,6 +218,32 @@ def build_reward(
         crop=crop,
         with_no_ot_semantic=with_no_ot_semantic,
     )
+
+
+def _check_loaded_encoder(
+    encoder: EncoderBackend,
+    device: str | torch.device | None,
+    dtype: str | torch.dtype | None,
+    encoder_options: Mapping[str, Any] | None,
+) -> None:
+    """A loaded encoder runs where and in what it was loaded: ``device``/``dtype`` that say otherwise, and
+    loader options, are refused (UsageError) instead of being ignored."""
+    wanted_dtype = _dtype(dtype)
+    if wanted_dtype is not None and wanted_dtype != encoder.dtype:
+        raise UsageError(
+            f"build_reward: dtype={dtype!r} but the loaded encoder is {encoder.dtype}; load it in that dtype "
+            "(load_encoder(..., dtype=...)) or pass the backend name and its path"
+        )
+    if device is not None:
+        wanted = _device(device)
+        loaded = encoder.device
+        if wanted.type != loaded.type or (wanted.index is not None and wanted.index != loaded.index):
+            raise UsageError(
+                f"build_reward: device={str(device)!r} but the loaded encoder is on {loaded}; load it there "
+                "(load_encoder(..., device=...)) or pass the backend name and its path"
+            )
+    if encoder_options:
+        raise UsageError("build_reward: encoder_options apply when loading; give them with a backend name")
 
 
 def _checked_weights(weights: Mapping[str, float] | None) -> dict[str, float]:

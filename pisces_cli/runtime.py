@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
+    from pisces_cli.config.sections.common import RuntimeSection
+
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 #: glibc ``mallopt`` settings made by :func:`tune_cpu_allocator`: heap blocks up to 32 MiB (glibc's largest
@@ -100,19 +102,43 @@ def barrier() -> None:
         dist.barrier()
 
 
-def resolve_device(spec: str) -> torch.device:
-    """``auto`` → this rank's CUDA device when available, else CPU; otherwise ``torch.device(spec)``."""
+def resolve_device(spec: str, *, key: str = "runtime.device") -> torch.device:
+    """``auto`` → this rank's CUDA device when available, else CPU; otherwise ``torch.device(spec)``.
+
+    A device this machine cannot run on is refused (:class:`UsageError` naming ``key``) instead of failing
+    inside torch or running elsewhere: a string torch does not parse, ``cuda`` without CUDA, ``cuda:N`` past
+    the visible devices, ``mps`` without MPS, and any other device type (``meta`` holds no weights).
+    """
     import torch
+
+    from pisces_cli.errors import UsageError
 
     if spec == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", dist_context().local_rank % max(torch.cuda.device_count(), 1))
         return torch.device("cpu")
-    device = torch.device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        from pisces_cli.errors import UsageError
-
-        raise UsageError(f"runtime.device is {spec!r} but CUDA is not available on this machine")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:  # torch's "Invalid device string" / "Expected one of cpu, cuda, ..."
+        raise UsageError(f"{key} must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {spec!r}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"{key}={spec!r}: CUDA is not available on this machine")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            restriction = f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else ""
+            raise UsageError(
+                f"{key}={spec!r}: this machine shows {count} CUDA device(s){restriction}, "
+                f"cuda:0 to cuda:{count - 1}"
+            )
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise UsageError(f"{key}={spec!r}: MPS is not available on this machine")
+    elif device.type != "cpu":
+        raise UsageError(
+            f"{key}={spec!r}: pisces runs on 'cpu' or 'cuda' ('auto' picks one), not {device.type}"
+        )
     return device
 
 
@@ -120,6 +146,69 @@ def resolve_dtype(name: str) -> torch.dtype:
     import torch
 
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def _reduced_precision_ops(dtype: torch.dtype, device: torch.device) -> None:
+    """One tiny call of each kind of op the encoders and generators run (convolutions, norms, linear, attention,
+    activations, resizing), in ``dtype`` on ``device``; raises what torch raises."""
+    import torch
+    import torch.nn.functional as F
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, device=device).to(dtype)
+
+    images = rand(1, 4, 6, 6)
+    F.conv2d(images, rand(4, 4, 3, 3), rand(4), padding=1)
+    F.conv3d(images[:, :, None], rand(4, 4, 1, 3, 3), padding=(0, 1, 1))
+    F.group_norm(images, 2, rand(4), rand(4))
+    F.interpolate(images, size=(4, 4), mode="bicubic", align_corners=False)
+    F.interpolate(images, size=(4, 4), mode="bilinear", align_corners=False)
+    tokens = images.flatten(2).transpose(1, 2)  # [1, 36, 4]
+    tokens = F.layer_norm(tokens, (4,), rand(4), rand(4))
+    tokens = F.linear(tokens, rand(8, 4), rand(8))
+    F.gelu(tokens), F.silu(tokens), tokens.softmax(-1), tokens.logsumexp(-1)
+    heads = tokens.reshape(1, 36, 2, 4).transpose(1, 2)
+    F.scaled_dot_product_attention(heads, heads, heads)
+    torch.bmm(tokens, tokens.transpose(1, 2))
+
+
+def check_reduced_precision(
+    dtype: torch.dtype, device: torch.device, key: str, *, autocast: bool = False
+) -> None:
+    """Refuse (:class:`UsageError` naming ``key``) a half-precision setting this torch cannot run on ``device``.
+
+    CUDA runs float16 and bfloat16 everywhere (bf16 on older GPUs is :func:`~pisces_cli.training.precision`'s
+    check); on other devices (CPU) torch builds differ in which ops have half-precision kernels, and a missing
+    one used to surface as torch's "not implemented for 'Half'" on the first batch (every video an error row).
+    ``autocast``: the setting is an autocast dtype, which torch may also switch off with only a warning (the run
+    would then be fp32 under an fp16 label). Milliseconds; float32 and CUDA are not probed.
+    """
+    import warnings
+
+    import torch
+
+    from pisces_cli.errors import UsageError
+
+    if device.type == "cuda" or dtype not in (torch.float16, torch.bfloat16):
+        return
+    name = {torch.float16: "float16", torch.bfloat16: "bfloat16"}[dtype]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if autocast:
+                with torch.autocast(device.type, dtype=dtype):
+                    inputs = torch.rand(2, 4, device=device)
+                    ran = torch.nn.functional.linear(inputs, torch.rand(3, 4, device=device)).dtype
+                if ran != dtype:
+                    raise RuntimeError(f"{device.type} autocast to {name} ran in {ran}")
+            else:
+                _reduced_precision_ops(dtype, device)
+    except RuntimeError as error:  # NotImplementedError included
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UsageError(
+            f"{key}: this torch ({torch.__version__}) cannot compute in {name} on {device} ({first}); "
+            f"{'set it to no' if autocast else 'use float32 there'} (or run on a GPU)"
+        ) from None
 
 
 def seed_everything(seed: int) -> None:
@@ -166,11 +255,21 @@ def tune_cpu_allocator() -> str:
 
 
 def configure_tf32(allow: bool) -> None:
+    """TF32 for CUDA matmuls and cuDNN convolutions on (``allow``) or off; torch's own default leaves
+    cuDNN's on, so a stage that never called this ran its convolutions in TF32 under ``allow_tf32: false``."""
     import torch
 
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = allow
         torch.backends.cudnn.allow_tf32 = allow
+
+
+def stage_device(runtime: RuntimeSection) -> torch.device:
+    """The device a stage runs its models on (:func:`resolve_device` of ``runtime.device``), with
+    ``runtime.allow_tf32`` applied: every stage that runs a model calls this before loading it."""
+    device = resolve_device(runtime.device)
+    configure_tf32(runtime.allow_tf32)
+    return device
 
 
 def quiet_model_loading() -> None:

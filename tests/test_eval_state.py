@@ -101,6 +101,7 @@ def test_noop_rerun_and_changed_videos(world: Path, tmp_path: Path, monkeypatch,
     again = {r["video"]: r for r in document(out)["videos"]}
     assert again == first
     assert document(out)["settings"]["consistency_features"] == "frame_embeddings"
+    assert document(out)["settings"]["device"] == "cpu"  # what ran, beside the run key's dtype
     mapping = [json.loads(line) for line in (clips / "prompts.jsonl").read_text().splitlines()]
     mapping[2]["prompt"] = "a new caption for this clip"
     (clips / "prompts.jsonl").write_text("".join(json.dumps(m) + "\n" for m in mapping))

@@ -15,6 +15,13 @@ def test_finetune_dry_run_and_usage_errors(tmp_path, capsys):
     assert main(["finetune", "--recipe", "demo", *overrides, "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "plan" in out and "videos per step" in out
+    assert "gradient scaler" in out
+    fp16 = ["finetune.mixed_precision=fp16", "finetune.algorithm=backprop"]
+    assert main(["finetune", "--recipe", "demo", *overrides, *fp16, "--dry-run"]) == 0
+    assert (
+        "yes: fp16 in the gradient path (finetune.mixed_precision=fp16)"
+        in capsys.readouterr().out.replace("\n", "")
+    )
     assert main(["finetune", "--recipe", "demo", *overrides, "finetune.lora.rank=0"]) == 2
     assert main(["finetune", "--recipe", "demo", *overrides, "--bogus"]) == 2
 

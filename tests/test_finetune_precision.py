@@ -92,6 +92,22 @@ def test_bf16_is_refused_on_a_gpu_without_it(tmp_path):
     assert precision_plan(recipe, torch.device("cuda"), bf16_ok=True).autocast_dtype == torch.bfloat16
 
 
+def test_a_gpu_that_only_emulates_bf16_is_not_taken_for_one_that_has_it(monkeypatch):
+    """torch.cuda.is_bf16_supported() says yes on a V100/T4 (it can hold bf16 tensors), so the refusal above
+    never fired; the capability of the run's own device decides."""
+    from pisces_cli.training import precision
+
+    capabilities = {0: (7, 0), 1: (8, 0)}  # cuda:0 a V100, cuda:1 an A100
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: capabilities[index])
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert not precision.bf16_supported(torch.device("cuda", 0))
+    assert precision.bf16_supported(torch.device("cuda", 1))
+    assert precision.bf16_supported(torch.device("cuda"))  # the current device
+    assert precision.bf16_supported(torch.device("cpu"))
+
+
 @pytest.mark.parametrize("name", ["hunyuan", "wan", "hunyuan_grpo", "wan_grpo"])
 def test_bundled_recipes_train_in_bf16_with_a_bf16_reward(name):
     from pisces_cli.config import load_recipe
@@ -130,3 +146,22 @@ def test_nonfinite_loss_still_runs_backward_under_torchrun():
     weight.grad = None
     assert Probe(SimpleNamespace(grad_scaler=None, world_size=1)).backward_unless_nonfinite(weight.sum())
     assert weight.grad is not None
+
+
+def test_a_half_reward_this_torch_cannot_run_is_refused_before_the_generator_loads(tmp_path, monkeypatch):
+    """The reward encoder loads after the generator: its dtype was first tried minutes into the set-up."""
+    from test_runtime_devices import _no_half_layer_norm
+
+    from pisces_cli.backbones import registry
+    from pisces_cli.training.trainer import Trainer
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the generator was loaded")
+
+    monkeypatch.setattr(registry, "load_backbone", no_load)
+    _no_half_layer_norm(monkeypatch)
+    trainer = Trainer(resolve(tmp_path, max_steps=1, reward_dtype="float16"), resume=False)
+    with pytest.raises(
+        UsageError, match=r"^finetune.reward_dtype: this torch .* cannot compute in float16 on cpu"
+    ):
+        trainer.setup()

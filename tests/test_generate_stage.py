@@ -119,6 +119,14 @@ def test_complete_folder_is_checked_before_anything_is_skipped(tmp_path, trained
     stronger = resolve(tmp_path, extra=["generate.guidance=9.0"])
     with pytest.raises(UsageError, match="guidance"):
         generate_module.run_generate(stronger, prompts=prompts, output=str(output), limit=1)
+    for setting, field in (
+        ("runtime.allow_tf32=true", "allow_tf32"),
+        ("models.generator.dtype=bfloat16", "dtype"),
+    ):
+        with pytest.raises(UsageError, match=field):  # rounding settings: the videos differ on a GPU
+            generate_module.run_generate(
+                resolve(tmp_path, extra=[setting]), prompts=prompts, output=str(output), limit=1
+            )
 
 
 def test_adapter_changes_outputs_and_matches_diffusers_load_lora_weights(tmp_path, trained_checkpoint):

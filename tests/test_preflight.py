@@ -525,6 +525,44 @@ def test_gpus_against_the_world_size_and_memory(
     assert "no CUDA device visible" in rows(report, Status.FAIL)["runtime.device"]
 
 
+def test_validate_checks_each_dtype_key_on_the_device_the_stages_use(
+    models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """validate --weights said nothing of precision: bf16 on a GPU without it, or half precision this torch
+    cannot run on CPU, first failed when finetune/score started."""
+    import torch
+
+    from pisces_cli.preflight import devices
+    from pisces_cli.training import precision
+
+    report = preflight(models, tmp_path, stages=("finetune",), finetune={"mixed_precision": "fp16"})
+    ok = rows(report, Status.OK)
+    assert (
+        ok["models.encoder.dtype"] == "float32 on cpu"
+        and ok["finetune.mixed_precision"] == "fp16 autocast on cpu"
+    )
+    assert "gradient scaler" in ok["finetune (bf16, scaler)"]
+    from test_runtime_devices import _no_half_layer_norm
+
+    with monkeypatch.context() as patch:
+        _no_half_layer_norm(patch)
+        half = {"models": {"encoder": {"dtype": "float16"}}}
+        failed = rows(preflight(models, tmp_path, stages=("score",), **half), Status.FAIL)
+        assert failed["models.encoder.dtype"].startswith("models.encoder.dtype: this torch")
+        auto = rows(
+            preflight(models, tmp_path, stages=("score",), runtime={"device": "auto"}, **half), Status.WARN
+        )
+        assert "auto found no GPU here" in auto["models.encoder.dtype"]  # a login node: not a failure
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(precision, "bf16_supported", lambda device: False)
+    monkeypatch.setattr(devices, "visible_gpus", lambda: [("Fake V100", 32 * 2**30)])
+    failed = rows(
+        preflight(models, tmp_path, stages=("finetune",), runtime={"device": "cuda:0"}), Status.FAIL
+    )
+    assert "does not support bfloat16" in failed["finetune (bf16, scaler)"]
+
+
 # ----------------------------------------------------------------------------------------- cheap stage check
 
 

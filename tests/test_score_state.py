@@ -98,6 +98,8 @@ def copy_clips(world: Path, tmp_path: Path) -> Path:
         ("data.num_frames=3", "frames.requested"),
         ("reward.crop=random", "frames.crop"),
         ("reward.token_ot.enabled=false", "token_ot: {"),  # one line for the whole section, not per leaf
+        ("models.encoder.dtype=bfloat16", "encoder.dtype: float32 → bfloat16"),
+        ("runtime.allow_tf32=true", "encoder.allow_tf32"),  # TF32 rounds like bf16 on a GPU
     ],
 )
 def test_other_settings_are_refused_before_loading_naming_the_field(
@@ -661,3 +663,19 @@ def test_scored_rows_whose_heatmaps_were_lost_are_rescored(
     assert score(world, world / "clips", out, "--report") == 0
     assert "(report up to date)" in capsys.readouterr().out
     assert (out / "report.html").read_text() == page
+
+
+def test_score_applies_runtime_allow_tf32_before_loading_the_encoder(
+    world: Path, tmp_path: Path, monkeypatch
+):
+    """Only finetune applied runtime.allow_tf32: score ran under torch's default (cuDNN convolutions in TF32)
+    whatever the recipe said."""
+    from pisces_cli import runtime
+
+    applied: list[bool] = []
+    monkeypatch.setattr(runtime, "configure_tf32", applied.append)
+    assert score(world, world / "clips", tmp_path / "out") == 0
+    assert applied == [False]
+    # what ran is recorded beside the dtype of the run key
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["device"] == "cpu" and summary["run_key"]["encoder"]["dtype"] == "float32"

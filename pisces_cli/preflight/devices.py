@@ -57,6 +57,15 @@ def check_gpus(recipe: Recipe, report: PreflightReport) -> list[tuple[str, int]]
             f"no CUDA device visible{restriction}: {device} runs on CPU ({launch})",
         )
         return []
+    index = int(device.partition(":")[2]) if device.startswith("cuda:") else None
+    if index is not None and index >= len(gpus):
+        report.add(
+            "GPUs",
+            DEVICE_KEY,
+            Status.FAIL,
+            f"{device}: {len(gpus)} GPU(s) visible{restriction}, cuda:0 to cuda:{len(gpus) - 1}",
+        )
+        return gpus
     if len(gpus) < local:
         report.add(
             "GPUs",
@@ -120,3 +129,51 @@ def check_memory_plan(
         )
         return
     report.add("memory plan", key, Status.OK, f"{plan} of {human_bytes(capacity)} per GPU")
+
+
+def check_precision(recipe: Recipe, report: PreflightReport, stages: set[str]) -> None:
+    """One row per dtype key the chosen stages read: it runs on the device they would use (bf16 on the GPU,
+    half precision off CUDA), checked as the stages check it when they start. Nothing when the device failed
+    (its own row says why)."""
+    from pisces_cli.errors import UsageError
+    from pisces_cli.preflight.run import ENCODER_STAGES, GENERATOR_STAGES
+    from pisces_cli.runtime import check_reduced_precision, resolve_device, resolve_dtype
+
+    try:
+        device = resolve_device(recipe.runtime.device)
+    except UsageError:
+        return
+    models, section = recipe.models, recipe.finetune
+    settings = []  # (recipe key, dtype name, autocast)
+    if stages & ENCODER_STAGES:
+        settings.append(("models.encoder.dtype", models.encoder.dtype, False))
+    if stages & GENERATOR_STAGES:
+        settings.append(("models.generator.dtype", models.generator.dtype, False))
+    if "finetune" in stages:
+        if section.reward_dtype:
+            settings.append(("finetune.reward_dtype", section.reward_dtype, False))
+        autocast = {"bf16": "bfloat16", "fp16": "float16"}.get(section.mixed_precision)
+        if autocast:
+            settings.append(("finetune.mixed_precision", autocast, True))
+    for key, name, autocast in settings:
+        try:
+            check_reduced_precision(resolve_dtype(name), device, key, autocast=autocast)
+        except UsageError as error:
+            # auto on a machine without a GPU (a login node): the run may well go to a GPU, where this works
+            guessed = recipe.runtime.device == "auto" and device.type == "cpu"
+            detail = f"{error} (if this run goes to a CPU: auto found no GPU here)" if guessed else str(error)
+            report.add("precision", key, Status.WARN if guessed else Status.FAIL, detail)
+        else:
+            shown = f"{section.mixed_precision} autocast" if autocast else name
+            report.add("precision", key, Status.OK, f"{shown} on {device}")
+    if "finetune" in stages:
+        from pisces_cli.training.precision import precision_plan
+
+        try:  # bf16 on a GPU without it
+            plan = precision_plan(recipe, device)
+        except UsageError as error:
+            report.add("precision", "finetune (bf16, scaler)", Status.FAIL, str(error))
+            return
+        if plan.scaled:
+            detail = f"fp16 in the gradient path ({', '.join(plan.fp16_in_gradient_path)}): a gradient scaler"
+            report.add("precision", "finetune (bf16, scaler)", Status.OK, detail)

@@ -99,9 +99,10 @@ def run_preflight(
         for output in _outputs(stage, recipe, inputs, identity, trainable):
             check_output(output, report, deep=deep)
     if deep and chosen & (ENCODER_STAGES | GENERATOR_STAGES):
-        from pisces_cli.preflight.devices import check_gpus, check_memory_plan
+        from pisces_cli.preflight.devices import check_gpus, check_memory_plan, check_precision
 
         gpus = check_gpus(recipe, report)
+        check_precision(recipe, report, chosen)
         if estimate is not None:
             check_memory_plan(report, gpus, estimate)
     return report

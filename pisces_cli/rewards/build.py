@@ -47,8 +47,10 @@ def load_encoder_from_recipe(
 ) -> EncoderBackend:
     """Load ``models.encoder`` (UsageError with the key path when it is not set or not found), in ``dtype``
     (a dtype name; default ``models.encoder.dtype``)."""
+    import torch
+
     from pisces_cli.encoders.registry import load_encoder
-    from pisces_cli.runtime import resolve_dtype
+    from pisces_cli.runtime import check_reduced_precision, resolve_dtype
 
     quiet_model_loading()
     section = recipe.models.encoder
@@ -64,12 +66,13 @@ def load_encoder_from_recipe(
             f"models.encoder.tokenizer: {section.tokenizer} is not a folder (a local bert-large-uncased copy "
             "with vocab.txt)"
         )
+    torch_dtype = resolve_dtype(dtype or section.dtype)
+    key = (
+        "finetune.reward_dtype" if dtype and recipe.finetune.reward_dtype == dtype else "models.encoder.dtype"
+    )
+    check_reduced_precision(torch_dtype, torch.device(device), key)
     return load_encoder(
-        section.backend,
-        section.path,
-        device=device,
-        dtype=resolve_dtype(dtype or section.dtype),
-        **encoder_options(recipe),
+        section.backend, section.path, device=device, dtype=torch_dtype, **encoder_options(recipe)
     )
 
 

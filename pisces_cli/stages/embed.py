@@ -305,11 +305,11 @@ class _Embedder:
     @classmethod
     def load(cls, resolved: ResolvedRecipe, key: dict[str, Any], signature: str | None) -> _Embedder:
         from pisces_cli.rewards.build import encoder_num_frames, load_encoder_from_recipe
-        from pisces_cli.runtime import resolve_device
+        from pisces_cli.runtime import stage_device
         from pisces_cli.stages.run_key import MODEL_PART, encoder_model_part
 
         recipe = resolved.recipe
-        device = resolve_device(recipe.runtime.device)
+        device = stage_device(recipe.runtime)
         encoder = load_encoder_from_recipe(recipe, device)
         num_frames = encoder_num_frames(recipe, encoder)
         model_part = encoder_model_part(encoder, num_frames)

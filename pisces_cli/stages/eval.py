@@ -309,12 +309,12 @@ def _load_evaluator(
 ) -> tuple[dict[str, Any], dict[str, Any], _Evaluator]:
     """Load the encoder (and reward): (loaded-model key part, descriptive info, evaluator)."""
     from pisces_cli.rewards.build import build_reward, encoder_num_frames, load_encoder_from_recipe
-    from pisces_cli.runtime import resolve_device
+    from pisces_cli.runtime import stage_device
     from pisces_cli.stages.eval_metrics import FeatureTap
     from pisces_cli.stages.run_key import encoder_model_part
 
     recipe = resolved.recipe
-    device = resolve_device(recipe.runtime.device)
+    device = stage_device(recipe.runtime)
     encoder = load_encoder_from_recipe(recipe, device)
     tap = FeatureTap(encoder)
     info: dict[str, Any] = {}
@@ -323,7 +323,9 @@ def _load_evaluator(
         reward, map_info = build_reward(recipe, tap, ot_map_path=ot_map)
         info.update(ot_map=map_info, reward_weights=dict(reward.weights))
     num_frames = encoder_num_frames(recipe, encoder)
-    info.update(encoder=encoder.fingerprint(), num_frames=num_frames, crop=recipe.reward.crop)
+    info.update(
+        encoder=encoder.fingerprint(), num_frames=num_frames, crop=recipe.reward.crop, device=str(device)
+    )
     evaluator = _Evaluator(resolved, encoder, tap, reward, device, num_frames)
     return encoder_model_part(encoder, num_frames), info, evaluator
 

@@ -261,13 +261,13 @@ def _run_vbench(plan: VBenchPlan, output: Path, recipe: Recipe, videos: Path) ->
     import torch
 
     from pisces_cli.evaluation.vbench_aggregate import aggregate_vbench_files
-    from pisces_cli.runtime import resolve_device
+    from pisces_cli.runtime import stage_device
 
     os.environ["VBENCH_CACHE_DIR"] = str(plan.cache_dir)
     output.mkdir(parents=True, exist_ok=True)
     results = output / f"{RUN_NAME}_eval_results.json"
     results.unlink(missing_ok=True)  # never aggregate a stale file from an earlier run
-    device = resolve_device(recipe.runtime.device)
+    device = stage_device(recipe.runtime)
     if device.type != "cuda":
         plan.notes.append(f"VBench ran on {device}; it is written for CUDA (fp16 CLIP, AMT on 'cuda')")
     try:

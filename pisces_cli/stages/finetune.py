@@ -76,6 +76,7 @@ def plan_rows(resolved: ResolvedRecipe, world_size: int, max_steps: int) -> list
             f"transformer checkpointing {section.gradient_checkpointing}, "
             f"VAE decode checkpointing {section.vae.decode_checkpointing}, tiling {section.vae.tiling}",
         ),
+        ("gradient scaler", _scaler_row(recipe)),
         ("geometry", f"{section.num_frames} frames × {section.height}×{section.width}"),
         ("schedule", f"shift {section.schedule.shift}, {section.schedule.euler_steps}-point Euler grid"),
         ("consistency", f"weight {section.consistency.weight}, pseudo-Huber c={section.consistency.huber_c}"),
@@ -83,6 +84,15 @@ def plan_rows(resolved: ResolvedRecipe, world_size: int, max_steps: int) -> list
         ("output", f"{section.output} (resume: {section.resume})"),
         ("distributed", f"{section.distributed}, world size {world_size}"),
     ]
+
+
+def _scaler_row(recipe) -> str:
+    from pisces_cli.training.precision import precision_plan
+
+    plan = precision_plan(recipe, None)
+    if plan.scaled:
+        return f"yes: fp16 in the gradient path ({', '.join(plan.fp16_in_gradient_path)})"
+    return "no (no fp16 in the gradient path)"
 
 
 def _validation_row(recipe) -> str:

@@ -288,7 +288,7 @@ def run_fit_ot(
         write_fit_report,
     )
     from pisces_cli.rewards.ot_map_artifact import save_ot_map_artifact
-    from pisces_cli.runtime import barrier, init_distributed, resolve_device, seed_everything
+    from pisces_cli.runtime import barrier, init_distributed, seed_everything, stage_device
     from pisces_cli.stages.progress import progress_bar
 
     ctx = init_distributed(timeout_s=None)  # DDP training: every rank steps together
@@ -345,7 +345,7 @@ def run_fit_ot(
             normalization=norm,
             knn_k=neural.knn_k,
         ).validate()
-        device = resolve_device(recipe.runtime.device)
+        device = stage_device(recipe.runtime)
         with progress_bar(
             console if ctx.is_main else None, "fit-ot (neural)", total=neural.max_steps
         ) as advance:

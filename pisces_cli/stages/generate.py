@@ -112,7 +112,7 @@ def load_generator(resolved: ResolvedRecipe, adapter_dir: str | None = None) -> 
     """The recipe's backbone on ``runtime.device`` (+ the LoRA at ``adapter_dir``)."""
     from pisces_cli.backbones.registry import load_backbone
     from pisces_cli.rewards.build import quiet_model_loading
-    from pisces_cli.runtime import resolve_device, resolve_dtype
+    from pisces_cli.runtime import check_reduced_precision, resolve_dtype, stage_device
     from pisces_cli.training.trainer import quiet_diffusers
 
     recipe = resolved.recipe
@@ -122,12 +122,9 @@ def load_generator(resolved: ResolvedRecipe, adapter_dir: str | None = None) -> 
     quiet_model_loading()
     quiet_diffusers()
     family = {"hunyuan": "hunyuan_video", "wan": "wan"}[generator.backbone]
-    adapter = load_backbone(
-        generator.path,
-        family=family,
-        dtype=resolve_dtype(generator.dtype),
-        device=resolve_device(recipe.runtime.device),
-    )
+    device, dtype = stage_device(recipe.runtime), resolve_dtype(generator.dtype)
+    check_reduced_precision(dtype, device, "models.generator.dtype")
+    adapter = load_backbone(generator.path, family=family, dtype=dtype, device=device)
     if adapter_dir:
         apply_adapter(adapter, adapter_dir)
     return adapter
@@ -180,6 +177,7 @@ def requested_settings(resolved: ResolvedRecipe, adapter_dir: str | None, seeds:
         # as asked (null = the checkpoint's default); settings_record adds the values they resolve to
         "guidance_requested": section.guidance,
         "shift_requested": section.shift,
+        "allow_tf32": resolved.recipe.runtime.allow_tf32,  # TF32 matmuls/convolutions on CUDA
     }
     return record
 

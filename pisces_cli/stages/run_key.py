@@ -159,14 +159,18 @@ def encoder_config_hash(recipe: Recipe) -> str | None:
 
 
 def encoder_part(recipe: Recipe) -> dict[str, Any]:
-    """The cheap encoder fields: backend, dtype, loader options, non-weight file contents."""
+    """The cheap encoder fields: backend, dtype, loader options, non-weight file contents (and
+    ``allow_tf32: true`` when ``runtime.allow_tf32`` is on)."""
     section = recipe.models.encoder
-    return {
+    part = {
         "backend": section.backend,
         "dtype": section.dtype,
         "options": dict(sorted(section.options.items())),
         "config_sha256": encoder_config_hash(recipe),
     }
+    if recipe.runtime.allow_tf32:  # TF32 matmuls/convolutions round like a 10-bit mantissa on CUDA
+        part["allow_tf32"] = True  # (absent when off: keys written before it was recorded stay valid)
+    return part
 
 
 def encoder_model_part(encoder: EncoderBackend, num_frames: int) -> dict[str, Any]:

@@ -284,14 +284,15 @@ def _load_scorer(
 ) -> tuple[dict[str, Any], dict[str, Any], _Scorer]:
     """Load the encoder and build the reward: (loaded-model key part, descriptive info, scorer)."""
     from pisces_cli.rewards.build import build_reward, encoder_num_frames, load_encoder_from_recipe
-    from pisces_cli.runtime import resolve_device
+    from pisces_cli.runtime import stage_device
 
     recipe = resolved.recipe
-    device = resolve_device(recipe.runtime.device)
+    device = stage_device(recipe.runtime)
     encoder = load_encoder_from_recipe(recipe, device)
     reward, map_info = build_reward(recipe, encoder, ot_map_path=ot_map)
     num_frames = encoder_num_frames(recipe, encoder)
-    info = {"encoder": encoder.fingerprint(), "ot_map": map_info}
+    # the device of the run that last loaded the model (descriptive: rows are not keyed on it)
+    info = {"encoder": encoder.fingerprint(), "ot_map": map_info, "device": str(device)}
     return (
         keys.encoder_model_part(encoder, num_frames),
         info,
@@ -347,6 +348,7 @@ def _publish(
         "columns_inputs_sha256": stats_key,
         "encoder": info.get("encoder"),
         "ot_map": info.get("ot_map"),
+        "device": info.get("device"),
         "recipe_hash": resolved.hash,
         "num_frames": model.get("num_frames"),
         "crop": recipe.reward.crop,

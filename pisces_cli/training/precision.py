@@ -53,16 +53,25 @@ class PrecisionPlan:
 
 
 def bf16_supported(device: torch.device) -> bool:
-    """CPU: yes; CUDA: ``torch.cuda.is_bf16_supported()`` (Ampere or newer)."""
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
-    return True
+    """CPU: yes; CUDA: compute capability 8.0 or newer (Ampere) on ``device`` itself (ROCm: yes).
+
+    Not ``torch.cuda.is_bf16_supported()``: by default it also answers yes for a GPU that merely emulates
+    bf16 (a V100 or T4 can hold bf16 tensors), and it asks about the current device, not ``device``.
+    """
+    if device.type != "cuda" or torch.version.hip:
+        return True
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return torch.cuda.get_device_capability(index) >= (8, 0)
 
 
-def precision_plan(recipe: Recipe, device: torch.device, *, bf16_ok: bool | None = None) -> PrecisionPlan:
-    """The precision of a ``finetune`` run of ``recipe`` on ``device``; UsageError for bf16 on hardware without it.
+def precision_plan(
+    recipe: Recipe, device: torch.device | None, *, bf16_ok: bool | None = None
+) -> PrecisionPlan:
+    """The precision of a ``finetune`` run of ``recipe`` on ``device``; UsageError for bf16 on hardware without it
+    and for an autocast dtype this torch cannot run there.
 
-    ``bf16_ok`` overrides the hardware query (tests).
+    ``bf16_ok`` overrides the hardware query (tests); ``device=None`` plans without any device check (the
+    ``--dry-run`` plan of a launch on other machines).
     """
     section = recipe.finetune
     reward_dtype = section.reward_dtype or recipe.models.encoder.dtype
@@ -74,11 +83,25 @@ def precision_plan(recipe: Recipe, device: torch.device, *, bf16_ok: bool | None
         ("finetune.reward_dtype", reward_dtype, reward_dtype),
     ]
     bf16_keys = [key for key, dtype, _ in settings if dtype == "bfloat16"]
-    if bf16_keys and not (bf16_supported(device) if bf16_ok is None else bf16_ok):
+    if device is None:
+        pass
+    elif bf16_keys and not (bf16_supported(device) if bf16_ok is None else bf16_ok):
         raise UsageError(
             f"{device} does not support bfloat16 (it needs an Ampere or newer GPU), set by {', '.join(bf16_keys)}; "
             "use float16 there (training then runs with a gradient scaler) or float32 / mixed_precision=no"
         )
+    if device is not None:  # every dtype of the run, before any model loads
+        from pisces_cli.runtime import check_reduced_precision, resolve_dtype
+
+        reward_key = "finetune.reward_dtype" if section.reward_dtype else "models.encoder.dtype"
+        check_reduced_precision(
+            resolve_dtype(recipe.models.generator.dtype), device, "models.generator.dtype"
+        )
+        check_reduced_precision(resolve_dtype(reward_dtype), device, reward_key)
+        if AUTOCAST[section.mixed_precision] is not None:
+            check_reduced_precision(
+                AUTOCAST[section.mixed_precision], device, "finetune.mixed_precision", autocast=True
+            )
     fp16 = [
         f"{key}={shown}"
         for key, dtype, shown in settings

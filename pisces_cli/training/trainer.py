@@ -308,13 +308,7 @@ class Trainer:
         from pisces_cli.backbones.lora import apply_lora, enable_full_finetune
         from pisces_cli.backbones.registry import load_backbone
         from pisces_cli.rewards.build import build_reward, load_encoder_from_recipe, quiet_model_loading
-        from pisces_cli.runtime import (
-            configure_tf32,
-            init_distributed,
-            resolve_device,
-            resolve_dtype,
-            seed_everything,
-        )
+        from pisces_cli.runtime import init_distributed, resolve_dtype, seed_everything, stage_device
         from pisces_cli.training.data import build_training_data
         from pisces_cli.training.metrics_log import MetricsLogger
         from pisces_cli.training.precision import precision_plan
@@ -322,12 +316,11 @@ class Trainer:
 
         self.check_plan()
         self.dist = init_distributed(timeout_s=None)  # every rank steps together: fail fast on a hang
-        self.device = resolve_device(self.recipe.runtime.device)
+        self.device = stage_device(self.recipe.runtime)  # runtime.allow_tf32 applied
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         self.precision = precision_plan(self.recipe, self.device)
         self.scaler = self.precision.grad_scaler(self.device)
-        configure_tf32(self.recipe.runtime.allow_tf32)
         seed_everything(self.recipe.seed)  # identical LoRA initialisation on every rank
         quiet_model_loading()
         quiet_diffusers()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from pisces_cli.config.schema import Count, InputPath, LocalPath, NonNegativeInt, PositiveFloat
 
 Dtype = Literal["float32", "bfloat16", "float16"]
+#: what ``runtime.device`` may be (the machine's devices are checked when a stage resolves it)
+DEVICE_SPEC = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 
 
 @dataclass
@@ -33,7 +36,7 @@ class RuntimeSection:
 
     def check(self) -> list[tuple[str, str]]:
         problems = []
-        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
+        if not DEVICE_SPEC.fullmatch(self.device):
             problems.append(("device", f"expected auto, cpu, cuda or cuda:N, got {self.device!r}"))
         return problems
 
