@@ -10,6 +10,7 @@ clips and models and recomputes every stage into its own folders (``fit-ot``, ``
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -154,11 +155,9 @@ def _generator_legs(
 
     console.rule("finetune (backprop + consistency distillation)")
     with _timed_step(steps, "finetune") as step:
-        tuned = run_finetune(resolved, console=console)
+        tuned = run_finetune(resolved, console=console, fresh=True)  # a demo re-run rebuilt its inputs
         assert tuned is not None
         step.result = f"backprop: {tuned.step} steps, loss {_fmt(tuned, 'loss')}"
-        if getattr(tuned, "nothing_to_do", False):  # a demo re-run: the checkpoint is already there
-            step.result = f"backprop: already at step {tuned.step}, nothing to do"
         step.paths = [str(tuned.checkpoint)]
     console.rule("finetune (GRPO)")
     with _timed_step(steps, "grpo") as step:
@@ -173,17 +172,17 @@ def _generator_legs(
             ],
             str(root / "recipe.yaml"),
         )
-        grpo_summary = run_finetune(grpo, console=console)
+        grpo_summary = run_finetune(grpo, console=console, fresh=True)
         assert grpo_summary is not None
         step.result = f"GRPO: {grpo_summary.step} steps (ratio check passed)"
-        if getattr(grpo_summary, "nothing_to_do", False):
-            step.result = f"GRPO: already at step {grpo_summary.step}, nothing to do"
         step.paths = [str(grpo_summary.checkpoint)]
 
     console.rule("generate (base and fine-tuned)")
     with _timed_step(steps, "generate") as step:
         base_dir = root / "run/videos/base"
         tuned_dir = root / "run/videos/finetuned"
+        for folder in (base_dir, tuned_dir):  # a demo re-run rebuilt the generator and the adapter
+            shutil.rmtree(folder, ignore_errors=True)
         run_generate(resolved, output=str(base_dir), console=console)
         run_generate(resolved, output=str(tuned_dir), adapter_dir=str(tuned.checkpoint), console=console)
         step.result = f"{len(generation_prompts)} prompts × base and fine-tuned"
