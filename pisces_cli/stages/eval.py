@@ -567,24 +567,21 @@ def _publish_eval(
 
 
 def _write_eval_json(path: Path, document: dict[str, Any]) -> bool:
-    """Write ``document`` to ``path`` unless the file already holds it up to its ``created`` time (a re-run that
-    changed nothing leaves the file, and its time, as they were); returns whether it wrote."""
+    """Publish ``document`` (:func:`~pisces_cli.stages.row_store.publish_json`) unless the file already holds it
+    up to its ``created`` time: a re-run that changed nothing leaves the file as it was; returns whether it
+    wrote."""
     import json
 
-    from pisces_cli.atomic import atomic_write_json
+    from pisces_cli.stages.row_store import publish_json
 
     try:
-        existing = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        existing = None
-    if isinstance(existing, dict):
-        comparable = json.loads(json.dumps(document, default=str))
-        if {k: v for k, v in existing.items() if k != "created"} == {
-            k: v for k, v in comparable.items() if k != "created"
-        }:
-            return False
-    atomic_write_json(path, document)
-    return True
+        text = path.read_text(encoding="utf-8")
+        created = json.loads(text).get("created")
+    except (OSError, ValueError, AttributeError):
+        return publish_json(path, document)
+    if text == json.dumps({**document, "created": created}, indent=2, default=str) + "\n":
+        return False
+    return publish_json(path, document)
 
 
 # ---------------------------------------------------------------------------------- eval aggregate
